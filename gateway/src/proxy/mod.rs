@@ -1,1 +1,6 @@
-//! todo
+//! Calling backends and shaping what they return.
+
+pub mod decode;
+pub mod flatmap;
+pub mod render;
+pub mod shape;

@@ -1,0 +1,241 @@
+//! Response manipulation of one backend's data, in KrakenD's order:
+//! `is_collection` -> `target` -> `allow` (or else `deny`) -> `mapping` -> `group`,
+//! or `flatmap_filter` in place of allow/deny/mapping.
+//!
+//! Paths are split into segments when the config is compiled, never per request.
+
+use serde_json::{Map, Value};
+
+use super::flatmap::Flatmap;
+use crate::config::Backend;
+
+/// A dot path split once at compile time (`"a.b.c"` -> `["a", "b", "c"]`).
+pub type Path = Box<[Box<str>]>;
+
+pub fn split(path: &str) -> Path {
+    path.split('.').map(Box::from).collect()
+}
+
+/// The compiled manipulation of one backend's response.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    target: Option<Path>,
+    filter: Filter,
+    mapping: Box<[(Box<str>, Box<str>)]>,
+    flatmap: Option<Flatmap>,
+    group: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Filter {
+    #[default]
+    None,
+    Allow(Tree),
+    Deny(Box<[Path]>),
+}
+
+/// Allowed paths as a tree: a leaf keeps the whole value under it.
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    children: Vec<(Box<str>, Tree)>,
+    leaf: bool,
+}
+
+impl Tree {
+    fn insert(&mut self, path: &[Box<str>]) {
+        let Some((first, rest)) = path.split_first() else {
+            self.leaf = true;
+            return;
+        };
+        let child = match self.children.iter().position(|(k, _)| k == first) {
+            Some(i) => &mut self.children[i].1,
+            None => {
+                self.children.push((first.clone(), Tree::default()));
+                let last = self.children.len() - 1;
+                &mut self.children[last].1
+            }
+        };
+        child.insert(rest);
+    }
+
+    /// Keeps only allowed keys of `obj`; returns whether anything is left.
+    fn prune(&self, obj: &mut Map<String, Value>) -> bool {
+        obj.retain(|key, value| {
+            let Some((_, sub)) = self.children.iter().find(|(k, _)| **k == **key) else {
+                return false;
+            };
+            if sub.leaf {
+                return true;
+            }
+            match value {
+                Value::Object(inner) => sub.prune(inner),
+                Value::Array(items) => {
+                    for item in items.iter_mut() {
+                        if let Value::Object(inner) = item {
+                            sub.prune(inner);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
+        });
+        !obj.is_empty()
+    }
+}
+
+impl Shape {
+    /// Compiles the manipulation keys of a backend.
+    pub fn compile(b: &Backend) -> Self {
+        let filter = if !b.allow.is_empty() {
+            let mut tree = Tree::default();
+            for p in &b.allow {
+                tree.insert(&split(p));
+            }
+            Filter::Allow(tree)
+        } else if !b.deny.is_empty() {
+            Filter::Deny(b.deny.iter().map(|p| split(p)).collect())
+        } else {
+            Filter::None
+        };
+        let flatmap = (!b.flatmap.is_empty()).then(|| Flatmap::compile(&b.flatmap));
+        Self {
+            target: b.target.as_deref().map(split),
+            filter,
+            mapping: b.mapping.iter().map(|(a, b)| (a.as_str().into(), b.as_str().into())).collect(),
+            flatmap,
+            group: b.group.as_deref().map(Box::from),
+        }
+    }
+
+    /// Whether the data passes through unchanged, so decoding can skip this step.
+    pub fn is_identity(&self) -> bool {
+        self.target.is_none()
+            && matches!(self.filter, Filter::None)
+            && self.mapping.is_empty()
+            && self.flatmap.is_none()
+            && self.group.is_none()
+    }
+
+    /// Applies the manipulation to decoded data.
+    pub fn apply(&self, mut data: Map<String, Value>) -> Map<String, Value> {
+        if let Some(target) = &self.target {
+            data = extract(target, data);
+        }
+        if let Some(flatmap) = &self.flatmap {
+            let mut root = Value::Object(data);
+            flatmap.apply(&mut root);
+            data = match root {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+        } else {
+            match &self.filter {
+                Filter::None => {}
+                Filter::Allow(tree) => {
+                    tree.prune(&mut data);
+                }
+                Filter::Deny(paths) => {
+                    for p in paths.iter() {
+                        deny(&mut data, p);
+                    }
+                }
+            }
+            for (from, to) in self.mapping.iter() {
+                if let Some(v) = data.remove(&**from) {
+                    data.insert(to.to_string(), v);
+                }
+            }
+        }
+        match &self.group {
+            Some(g) => {
+                let mut wrapped = Map::new();
+                wrapped.insert(g.to_string(), Value::Object(data));
+                wrapped
+            }
+            None => data,
+        }
+    }
+}
+
+/// `target`: the object at `path` becomes the root; anything else leaves nothing.
+fn extract(path: &[Box<str>], mut data: Map<String, Value>) -> Map<String, Value> {
+    for key in path {
+        match data.remove(&**key) {
+            Some(Value::Object(inner)) => data = inner,
+            _ => return Map::new(),
+        }
+    }
+    data
+}
+
+/// Removes one path; arrays on the way apply the rest of the path to every item.
+fn deny(obj: &mut Map<String, Value>, path: &[Box<str>]) {
+    let Some((first, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        obj.remove(&**first);
+        return;
+    }
+    match obj.get_mut(&**first) {
+        Some(Value::Object(inner)) => deny(inner, rest),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Value::Object(inner) = item {
+                    deny(inner, rest);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Format, parse};
+    use serde_json::json;
+
+    fn shape(backend_json: &str) -> Shape {
+        let text = format!(r#"{{"version":3,"host":["http://b"],"endpoints":[{{"endpoint":"/a","backend":[{backend_json}]}}]}}"#);
+        let s = parse(&text, Format::Json, |_| None).service.expect("valid config");
+        Shape::compile(&s.endpoints[0].backends[0])
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("test data is an object"),
+        }
+    }
+
+    #[test]
+    fn target_allow_mapping_group_in_order() {
+        let s = shape(r#"{"url_pattern":"/","target":"data","allow":["id","name","address.city"],"mapping":{"name":"full_name"},"group":"user"}"#);
+        let input = obj(json!({"data":{"id":1,"name":"Ada","secret":"x","address":{"city":"London","zip":"N1"}},"meta":{}}));
+        assert_eq!(
+            Value::Object(s.apply(input)),
+            json!({"user":{"id":1,"full_name":"Ada","address":{"city":"London"}}})
+        );
+    }
+
+    #[test]
+    fn deny_nested_and_through_arrays() {
+        let s = shape(r#"{"url_pattern":"/","deny":["a.b","items.secret"]}"#);
+        let input = obj(json!({"a":{"b":1,"c":2},"items":[{"secret":1,"ok":2},{"ok":3}]}));
+        assert_eq!(Value::Object(s.apply(input)), json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]}));
+    }
+
+    #[test]
+    fn allow_drops_nested_keys_on_scalars_and_empty_objects() {
+        let s = shape(r#"{"url_pattern":"/","allow":["a.x","b.x","c"]}"#);
+        let input = obj(json!({"a":1,"b":{"y":1},"c":[1,2],"d":4}));
+        assert_eq!(Value::Object(s.apply(input)), json!({"c":[1,2]}));
+    }
+
+    #[test]
+    fn target_missing_or_not_an_object_gives_empty() {
+        let s = shape(r#"{"url_pattern":"/","target":"a.b"}"#);
+        assert!(s.apply(obj(json!({"a":{"b":[1]}}))).is_empty());
+        assert!(s.apply(obj(json!({"x":1}))).is_empty());
+    }
+}
