@@ -7,6 +7,7 @@
 //! could have been prepared when the config was compiled.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod proxy;

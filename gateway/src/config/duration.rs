@@ -23,7 +23,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{text:?} lacks a unit (ns, us, ms, s, m, h)"))?;
         if num_end == 0 {
-            return Err(format!("{text:?} is not a duration like \"2s\" or \"1m30s\""));
+            return Err(format!(
+                "{text:?} is not a duration like \"2s\" or \"1m30s\""
+            ));
         }
         let value: f64 = rest[..num_end]
             .parse()

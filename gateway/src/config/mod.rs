@@ -29,7 +29,12 @@ pub enum Format {
 impl Format {
     /// `.yaml`/`.yml` and `.toml` by extension; anything else is read as JSON, as KrakenD does.
     pub fn from_path(path: &Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("yaml" | "yml") => Format::Yaml,
             Some("toml") => Format::Toml,
             _ => Format::Json,
@@ -51,7 +56,10 @@ pub fn load(path: &Path) -> Checked {
         Err(e) => {
             let mut report = Report::default();
             report.error("", format!("cannot read {}: {e}", path.display()));
-            Checked { service: None, report }
+            Checked {
+                service: None,
+                report,
+            }
         }
     }
 }
@@ -64,7 +72,10 @@ pub fn parse(text: &str, format: Format, env: impl Fn(&str) -> Option<String>) -
         Err(message) => {
             let mut report = Report::default();
             report.error("", message);
-            return Checked { service: None, report };
+            return Checked {
+                service: None,
+                report,
+            };
         }
     };
     apply_env_overrides(&mut root, env);
@@ -75,8 +86,13 @@ pub fn parse(text: &str, format: Format, env: impl Fn(&str) -> Option<String>) -
 /// Parses config text into a JSON tree without validating it.
 pub fn to_value(text: &str, format: Format) -> Result<Value, String> {
     match format {
-        Format::Json => serde_json::from_str(text)
-            .map_err(|e| format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column())),
+        Format::Json => serde_json::from_str(text).map_err(|e| {
+            format!(
+                "invalid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            )
+        }),
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| format!("invalid YAML: {e}")),
         Format::Toml => toml::from_str(text).map_err(|e| format!("invalid TOML: {e}")),
     }
@@ -90,9 +106,15 @@ fn apply_env_overrides(root: &mut Value, env: impl Fn(&str) -> Option<String>) {
         if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
             continue;
         }
-        let Some(raw) = env(&format!("KRAKEND_{}", key.to_ascii_uppercase())) else { continue };
+        let Some(raw) = env(&format!("KRAKEND_{}", key.to_ascii_uppercase())) else {
+            continue;
+        };
         *value = match value {
-            Value::Number(_) => raw.trim().parse::<serde_json::Number>().map(Value::Number).unwrap_or(Value::String(raw)),
+            Value::Number(_) => raw
+                .trim()
+                .parse::<serde_json::Number>()
+                .map(Value::Number)
+                .unwrap_or(Value::String(raw)),
             Value::Bool(_) => match raw.trim() {
                 "true" | "1" => Value::Bool(true),
                 "false" | "0" => Value::Bool(false),
@@ -117,13 +139,18 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_krakend_defaults() {
-        let c = check(r#"{"version":3,"endpoints":[{"endpoint":"/a","backend":[{"host":["http://b:1"],"url_pattern":"/x"}]}]}"#);
+        let c = check(
+            r#"{"version":3,"endpoints":[{"endpoint":"/a","backend":[{"host":["http://b:1"],"url_pattern":"/x"}]}]}"#,
+        );
         let s = c.service.expect("valid");
         assert_eq!(s.port, 8080);
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         let e = &s.endpoints[0];
         assert_eq!(e.method, http::Method::GET);
-        assert_eq!(e.input_headers, NameFilter::Only(vec!["Content-Type".into()]));
+        assert_eq!(
+            e.input_headers,
+            NameFilter::Only(vec!["Content-Type".into()])
+        );
         assert_eq!(e.backends[0].host, vec!["http://b:1".to_owned()]);
     }
 
@@ -136,14 +163,26 @@ mod tests {
         );
         let m = messages(&c);
         assert!(c.service.is_none());
-        assert!(m.iter().any(|e| e.starts_with("version: must be 3")), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("timeout: ")), "{m:?}");
         assert!(
-            m.iter().any(|e| e.starts_with("endpoints[0].backend[0].url_pattern: {id} is not a parameter of /users/{user}")),
+            m.iter().any(|e| e.starts_with("version: must be 3")),
             "{m:?}"
         );
-        assert!(m.iter().any(|e| e.starts_with("endpoints[1].method: ")), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("endpoints[1].backend: needs at least one")), "{m:?}");
+        assert!(m.iter().any(|e| e.starts_with("timeout: ")), "{m:?}");
+        assert!(
+            m.iter().any(|e| e.starts_with(
+                "endpoints[0].backend[0].url_pattern: {id} is not a parameter of /users/{user}"
+            )),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.starts_with("endpoints[1].method: ")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("endpoints[1].backend: needs at least one")),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -164,14 +203,21 @@ mod tests {
 
     #[test]
     fn env_overrides_root_scalars_present_in_the_file() {
-        let c = parse(r#"{"version":3,"port":8080,"name":"a"}"#, Format::Json, |k| match k {
-            "KRAKEND_PORT" => Some("9000".into()),
-            "KRAKEND_NAME" => Some("b".into()),
-            "KRAKEND_TIMEOUT" => Some("bad".into()),
-            _ => None,
-        });
+        let c = parse(
+            r#"{"version":3,"port":8080,"name":"a"}"#,
+            Format::Json,
+            |k| match k {
+                "KRAKEND_PORT" => Some("9000".into()),
+                "KRAKEND_NAME" => Some("b".into()),
+                "KRAKEND_TIMEOUT" => Some("bad".into()),
+                _ => None,
+            },
+        );
         let s = c.service.expect("valid");
-        assert_eq!((s.port, s.name.as_str(), s.timeout), (9000, "b", DEFAULT_TIMEOUT));
+        assert_eq!(
+            (s.port, s.name.as_str(), s.timeout),
+            (9000, "b", DEFAULT_TIMEOUT)
+        );
     }
 
     #[test]
@@ -193,8 +239,16 @@ mod tests {
                 {"endpoint":"/__health","backend":[{"url_pattern":"/"}]}]}"#,
         );
         let m = messages(&c);
-        assert!(m.iter().any(|e| e.starts_with("endpoints[1].endpoint: GET /a/{id} is declared twice")), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("endpoints[1].endpoint: GET /a/{id} is declared twice")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -206,6 +260,8 @@ mod tests {
         );
         let m = messages(&c);
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].starts_with("endpoints[0].backend[0].url_pattern: {resp1_id} refers to backend 1"));
+        assert!(
+            m[0].starts_with("endpoints[0].backend[0].url_pattern: {resp1_id} refers to backend 1")
+        );
     }
 }

@@ -16,39 +16,102 @@ use super::report::{Problem, Report, Unsupported};
 type Obj = Map<String, Value>;
 
 const ROOT_KEYS: &[&str] = &[
-    "version", "name", "port", "listen_ip", "host", "timeout", "cache_ttl", "output_encoding",
-    "endpoints", "extra_config", "tls", "use_h2c", "read_timeout", "write_timeout",
-    "idle_timeout", "read_header_timeout", "max_header_bytes", "max_idle_connections_per_host",
-    "debug_endpoint", "echo_endpoint", "max_shutdown_wait_time",
+    "version",
+    "name",
+    "port",
+    "listen_ip",
+    "host",
+    "timeout",
+    "cache_ttl",
+    "output_encoding",
+    "endpoints",
+    "extra_config",
+    "tls",
+    "use_h2c",
+    "read_timeout",
+    "write_timeout",
+    "idle_timeout",
+    "read_header_timeout",
+    "max_header_bytes",
+    "max_idle_connections_per_host",
+    "debug_endpoint",
+    "echo_endpoint",
+    "max_shutdown_wait_time",
 ];
 /// Go transport knobs KrakenD exposes that have no counterpart in Weir's client;
 /// accepted so that configs run unchanged, with a warning so nobody relies on them.
 const ROOT_IGNORED: &[&str] = &[
-    "dialer_timeout", "dialer_keep_alive", "dialer_fallback_delay", "disable_compression",
-    "disable_keep_alives", "expect_continue_timeout", "idle_connection_timeout",
-    "max_idle_connections", "response_header_timeout", "dns_cache_ttl", "sequential_start",
-    "disable_rest", "client_tls",
+    "dialer_timeout",
+    "dialer_keep_alive",
+    "dialer_fallback_delay",
+    "disable_compression",
+    "disable_keep_alives",
+    "expect_continue_timeout",
+    "idle_connection_timeout",
+    "max_idle_connections",
+    "response_header_timeout",
+    "dns_cache_ttl",
+    "sequential_start",
+    "disable_rest",
+    "client_tls",
 ];
 const ROOT_UNSUPPORTED: &[&str] = &["plugin", "async_agent"];
 const ENDPOINT_KEYS: &[&str] = &[
-    "endpoint", "method", "backend", "timeout", "cache_ttl", "output_encoding",
-    "concurrent_calls", "input_headers", "input_query_strings", "extra_config",
+    "endpoint",
+    "method",
+    "backend",
+    "timeout",
+    "cache_ttl",
+    "output_encoding",
+    "concurrent_calls",
+    "input_headers",
+    "input_query_strings",
+    "extra_config",
 ];
 const BACKEND_KEYS: &[&str] = &[
-    "url_pattern", "host", "method", "encoding", "target", "allow", "deny", "mapping", "group",
-    "is_collection", "input_headers", "input_query_strings", "sd", "sd_scheme",
-    "disable_host_sanitize", "extra_config",
+    "url_pattern",
+    "host",
+    "method",
+    "encoding",
+    "target",
+    "allow",
+    "deny",
+    "mapping",
+    "group",
+    "is_collection",
+    "input_headers",
+    "input_query_strings",
+    "sd",
+    "sd_scheme",
+    "disable_host_sanitize",
+    "extra_config",
 ];
 const ROUTER_KEYS: &[&str] = &[
-    "return_error_msg", "health_path", "disable_health", "hide_version_header", "auto_options",
-    "disable_redirect_fixed_path", "disable_redirect_trailing_slash",
-    "disable_handle_method_not_allowed", "error_body",
+    "return_error_msg",
+    "health_path",
+    "disable_health",
+    "hide_version_header",
+    "auto_options",
+    "disable_redirect_fixed_path",
+    "disable_redirect_trailing_slash",
+    "disable_handle_method_not_allowed",
+    "error_body",
 ];
 /// `router` options about logging and client IPs that later components read.
 const ROUTER_IGNORED: &[&str] = &[
-    "disable_access_log", "logger_skip_paths", "forwarded_by_client_ip", "remote_ip_headers",
-    "trusted_proxies", "app_engine", "max_multipart_memory", "remove_extra_slash",
-    "disable_path_decoding", "disable_gzip", "decompress_gzip", "max_payload", "use_h2c",
+    "disable_access_log",
+    "logger_skip_paths",
+    "forwarded_by_client_ip",
+    "remote_ip_headers",
+    "trusted_proxies",
+    "app_engine",
+    "max_multipart_memory",
+    "remove_extra_slash",
+    "disable_path_decoding",
+    "disable_gzip",
+    "decompress_gzip",
+    "max_payload",
+    "use_h2c",
 ];
 
 /// Weir's own service namespace for limits KrakenD does not let users set.
@@ -56,39 +119,111 @@ pub const LIMITS_NAMESPACE: &str = "weir/limits";
 
 /// Namespaces KrakenD knows, per scope, that Weir does not implement yet.
 const KNOWN_SERVICE: &[&str] = &[
-    "ai/mcp", "auth/api-keys", "auth/basic", "auth/revoker", "auth/validator",
-    "documentation/openapi", "documentation/postman", "governance/processors", "governance/quota",
-    "grpc", "modifier/lua-endpoint", "modifier/request-body-extractor",
-    "modifier/response-headers", "plugin/http-server", "qos/ratelimit/service",
-    "qos/ratelimit/service/redis", "qos/ratelimit/tiered", "redis", "security/bot-detector",
-    "security/cors", "security/http", "server/static-filesystem", "server/virtualhost",
-    "telemetry/gelf", "telemetry/influx", "telemetry/logging", "telemetry/logstash",
-    "telemetry/metrics", "telemetry/moesif", "telemetry/newrelic", "telemetry/opencensus",
-    "telemetry/opentelemetry", "telemetry/opentelemetry-security",
+    "ai/mcp",
+    "auth/api-keys",
+    "auth/basic",
+    "auth/revoker",
+    "auth/validator",
+    "documentation/openapi",
+    "documentation/postman",
+    "governance/processors",
+    "governance/quota",
+    "grpc",
+    "modifier/lua-endpoint",
+    "modifier/request-body-extractor",
+    "modifier/response-headers",
+    "plugin/http-server",
+    "qos/ratelimit/service",
+    "qos/ratelimit/service/redis",
+    "qos/ratelimit/tiered",
+    "redis",
+    "security/bot-detector",
+    "security/cors",
+    "security/http",
+    "server/static-filesystem",
+    "server/virtualhost",
+    "telemetry/gelf",
+    "telemetry/influx",
+    "telemetry/logging",
+    "telemetry/logstash",
+    "telemetry/metrics",
+    "telemetry/moesif",
+    "telemetry/newrelic",
+    "telemetry/opencensus",
+    "telemetry/opentelemetry",
+    "telemetry/opentelemetry-security",
 ];
 const KNOWN_ENDPOINT: &[&str] = &[
-    "ai/mcp", "auth/api-keys", "auth/basic", "auth/signer", "auth/validator",
-    "documentation/openapi", "documentation/postman", "governance/quota", "modifier/jmespath",
-    "modifier/lua-endpoint", "modifier/lua-proxy", "modifier/request-body-extractor",
-    "modifier/request-body-extractor/early", "modifier/request-body-generator",
-    "modifier/response-body", "modifier/response-body-generator", "plugin/middleware",
-    "plugin/req-resp-modifier", "qos/ratelimit/router", "qos/ratelimit/router/redis",
-    "qos/ratelimit/tiered", "security/bot-detector", "security/cors", "security/http",
-    "security/policies", "telemetry/opentelemetry", "validation/cel", "validation/json-schema",
-    "validation/response-json-schema", "websocket",
+    "ai/mcp",
+    "auth/api-keys",
+    "auth/basic",
+    "auth/signer",
+    "auth/validator",
+    "documentation/openapi",
+    "documentation/postman",
+    "governance/quota",
+    "modifier/jmespath",
+    "modifier/lua-endpoint",
+    "modifier/lua-proxy",
+    "modifier/request-body-extractor",
+    "modifier/request-body-extractor/early",
+    "modifier/request-body-generator",
+    "modifier/response-body",
+    "modifier/response-body-generator",
+    "plugin/middleware",
+    "plugin/req-resp-modifier",
+    "qos/ratelimit/router",
+    "qos/ratelimit/router/redis",
+    "qos/ratelimit/tiered",
+    "security/bot-detector",
+    "security/cors",
+    "security/http",
+    "security/policies",
+    "telemetry/opentelemetry",
+    "validation/cel",
+    "validation/json-schema",
+    "validation/response-json-schema",
+    "websocket",
 ];
 const KNOWN_BACKEND: &[&str] = &[
-    "ai/llm", "auth/aws-sigv4", "auth/client-credentials", "auth/gcp", "auth/ntlm",
-    "backend/amqp/consumer", "backend/amqp/producer", "backend/conditional", "backend/graphql",
-    "backend/grpc", "backend/lambda", "backend/pubsub/publisher",
-    "backend/pubsub/publisher/kafka", "backend/pubsub/subscriber",
-    "backend/pubsub/subscriber/kafka", "backend/soap", "backend/static-filesystem",
-    "governance/quota", "modifier/body-generator", "modifier/jmespath", "modifier/lua-backend",
-    "modifier/martian", "modifier/request-body-generator", "modifier/response-body",
-    "modifier/response-body-generator", "plugin/http-client", "plugin/middleware",
-    "plugin/req-resp-modifier", "qos/circuit-breaker", "qos/circuit-breaker/http",
-    "qos/http-cache", "qos/ratelimit/proxy", "security/policies", "telemetry/logging",
-    "telemetry/opentelemetry", "validation/cel", "validation/response-json-schema", "workflow",
+    "ai/llm",
+    "auth/aws-sigv4",
+    "auth/client-credentials",
+    "auth/gcp",
+    "auth/ntlm",
+    "backend/amqp/consumer",
+    "backend/amqp/producer",
+    "backend/conditional",
+    "backend/graphql",
+    "backend/grpc",
+    "backend/lambda",
+    "backend/pubsub/publisher",
+    "backend/pubsub/publisher/kafka",
+    "backend/pubsub/subscriber",
+    "backend/pubsub/subscriber/kafka",
+    "backend/soap",
+    "backend/static-filesystem",
+    "governance/quota",
+    "modifier/body-generator",
+    "modifier/jmespath",
+    "modifier/lua-backend",
+    "modifier/martian",
+    "modifier/request-body-generator",
+    "modifier/response-body",
+    "modifier/response-body-generator",
+    "plugin/http-client",
+    "plugin/middleware",
+    "plugin/req-resp-modifier",
+    "qos/circuit-breaker",
+    "qos/circuit-breaker/http",
+    "qos/http-cache",
+    "qos/ratelimit/proxy",
+    "security/policies",
+    "telemetry/logging",
+    "telemetry/opentelemetry",
+    "validation/cel",
+    "validation/response-json-schema",
+    "workflow",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -104,7 +239,11 @@ fn is_comment_key(key: &str) -> bool {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -175,7 +314,10 @@ impl<'a, 'r> Reader<'a, 'r> {
             }
             None => {
                 let k = kind(v);
-                self.error(key, format!("must be a whole number from 0 to {max}, found {k}"));
+                self.error(
+                    key,
+                    format!("must be a whole number from 0 to {max}, found {k}"),
+                );
                 None
             }
         }
@@ -193,7 +335,10 @@ impl<'a, 'r> Reader<'a, 'r> {
             },
             other => {
                 let k = kind(other);
-                self.error(key, format!("must be a duration string like \"2s\", found {k}"));
+                self.error(
+                    key,
+                    format!("must be a duration string like \"2s\", found {k}"),
+                );
                 None
             }
         }
@@ -212,7 +357,8 @@ impl<'a, 'r> Reader<'a, 'r> {
                 Value::String(s) => out.push(s.clone()),
                 other => {
                     let path = format!("{}[{i}]", self.at(key));
-                    self.report.error(&path, format!("must be a string, found {}", kind(other)));
+                    self.report
+                        .error(&path, format!("must be a string, found {}", kind(other)));
                 }
             }
         }
@@ -238,7 +384,8 @@ impl<'a, 'r> Reader<'a, 'r> {
             }
             let path = self.at(key);
             if ignored.contains(&key.as_str()) {
-                self.report.warn(&path, "accepted for compatibility and ignored by Weir");
+                self.report
+                    .warn(&path, "accepted for compatibility and ignored by Weir");
             } else if unsupported.contains(&key.as_str()) {
                 self.report.unsupported.push(Unsupported {
                     path,
@@ -259,11 +406,18 @@ impl<'a, 'r> Reader<'a, 'r> {
 pub fn validate(root: &Value) -> (Option<Service>, Report) {
     let mut report = Report::default();
     let Value::Object(obj) = root else {
-        report.error("", format!("the config must be an object, found {}", kind(root)));
+        report.error(
+            "",
+            format!("the config must be an object, found {}", kind(root)),
+        );
         return (None, report);
     };
     let service = service(obj, &mut report);
-    if report.errors.is_empty() { (Some(service), report) } else { (None, report) }
+    if report.errors.is_empty() {
+        (Some(service), report)
+    } else {
+        (None, report)
+    }
 }
 
 fn service(obj: &Obj, report: &mut Report) -> Service {
@@ -271,14 +425,22 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
     match r.get("version") {
         None => r.error("version", "is required and must be 3"),
         Some(v) if v.as_u64() == Some(3) => {}
-        Some(v) => r.error("version", format!("must be 3 (the KrakenD v2 format), found {v}")),
+        Some(v) => r.error(
+            "version",
+            format!("must be 3 (the KrakenD v2 format), found {v}"),
+        ),
     }
     r.check_keys(ROOT_KEYS, ROOT_IGNORED, ROOT_UNSUPPORTED);
     let name = r.string("name").unwrap_or("").to_owned();
     let port = r.uint("port", u16::MAX as u64).map_or(8080, |p| p as u16);
-    let listen_ip = r.string("listen_ip").filter(|s| !s.is_empty()).and_then(|s| {
-        s.parse::<IpAddr>().map_err(|_| r.error("listen_ip", format!("{s:?} is not an IP address"))).ok()
-    });
+    let listen_ip = r
+        .string("listen_ip")
+        .filter(|s| !s.is_empty())
+        .and_then(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| r.error("listen_ip", format!("{s:?} is not an IP address")))
+                .ok()
+        });
     let host = hosts(&mut r, "host");
     let timeout = r.duration("timeout").unwrap_or(DEFAULT_TIMEOUT);
     if timeout.is_zero() {
@@ -327,7 +489,12 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
         .unwrap_or_default();
     namespaces(&extra, "extra_config", Scope::Service, r.report);
 
-    let defaults = EndpointDefaults { timeout, cache_ttl, output_encoding, has_host: !host.is_empty() };
+    let defaults = EndpointDefaults {
+        timeout,
+        cache_ttl,
+        output_encoding,
+        has_host: !host.is_empty(),
+    };
     let mut endpoints = Vec::new();
     match r.get("endpoints") {
         None => {}
@@ -340,7 +507,9 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
                             endpoints.push((i, e));
                         }
                     }
-                    other => r.report.error(&path, format!("must be an object, found {}", kind(other))),
+                    other => r
+                        .report
+                        .error(&path, format!("must be an object, found {}", kind(other))),
                 }
             }
         }
@@ -364,7 +533,11 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
         tls,
         // KrakenD once read `use_h2c` under `router`; old configs still carry it there.
         use_h2c: use_h2c
-            || extra.get("router").and_then(|r| r.get("use_h2c")).and_then(Value::as_bool).unwrap_or(false),
+            || extra
+                .get("router")
+                .and_then(|r| r.get("use_h2c"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         debug_endpoint,
         echo_endpoint,
         router,
@@ -385,18 +558,27 @@ fn hosts(r: &mut Reader<'_, '_>, key: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(list.len());
     for (i, h) in list.into_iter().enumerate() {
         let trimmed = h.trim_end_matches('/');
-        let with_scheme = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+        let with_scheme = if trimmed.contains("://") {
+            trimmed.to_owned()
+        } else {
+            format!("http://{trimmed}")
+        };
         match with_scheme.parse::<http::Uri>() {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some()
-                    && uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) =>
+                    && uri
+                        .path_and_query()
+                        .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) =>
             {
                 out.push(with_scheme)
             }
             _ => {
                 let path = format!("{}[{i}]", r.at(key));
-                r.report.error(&path, format!("{h:?} is not a host like \"http://10.0.0.1:8000\""));
+                r.report.error(
+                    &path,
+                    format!("{h:?} is not a host like \"http://10.0.0.1:8000\""),
+                );
             }
         }
     }
@@ -427,8 +609,22 @@ fn output_encoding(r: &mut Reader<'_, '_>) -> Option<OutputEncoding> {
 fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
     let mut r = Reader::new(obj, path.to_owned(), report);
     r.check_keys(
-        &["public_key", "private_key", "keys", "min_version", "max_version", "enable_mtls", "ca_certs", "disabled", "disable_system_ca_pool"],
-        &["cipher_suites", "curve_preferences", "prefer_server_cipher_suites"],
+        &[
+            "public_key",
+            "private_key",
+            "keys",
+            "min_version",
+            "max_version",
+            "enable_mtls",
+            "ca_certs",
+            "disabled",
+            "disable_system_ca_pool",
+        ],
+        &[
+            "cipher_suites",
+            "curve_preferences",
+            "prefer_server_cipher_suites",
+        ],
         &[],
     );
     if r.boolean("disabled").unwrap_or(false) {
@@ -436,32 +632,50 @@ fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
     }
     let mut keys = Vec::new();
     match (r.string("public_key"), r.string("private_key")) {
-        (Some(c), Some(k)) => keys.push(KeyPair { public_key: c.into(), private_key: k.into() }),
+        (Some(c), Some(k)) => keys.push(KeyPair {
+            public_key: c.into(),
+            private_key: k.into(),
+        }),
         (None, None) => {}
-        _ => r.error("private_key", "public_key and private_key must be set together"),
+        _ => r.error(
+            "private_key",
+            "public_key and private_key must be set together",
+        ),
     }
     if let Some(Value::Array(items)) = r.get("keys") {
         for (i, item) in items.iter().enumerate() {
             let c = item.get("public_key").and_then(Value::as_str);
             let k = item.get("private_key").and_then(Value::as_str);
             match (c, k) {
-                (Some(c), Some(k)) => keys.push(KeyPair { public_key: c.into(), private_key: k.into() }),
+                (Some(c), Some(k)) => keys.push(KeyPair {
+                    public_key: c.into(),
+                    private_key: k.into(),
+                }),
                 _ => {
                     let p = format!("{}[{i}]", r.at("keys"));
-                    r.report.error(&p, "needs both public_key and private_key (PEM file paths)");
+                    r.report
+                        .error(&p, "needs both public_key and private_key (PEM file paths)");
                 }
             }
         }
     }
     if keys.is_empty() {
-        r.error("public_key", "TLS is enabled but no certificate is set (public_key/private_key or keys[])");
+        r.error(
+            "public_key",
+            "TLS is enabled but no certificate is set (public_key/private_key or keys[])",
+        );
     }
     let version = |r: &mut Reader<'_, '_>, key: &str, default: TlsVersion| match r.string(key) {
         None => default,
         Some("TLS12") => TlsVersion::Tls12,
         Some("TLS13") => TlsVersion::Tls13,
         Some(other) => {
-            r.error(key, format!("{other:?} is not supported: use TLS12 or TLS13 (older versions are insecure)"));
+            r.error(
+                key,
+                format!(
+                    "{other:?} is not supported: use TLS12 or TLS13 (older versions are insecure)"
+                ),
+            );
             default
         }
     };
@@ -471,11 +685,25 @@ fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
         r.error("min_version", "is higher than max_version");
     }
     let enable_mtls = r.boolean("enable_mtls").unwrap_or(false);
-    let client_ca_certs: Vec<PathBuf> = r.strings("ca_certs").unwrap_or_default().into_iter().map(PathBuf::from).collect();
+    let client_ca_certs: Vec<PathBuf> = r
+        .strings("ca_certs")
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     if enable_mtls && client_ca_certs.is_empty() {
-        r.error("ca_certs", "enable_mtls needs at least one CA certificate to verify clients with");
+        r.error(
+            "ca_certs",
+            "enable_mtls needs at least one CA certificate to verify clients with",
+        );
     }
-    Some(Tls { keys, min_version, max_version, client_ca_certs, enable_mtls })
+    Some(Tls {
+        keys,
+        min_version,
+        max_version,
+        client_ca_certs,
+        enable_mtls,
+    })
 }
 
 fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
@@ -498,8 +726,12 @@ fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
     o.hide_version_header = r.boolean("hide_version_header").unwrap_or(false);
     o.auto_options = r.boolean("auto_options").unwrap_or(false);
     o.disable_redirect_fixed_path = r.boolean("disable_redirect_fixed_path").unwrap_or(false);
-    o.disable_redirect_trailing_slash = r.boolean("disable_redirect_trailing_slash").unwrap_or(false);
-    o.disable_handle_method_not_allowed = r.boolean("disable_handle_method_not_allowed").unwrap_or(false);
+    o.disable_redirect_trailing_slash = r
+        .boolean("disable_redirect_trailing_slash")
+        .unwrap_or(false);
+    o.disable_handle_method_not_allowed = r
+        .boolean("disable_handle_method_not_allowed")
+        .unwrap_or(false);
     if let Some(bodies) = r.object("error_body") {
         o.error_body_404 = bodies.get("404").cloned();
         o.error_body_405 = bodies.get("405").cloned();
@@ -516,7 +748,10 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, report: &mut Report) {
         let supported = match scope {
             Scope::Service => matches!(ns.as_str(), "router" | LIMITS_NAMESPACE),
             Scope::Endpoint => ns == "proxy",
-            Scope::Backend => matches!(ns.as_str(), "proxy" | "backend/http" | "backend/http/client"),
+            Scope::Backend => matches!(
+                ns.as_str(),
+                "proxy" | "backend/http" | "backend/http/client"
+            ),
         };
         if supported {
             continue;
@@ -557,7 +792,10 @@ fn method(r: &mut Reader<'_, '_>, key: &str, default: Method) -> Method {
             "HEAD" => Method::HEAD,
             "OPTIONS" => Method::OPTIONS,
             _ => {
-                r.error(key, format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"));
+                r.error(
+                    key,
+                    format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+                );
                 default
             }
         },
@@ -569,7 +807,9 @@ pub fn path_params(path: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = path;
     while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else { break };
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
         let name = &rest[start + 1..start + len];
         out.push(name.trim_start_matches('*').to_owned());
         rest = &rest[start + len + 1..];
@@ -577,12 +817,20 @@ pub fn path_params(path: &str) -> Vec<String> {
     out
 }
 
-fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Report) -> Option<Endpoint> {
+fn endpoint(
+    obj: &Obj,
+    path: &str,
+    defaults: &EndpointDefaults,
+    report: &mut Report,
+) -> Option<Endpoint> {
     let mut r = Reader::new(obj, path.to_owned(), report);
     r.check_keys(ENDPOINT_KEYS, &[], &[]);
     let route = match r.string("endpoint") {
         None => {
-            r.error("endpoint", "is required (the path clients call, e.g. \"/users/{id}\")");
+            r.error(
+                "endpoint",
+                "is required (the path clients call, e.g. \"/users/{id}\")",
+            );
             String::new()
         }
         Some(p) if !p.starts_with('/') => {
@@ -599,9 +847,13 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
     }
     let cache_ttl = r.duration("cache_ttl").unwrap_or(defaults.cache_ttl);
     let output_encoding = output_encoding(&mut r).unwrap_or(defaults.output_encoding);
-    let concurrent_calls = r.uint("concurrent_calls", 32).map_or(1, |n| n.max(1) as usize);
-    let input_headers = name_filter(&mut r, "input_headers").unwrap_or_else(|| NameFilter::Only(vec!["Content-Type".into()]));
-    let input_query_strings = name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
+    let concurrent_calls = r
+        .uint("concurrent_calls", 32)
+        .map_or(1, |n| n.max(1) as usize);
+    let input_headers = name_filter(&mut r, "input_headers")
+        .unwrap_or_else(|| NameFilter::Only(vec!["Content-Type".into()]));
+    let input_query_strings =
+        name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
     namespaces(&extra, &extra_path, Scope::Endpoint, r.report);
@@ -615,25 +867,42 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
                 let bpath = format!("{path}.backend[{i}]");
                 match item {
                     Value::Object(o) => {
-                        let cx = BackendContext { index: i, params: &params, route: &route, sequential, method: &method, defaults };
+                        let cx = BackendContext {
+                            index: i,
+                            params: &params,
+                            route: &route,
+                            sequential,
+                            method: &method,
+                            defaults,
+                        };
                         if let Some(b) = backend(o, &bpath, &cx, r.report) {
                             backends.push(b);
                         }
                     }
-                    other => r.report.error(&bpath, format!("must be an object, found {}", kind(other))),
+                    other => r
+                        .report
+                        .error(&bpath, format!("must be an object, found {}", kind(other))),
                 }
             }
         }
         Some(Value::Array(_)) | None => r.error("backend", "needs at least one backend"),
         Some(other) => {
             let k = kind(other);
-            r.error("backend", format!("must be an array of backends, found {k}"));
+            r.error(
+                "backend",
+                format!("must be an array of backends, found {k}"),
+            );
         }
     }
     if output_encoding == OutputEncoding::NoOp && backends.len() > 1 {
-        r.error("output_encoding", "no-op endpoints pass one backend response through: they take exactly one backend");
+        r.error(
+            "output_encoding",
+            "no-op endpoints pass one backend response through: they take exactly one backend",
+        );
     }
-    if output_encoding == OutputEncoding::NoOp && (sequential || static_response.is_some() || !flatmap.is_empty()) {
+    if output_encoding == OutputEncoding::NoOp
+        && (sequential || static_response.is_some() || !flatmap.is_empty())
+    {
         r.error("extra_config.proxy", "no-op endpoints pass the backend response through untouched: sequential, static and flatmap_filter do not apply");
     }
     Some(Endpoint {
@@ -670,14 +939,20 @@ fn check_path_syntax(route: &str, path: &str, report: &mut Report) {
         report.error(path, format!("{route:?} has an unclosed {{"));
     }
     if route.contains("/:") {
-        report.error(path, format!("{route:?} uses :param; KrakenD v3 configs write parameters as {{param}}"));
+        report.error(
+            path,
+            format!("{route:?} uses :param; KrakenD v3 configs write parameters as {{param}}"),
+        );
     }
     let mut seen = HashSet::new();
     for p in path_params(route) {
         if p.is_empty() {
             report.error(path, format!("{route:?} has an empty parameter name"));
         } else if !seen.insert(p.clone()) {
-            report.error(path, format!("parameter {{{p}}} appears twice in {route:?}"));
+            report.error(
+                path,
+                format!("parameter {{{p}}} appears twice in {route:?}"),
+            );
         }
     }
 }
@@ -691,15 +966,29 @@ fn name_filter(r: &mut Reader<'_, '_>, key: &str) -> Option<NameFilter> {
     }
 }
 
-fn endpoint_proxy(extra: &Obj, extra_path: &str, report: &mut Report) -> (bool, Option<StaticResponse>, Vec<FlatmapOp>) {
-    let Some(v) = extra.get("proxy") else { return (false, None, Vec::new()) };
+fn endpoint_proxy(
+    extra: &Obj,
+    extra_path: &str,
+    report: &mut Report,
+) -> (bool, Option<StaticResponse>, Vec<FlatmapOp>) {
+    let Some(v) = extra.get("proxy") else {
+        return (false, None, Vec::new());
+    };
     let path = join(extra_path, "proxy");
     let Value::Object(obj) = v else {
         report.error(&path, format!("must be an object, found {}", kind(v)));
         return (false, None, Vec::new());
     };
     let mut r = Reader::new(obj, path, report);
-    r.check_keys(&["sequential", "static", "flatmap_filter"], &["sequential_propagated_params", "max_payload", "decompress_gzip"], &["combiner"]);
+    r.check_keys(
+        &["sequential", "static", "flatmap_filter"],
+        &[
+            "sequential_propagated_params",
+            "max_payload",
+            "decompress_gzip",
+        ],
+        &["combiner"],
+    );
     let sequential = r.boolean("sequential").unwrap_or(false);
     let static_response = r.object("static").and_then(|s| {
         let spath = r.at("static");
@@ -712,11 +1001,19 @@ fn endpoint_proxy(extra: &Obj, extra_path: &str, report: &mut Report) -> (bool, 
             Some("complete") => StaticStrategy::Complete,
             Some("incomplete") => StaticStrategy::Incomplete,
             Some(other) => {
-                sr.error("strategy", format!("{other:?} is not one of always, success, errored, complete, incomplete"));
+                sr.error(
+                    "strategy",
+                    format!(
+                        "{other:?} is not one of always, success, errored, complete, incomplete"
+                    ),
+                );
                 return None;
             }
             None => {
-                sr.error("strategy", "is required (always, success, errored, complete or incomplete)");
+                sr.error(
+                    "strategy",
+                    "is required (always, success, errored, complete or incomplete)",
+                );
                 return None;
             }
         };
@@ -728,17 +1025,25 @@ fn endpoint_proxy(extra: &Obj, extra_path: &str, report: &mut Report) -> (bool, 
 }
 
 fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
-    let Some(v) = r.get("flatmap_filter") else { return Vec::new() };
+    let Some(v) = r.get("flatmap_filter") else {
+        return Vec::new();
+    };
     let base = r.at("flatmap_filter");
     let Value::Array(items) = v else {
-        r.report.error(&base, format!("must be an array of operations, found {}", kind(v)));
+        r.report.error(
+            &base,
+            format!("must be an array of operations, found {}", kind(v)),
+        );
         return Vec::new();
     };
     let mut ops = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("{base}[{i}]");
         let Value::Object(o) = item else {
-            r.report.error(&path, format!("must be an object with type and args, found {}", kind(item)));
+            r.report.error(
+                &path,
+                format!("must be an object with type and args, found {}", kind(item)),
+            );
             continue;
         };
         let mut or = Reader::new(o, path, r.report);
@@ -748,18 +1053,25 @@ fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
             if args.len() == n && args.iter().all(|a| !a.is_empty()) {
                 true
             } else {
-                or.error("args", format!("{what} takes {n} non-empty path(s), found {}", args.len()));
+                or.error(
+                    "args",
+                    format!("{what} takes {n} non-empty path(s), found {}", args.len()),
+                );
                 false
             }
         };
         match or.string("type") {
-            Some("move") if want(&mut or, 2, "move") => {
-                ops.push(FlatmapOp::Move { from: args[0].clone(), to: args[1].clone() })
-            }
-            Some("append") if want(&mut or, 2, "append") => {
-                ops.push(FlatmapOp::Append { from: args[0].clone(), to: args[1].clone() })
-            }
-            Some("del") if want(&mut or, 1, "del") => ops.push(FlatmapOp::Del { path: args[0].clone() }),
+            Some("move") if want(&mut or, 2, "move") => ops.push(FlatmapOp::Move {
+                from: args[0].clone(),
+                to: args[1].clone(),
+            }),
+            Some("append") if want(&mut or, 2, "append") => ops.push(FlatmapOp::Append {
+                from: args[0].clone(),
+                to: args[1].clone(),
+            }),
+            Some("del") if want(&mut or, 1, "del") => ops.push(FlatmapOp::Del {
+                path: args[0].clone(),
+            }),
             Some("move" | "append" | "del") => {}
             Some(other) => or.error("type", format!("{other:?} is not one of move, del, append")),
             None => or.error("type", "is required (move, del or append)"),
@@ -783,17 +1095,26 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
     let url_pattern = match r.string("url_pattern") {
         Some(u) => u.to_owned(),
         None => {
-            r.error("url_pattern", "is required (the path on the backend, e.g. \"/users/{id}\")");
+            r.error(
+                "url_pattern",
+                "is required (the path on the backend, e.g. \"/users/{id}\")",
+            );
             String::new()
         }
     };
     if !url_pattern.is_empty() && !url_pattern.starts_with('/') {
-        r.error("url_pattern", format!("{url_pattern:?} must start with / (the host goes in host)"));
+        r.error(
+            "url_pattern",
+            format!("{url_pattern:?} must start with / (the host goes in host)"),
+        );
     }
     check_placeholders(&url_pattern, &r.at("url_pattern"), cx, r.report);
     let host = hosts(&mut r, "host");
     if host.is_empty() && !cx.defaults.has_host && obj.get("host").is_none() {
-        r.error("host", "no host: set host here or a default host at the root");
+        r.error(
+            "host",
+            "no host: set host here or a default host at the root",
+        );
     }
     let method = method(&mut r, "method", cx.method.clone());
     let encoding = match r.string("encoding") {
@@ -804,16 +1125,25 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
         Some("xml") => BackendEncoding::Xml,
         Some("yaml") => BackendEncoding::Yaml,
         Some(other) => {
-            r.error("encoding", format!("{other:?} is not one of json, safejson, string, no-op, xml, yaml"));
+            r.error(
+                "encoding",
+                format!("{other:?} is not one of json, safejson, string, no-op, xml, yaml"),
+            );
             BackendEncoding::Json
         }
     };
     let is_collection = r.boolean("is_collection").unwrap_or(false);
-    let target = r.string("target").filter(|t| !t.is_empty()).map(str::to_owned);
+    let target = r
+        .string("target")
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
     let allow = r.strings("allow").unwrap_or_default();
     let deny = r.strings("deny").unwrap_or_default();
     if !allow.is_empty() && !deny.is_empty() {
-        r.report.warn(&r.at("deny"), "ignored: allow is set, and KrakenD applies allow instead of deny");
+        r.report.warn(
+            &r.at("deny"),
+            "ignored: allow is set, and KrakenD applies allow instead of deny",
+        );
     }
     let mapping = r
         .object("mapping")
@@ -823,14 +1153,20 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 .filter_map(|(k, v)| match v {
                     Value::String(s) => Some((k.clone(), s.clone())),
                     other => {
-                        r.report.error(&join(&mpath, k), format!("must be the new name (a string), found {}", kind(other)));
+                        r.report.error(
+                            &join(&mpath, k),
+                            format!("must be the new name (a string), found {}", kind(other)),
+                        );
                         None
                     }
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let group = r.string("group").filter(|g| !g.is_empty()).map(str::to_owned);
+    let group = r
+        .string("group")
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned);
     let input_headers = name_filter(&mut r, "input_headers");
     let input_query_strings = name_filter(&mut r, "input_query_strings");
     match r.string("sd") {
@@ -840,7 +1176,10 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
             namespace: "sd: dns".into(),
             blocking: true,
         }),
-        Some(other) => r.error("sd", format!("{other:?} is not a service discovery Weir knows (static)")),
+        Some(other) => r.error(
+            "sd",
+            format!("{other:?} is not a service discovery Weir knows (static)"),
+        ),
     }
     let _ = r.string("sd_scheme");
     let _ = r.boolean("disable_host_sanitize");
@@ -856,11 +1195,17 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 let mut pr = Reader::new(p, ppath, r.report);
                 pr.check_keys(&["flatmap_filter"], &[], &["shadow"]);
                 if p.get("shadow").and_then(Value::as_bool) == Some(true) {
-                    pr.report.unsupported.push(Unsupported { path: pr.at("shadow"), namespace: "proxy.shadow".into(), blocking: true });
+                    pr.report.unsupported.push(Unsupported {
+                        path: pr.at("shadow"),
+                        namespace: "proxy.shadow".into(),
+                        blocking: true,
+                    });
                 }
                 flatmap_ops = flatmap(&mut pr);
             }
-            other => r.report.error(&ppath, format!("must be an object, found {}", kind(other))),
+            other => r
+                .report
+                .error(&ppath, format!("must be an object, found {}", kind(other))),
         }
     }
     let (mut return_error_code, mut return_error_details) = (false, None);
@@ -871,9 +1216,14 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 let mut hr = Reader::new(h, hpath, r.report);
                 hr.check_keys(&["return_error_code", "return_error_details"], &[], &[]);
                 return_error_code = hr.boolean("return_error_code").unwrap_or(false);
-                return_error_details = hr.string("return_error_details").filter(|s| !s.is_empty()).map(str::to_owned);
+                return_error_details = hr
+                    .string("return_error_details")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
             }
-            other => r.report.error(&hpath, format!("must be an object, found {}", kind(other))),
+            other => r
+                .report
+                .error(&hpath, format!("must be an object, found {}", kind(other))),
         }
     }
     let mut follow_redirects = true;
@@ -882,10 +1232,16 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
         match v {
             Value::Object(c) => {
                 let mut cr = Reader::new(c, cpath, r.report);
-                cr.check_keys(&["no_redirect"], &[], &["client_tls", "proxy_address", "send_body_on_redirect"]);
+                cr.check_keys(
+                    &["no_redirect"],
+                    &[],
+                    &["client_tls", "proxy_address", "send_body_on_redirect"],
+                );
                 follow_redirects = !cr.boolean("no_redirect").unwrap_or(false);
             }
-            other => r.report.error(&cpath, format!("must be an object, found {}", kind(other))),
+            other => r
+                .report
+                .error(&cpath, format!("must be an object, found {}", kind(other))),
         }
     }
     Some(Backend {
@@ -925,18 +1281,38 @@ fn check_placeholders(pattern: &str, path: &str, cx: &BackendContext<'_>, report
         }
         if let Some((n, _)) = resp_placeholder(name) {
             if !cx.sequential {
-                report.error(path, format!("{{{name}}} needs extra_config.proxy.sequential: true on the endpoint"));
+                report.error(
+                    path,
+                    format!("{{{name}}} needs extra_config.proxy.sequential: true on the endpoint"),
+                );
             } else if n >= cx.index {
-                report.error(path, format!("{{{name}}} refers to backend {n}, which runs after this one (backend {})", cx.index));
+                report.error(
+                    path,
+                    format!(
+                        "{{{name}}} refers to backend {n}, which runs after this one (backend {})",
+                        cx.index
+                    ),
+                );
             }
             continue;
         }
         let hint = if cx.params.is_empty() {
             format!("{} has no parameters", cx.route)
         } else {
-            format!("parameters of {} are {}", cx.route, cx.params.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", "))
+            format!(
+                "parameters of {} are {}",
+                cx.route,
+                cx.params
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
-        report.error(path, format!("{{{name}}} is not a parameter of {} ({hint})", cx.route));
+        report.error(
+            path,
+            format!("{{{name}}} is not a parameter of {} ({hint})", cx.route),
+        );
     }
 }
 
@@ -953,7 +1329,13 @@ pub fn resp_placeholder(name: &str) -> Option<(usize, &str)> {
 }
 
 /// Duplicate endpoints and paths the router cannot tell apart are config errors.
-fn check_routes(endpoints: &[(usize, Endpoint)], router: &RouterOptions, debug: bool, echo: bool, report: &mut Report) {
+fn check_routes(
+    endpoints: &[(usize, Endpoint)],
+    router: &RouterOptions,
+    debug: bool,
+    echo: bool,
+    report: &mut Report,
+) {
     let mut seen = HashSet::new();
     let mut matcher = matchit::Router::new();
     let mut inserted = HashSet::new();

@@ -47,10 +47,16 @@ impl Flatmap {
                     }
                 }
                 Op::Append(from, to) => {
-                    let Some(Value::Array(_)) = lookup(root, to) else { continue };
-                    let Some(Value::Array(_)) = lookup(root, from) else { continue };
+                    let Some(Value::Array(_)) = lookup(root, to) else {
+                        continue;
+                    };
+                    let Some(Value::Array(_)) = lookup(root, from) else {
+                        continue;
+                    };
                     let mut removed = remove_matches(root, from);
-                    let Some((_, Value::Array(items))) = removed.pop() else { continue };
+                    let Some((_, Value::Array(items))) = removed.pop() else {
+                        continue;
+                    };
                     if let Some(Value::Array(dest)) = lookup_mut(root, to) {
                         dest.extend(items);
                     }
@@ -95,8 +101,15 @@ fn remove_matches(root: &mut Value, path: &[Box<str>]) -> Vec<(Vec<usize>, Value
     out
 }
 
-fn remove_rec(v: &mut Value, path: &[Box<str>], bindings: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, Value)>) {
-    let Some((seg, rest)) = path.split_first() else { return };
+fn remove_rec(
+    v: &mut Value,
+    path: &[Box<str>],
+    bindings: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, Value)>,
+) {
+    let Some((seg, rest)) = path.split_first() else {
+        return;
+    };
     let last = rest.is_empty();
     match v {
         Value::Object(m) => {
@@ -189,13 +202,19 @@ mod tests {
     }
 
     fn mv(a: &str, b: &str) -> FlatmapOp {
-        FlatmapOp::Move { from: a.into(), to: b.into() }
+        FlatmapOp::Move {
+            from: a.into(),
+            to: b.into(),
+        }
     }
 
     #[test]
     fn move_renames_inside_every_item() {
         let v = json!({"a":[{"b":1,"x":0},{"b":2}]});
-        assert_eq!(run(&[mv("a.*.b", "a.*.c")], v), json!({"a":[{"c":1,"x":0},{"c":2}]}));
+        assert_eq!(
+            run(&[mv("a.*.b", "a.*.c")], v),
+            json!({"a":[{"c":1,"x":0},{"c":2}]})
+        );
     }
 
     #[test]
@@ -208,7 +227,15 @@ mod tests {
     #[test]
     fn del_with_index_and_wildcard() {
         let v = json!({"a":[{"b":1,"c":2},{"b":3,"c":4}],"d":[1,2,3]});
-        let out = run(&[FlatmapOp::Del { path: "a.*.c".into() }, FlatmapOp::Del { path: "d.0".into() }], v);
+        let out = run(
+            &[
+                FlatmapOp::Del {
+                    path: "a.*.c".into(),
+                },
+                FlatmapOp::Del { path: "d.0".into() },
+            ],
+            v,
+        );
         assert_eq!(out, json!({"a":[{"b":1},{"b":3}],"d":[2,3]}));
     }
 
@@ -216,7 +243,16 @@ mod tests {
     fn append_concatenates_arrays_and_drops_source() {
         let v = json!({"x":[1,2],"y":[3],"n":1});
         let out = run(
-            &[FlatmapOp::Append { from: "y".into(), to: "x".into() }, FlatmapOp::Append { from: "n".into(), to: "x".into() }],
+            &[
+                FlatmapOp::Append {
+                    from: "y".into(),
+                    to: "x".into(),
+                },
+                FlatmapOp::Append {
+                    from: "n".into(),
+                    to: "x".into(),
+                },
+            ],
             v,
         );
         assert_eq!(out, json!({"x":[1,2,3],"n":1}));

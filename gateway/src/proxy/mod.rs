@@ -1,6 +1,22 @@
 //! Calling backends and shaping what they return.
 
+pub mod backend;
+pub mod client;
 pub mod decode;
 pub mod flatmap;
+pub mod pipeline;
 pub mod render;
 pub mod shape;
+pub mod url;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// A response body: built in memory, or a backend body streamed through (`no-op`).
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// A body held in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}

@@ -102,7 +102,11 @@ impl Shape {
         Self {
             target: b.target.as_deref().map(split),
             filter,
-            mapping: b.mapping.iter().map(|(a, b)| (a.as_str().into(), b.as_str().into())).collect(),
+            mapping: b
+                .mapping
+                .iter()
+                .map(|(a, b)| (a.as_str().into(), b.as_str().into()))
+                .collect(),
             flatmap,
             group: b.group.as_deref().map(Box::from),
         }
@@ -171,7 +175,9 @@ fn extract(path: &[Box<str>], mut data: Map<String, Value>) -> Map<String, Value
 
 /// Removes one path; arrays on the way apply the rest of the path to every item.
 fn deny(obj: &mut Map<String, Value>, path: &[Box<str>]) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     if rest.is_empty() {
         obj.remove(&**first);
         return;
@@ -196,8 +202,12 @@ mod tests {
     use serde_json::json;
 
     fn shape(backend_json: &str) -> Shape {
-        let text = format!(r#"{{"version":3,"host":["http://b"],"endpoints":[{{"endpoint":"/a","backend":[{backend_json}]}}]}}"#);
-        let s = parse(&text, Format::Json, |_| None).service.expect("valid config");
+        let text = format!(
+            r#"{{"version":3,"host":["http://b"],"endpoints":[{{"endpoint":"/a","backend":[{backend_json}]}}]}}"#
+        );
+        let s = parse(&text, Format::Json, |_| None)
+            .service
+            .expect("valid config");
         Shape::compile(&s.endpoints[0].backends[0])
     }
 
@@ -210,8 +220,12 @@ mod tests {
 
     #[test]
     fn target_allow_mapping_group_in_order() {
-        let s = shape(r#"{"url_pattern":"/","target":"data","allow":["id","name","address.city"],"mapping":{"name":"full_name"},"group":"user"}"#);
-        let input = obj(json!({"data":{"id":1,"name":"Ada","secret":"x","address":{"city":"London","zip":"N1"}},"meta":{}}));
+        let s = shape(
+            r#"{"url_pattern":"/","target":"data","allow":["id","name","address.city"],"mapping":{"name":"full_name"},"group":"user"}"#,
+        );
+        let input = obj(
+            json!({"data":{"id":1,"name":"Ada","secret":"x","address":{"city":"London","zip":"N1"}},"meta":{}}),
+        );
         assert_eq!(
             Value::Object(s.apply(input)),
             json!({"user":{"id":1,"full_name":"Ada","address":{"city":"London"}}})
@@ -222,7 +236,10 @@ mod tests {
     fn deny_nested_and_through_arrays() {
         let s = shape(r#"{"url_pattern":"/","deny":["a.b","items.secret"]}"#);
         let input = obj(json!({"a":{"b":1,"c":2},"items":[{"secret":1,"ok":2},{"ok":3}]}));
-        assert_eq!(Value::Object(s.apply(input)), json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]}));
+        assert_eq!(
+            Value::Object(s.apply(input)),
+            json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]})
+        );
     }
 
     #[test]

@@ -1,1 +1,214 @@
-//! todo
+//! The compiled, immutable runtime: a routing table and one pipeline per endpoint,
+//! built once from a validated config and swapped whole on reload.
+
+mod reserved;
+mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::config::Service;
+use crate::proxy::backend::Inbound;
+use crate::proxy::client::{self, Client};
+use crate::proxy::pipeline::{COMPLETED, Common};
+use crate::proxy::{Body, full};
+use router::{Lookup, Router, Target};
+
+/// Header naming the gateway build on every response, unless `hide_version_header`.
+pub static VERSION_HEADER: HeaderName = HeaderName::from_static("x-weir");
+
+/// Why a config could not be turned into a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot route {path}: {reason}")]
+    Route { path: String, reason: String },
+    #[error("cannot set up the backend client: {0}")]
+    Client(#[from] rustls::Error),
+}
+
+/// Switches chosen on the command line rather than in the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    /// `run -d`: turn on `/__debug/` whatever the config says.
+    pub debug: bool,
+}
+
+/// Everything needed to answer requests for one config.
+pub struct Runtime {
+    router: Router,
+    client: Client,
+    common: Common,
+    max_body_bytes: usize,
+}
+
+impl Runtime {
+    /// Compiles a validated config.
+    pub fn compile(service: &Service, flags: Flags) -> Result<Self, CompileError> {
+        let client = client::build(service.max_idle_connections_per_host)?;
+        let version_header = (!service.router.hide_version_header).then(|| {
+            (
+                VERSION_HEADER.clone(),
+                HeaderValue::from_static(concat!("Version ", env!("CARGO_PKG_VERSION"))),
+            )
+        });
+        let common = Common {
+            return_error_msg: service.router.return_error_msg,
+            version_header,
+            max_response_bytes: service.server.max_backend_response_bytes,
+        };
+        let router = Router::compile(service, flags, &common)?;
+        Ok(Self {
+            router,
+            client,
+            common,
+            max_body_bytes: service.server.max_body_bytes,
+        })
+    }
+
+    /// Answers one request. Never fails: every problem becomes a response.
+    pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let route = match self.router.lookup(parts.uri.path(), &parts.method) {
+            Lookup::Found(route) => route,
+            Lookup::Redirect(location) => return self.redirect(&parts, location),
+            Lookup::MethodNotAllowed(allow) => {
+                return self.error_page(StatusCode::METHOD_NOT_ALLOWED, Some(allow));
+            }
+            Lookup::NotFound => return self.error_page(StatusCode::NOT_FOUND, None),
+            Lookup::Options(allow) => {
+                let mut r = Response::new(full(Bytes::new()));
+                r.headers_mut().insert(header::ALLOW, allow);
+                return r;
+            }
+        };
+        match route.target {
+            Target::Health => reserved::health(),
+            Target::Debug => reserved::debug(),
+            Target::Echo => match self.read_body(body).await {
+                Ok(body) => reserved::echo(&parts, &body),
+                Err(status) => self.error_page(status, None),
+            },
+            Target::Endpoint(pipeline) => {
+                let body = match self.read_body(body).await {
+                    Ok(b) => b,
+                    Err(status) => return self.error_page(status, None),
+                };
+                let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+                    parts
+                        .uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+                let inbound = Inbound {
+                    method: &parts.method,
+                    params: &route.params,
+                    query: parts.uri.query(),
+                    headers: &parts.headers,
+                    host: host.as_ref(),
+                    body,
+                    client_ip: remote.ip(),
+                };
+                pipeline
+                    .serve(&self.client, &inbound, parts.headers.get(header::ACCEPT))
+                    .await
+            }
+        }
+    }
+
+    /// Reads a request body up to the configured limit: 413 above it, 400 when the
+    /// client breaks off.
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        if body.size_hint().lower() > self.max_body_bytes as u64 {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(StatusCode::PAYLOAD_TOO_LARGE)
+            }
+            Err(_) => Err(StatusCode::BAD_REQUEST),
+        }
+    }
+
+    /// 404 and 405 as KrakenD writes them, or the configured `error_body`.
+    fn error_page(&self, status: StatusCode, allow: Option<HeaderValue>) -> Response<Body> {
+        let custom = match status {
+            StatusCode::NOT_FOUND => self.router.error_body_404.as_ref(),
+            StatusCode::METHOD_NOT_ALLOWED => self.router.error_body_405.as_ref(),
+            _ => None,
+        };
+        let (body, content_type) = match custom {
+            Some(body) => (body.clone(), crate::proxy::render::JSON),
+            None => {
+                let text = match status {
+                    StatusCode::NOT_FOUND => "404 page not found",
+                    StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed",
+                    StatusCode::PAYLOAD_TOO_LARGE => "413 request body too large",
+                    _ => "400 bad request",
+                };
+                (
+                    Bytes::from_static(text.as_bytes()),
+                    HeaderValue::from_static("text/plain"),
+                )
+            }
+        };
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, content_type);
+        headers.insert(COMPLETED.clone(), HeaderValue::from_static("false"));
+        if let Some((name, value)) = &self.common.version_header {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(allow) = allow {
+            headers.insert(header::ALLOW, allow);
+        }
+        response
+    }
+
+    /// Redirects to the canonical path: 301 for GET, 307 otherwise (so the method and
+    /// body are kept), as KrakenD's router does.
+    fn redirect(&self, request: &http::request::Parts, mut location: String) -> Response<Body> {
+        if let Some(q) = request.uri.query() {
+            location.push('?');
+            location.push_str(q);
+        }
+        let get = request.method == Method::GET;
+        let status = if get {
+            StatusCode::MOVED_PERMANENTLY
+        } else {
+            StatusCode::TEMPORARY_REDIRECT
+        };
+        let Ok(value) = HeaderValue::try_from(location.as_str()) else {
+            return self.error_page(StatusCode::NOT_FOUND, None);
+        };
+        let body = if get {
+            format!("<a href=\"{location}\">Moved Permanently</a>.\n\n")
+        } else {
+            String::new()
+        };
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::LOCATION, value);
+        if get {
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+        }
+        response
+    }
+}
+
+/// The runtime a server answers with, replaceable while it serves.
+pub type Shared = Arc<arc_swap::ArcSwap<Runtime>>;

@@ -1,0 +1,476 @@
+//! One backend of an endpoint: building its request, calling it, and turning its
+//! response into data.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::client::Client;
+use super::decode::decode;
+use super::shape::Shape;
+use super::url::{UrlTemplate, Values};
+use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
+use crate::error::{Error, ErrorKind};
+
+/// Go's client gives up after ten redirects; so do we.
+const MAX_REDIRECTS: usize = 10;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_VIA: HeaderName = HeaderName::from_static("x-forwarded-via");
+
+/// What a client request contributes to backend requests.
+pub struct Inbound<'a> {
+    pub method: &'a Method,
+    pub params: &'a [&'a str],
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub host: Option<&'a HeaderValue>,
+    pub body: Bytes,
+    pub client_ip: IpAddr,
+}
+
+/// A backend that failed, with what it answered when it answered at all.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: Error,
+    pub status: Option<StatusCode>,
+    pub body: Bytes,
+    pub content_type: Option<HeaderValue>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            status: None,
+            body: Bytes::new(),
+            content_type: None,
+        }
+    }
+}
+
+/// Client headers a backend receives.
+#[derive(Debug)]
+enum HeaderRule {
+    All,
+    Only(Box<[HeaderName]>),
+}
+
+/// Client query-string parameters a backend receives.
+#[derive(Debug)]
+enum QueryRule {
+    All,
+    Only(Box<[Box<str>]>),
+}
+
+#[derive(Debug)]
+struct Host {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+/// A compiled backend.
+#[derive(Debug)]
+pub struct BackendCall {
+    hosts: Box<[Host]>,
+    next_host: AtomicUsize,
+    method: Method,
+    url: UrlTemplate,
+    headers: HeaderRule,
+    forwards_user_agent: bool,
+    query: QueryRule,
+    encoding: BackendEncoding,
+    is_collection: bool,
+    shape: Shape,
+    pub return_error_code: bool,
+    /// `error_<name>` when `return_error_details` is set.
+    pub error_details_key: Option<Box<str>>,
+    follow_redirects: bool,
+    max_response_bytes: usize,
+    concurrent_calls: usize,
+    user_agent: HeaderValue,
+}
+
+/// Intersection of the endpoint's and the backend's allow-lists.
+fn intersect(
+    endpoint: &NameFilter,
+    backend: Option<&NameFilter>,
+    case_insensitive: bool,
+) -> NameFilter {
+    match (endpoint, backend) {
+        (e, None) => e.clone(),
+        (NameFilter::All, Some(b)) => b.clone(),
+        (NameFilter::Only(e), Some(b)) => NameFilter::Only(
+            e.iter()
+                .filter(|n| b.allows(n, case_insensitive))
+                .cloned()
+                .collect(),
+        ),
+    }
+}
+
+impl BackendCall {
+    /// Compiles a backend; `default_hosts` is the service `host` list. Hosts were
+    /// validated with the config, so a host that does not parse is skipped.
+    pub fn compile(
+        endpoint: &Endpoint,
+        b: &Backend,
+        default_hosts: &[String],
+        max_response_bytes: usize,
+    ) -> Self {
+        let hosts = if b.host.is_empty() {
+            default_hosts
+        } else {
+            &b.host
+        };
+        let hosts = hosts
+            .iter()
+            .filter_map(|h| {
+                let uri: Uri = h.parse().ok()?;
+                Some(Host {
+                    scheme: uri.scheme()?.clone(),
+                    authority: uri.authority()?.clone(),
+                })
+            })
+            .collect();
+        let header_filter = intersect(&endpoint.input_headers, b.input_headers.as_ref(), true);
+        let (headers, forwards_user_agent) = match header_filter {
+            NameFilter::All => (HeaderRule::All, true),
+            NameFilter::Only(names) => {
+                let names: Vec<HeaderName> = names
+                    .iter()
+                    .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
+                    .collect();
+                let ua = names.contains(&header::USER_AGENT);
+                (HeaderRule::Only(names.into()), ua)
+            }
+        };
+        let query = match intersect(
+            &endpoint.input_query_strings,
+            b.input_query_strings.as_ref(),
+            false,
+        ) {
+            NameFilter::All => QueryRule::All,
+            NameFilter::Only(names) => {
+                QueryRule::Only(names.iter().map(|n| Box::from(n.as_str())).collect())
+            }
+        };
+        Self {
+            hosts,
+            next_host: AtomicUsize::new(0),
+            method: b.method.clone(),
+            url: UrlTemplate::compile(&b.url_pattern, &endpoint.path),
+            headers,
+            forwards_user_agent,
+            query,
+            encoding: b.encoding,
+            is_collection: b.is_collection,
+            shape: Shape::compile(b),
+            return_error_code: b.return_error_code,
+            error_details_key: b
+                .return_error_details
+                .as_ref()
+                .map(|n| format!("error_{n}").into()),
+            follow_redirects: b.follow_redirects,
+            max_response_bytes,
+            concurrent_calls: endpoint.concurrent_calls,
+            user_agent: HeaderValue::from_static(concat!(
+                "Weir Version ",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
+    /// Calls the backend (`concurrent_calls` times at once when configured) and
+    /// returns its shaped data.
+    pub async fn call(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Map<String, Value>, Failure> {
+        if self.concurrent_calls <= 1 {
+            return self.call_once(client, inbound, responses).await;
+        }
+        let mut calls: FuturesUnordered<_> = (0..self.concurrent_calls)
+            .map(|_| self.call_once(client, inbound, responses))
+            .collect();
+        let mut last = None;
+        while let Some(result) = calls.next().await {
+            match result {
+                Ok(data) => return Ok(data),
+                Err(f) => last = Some(f),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::upstream(ErrorKind::Connect, "no call was made").into()))
+    }
+
+    async fn call_once(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Map<String, Value>, Failure> {
+        let response = self.send(client, inbound, responses).await?;
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let body = self.read_body(response.into_body()).await;
+        // Only 200 and 201 count as success, as in KrakenD.
+        if status != StatusCode::OK && status != StatusCode::CREATED {
+            return Err(Failure {
+                error: Error::upstream(ErrorKind::Status, "invalid status code")
+                    .with_detail(status.as_u16()),
+                status: Some(status),
+                body: body.unwrap_or_default(),
+                content_type,
+            });
+        }
+        let body = body?;
+        let data = decode(self.encoding, self.is_collection, &body).map_err(|e| {
+            Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e)
+        })?;
+        Ok(if self.shape.is_identity() {
+            data
+        } else {
+            self.shape.apply(data)
+        })
+    }
+
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Failure> {
+        match Limited::new(body, self.max_response_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::upstream(
+                ErrorKind::TooLarge,
+                "backend response larger than max_backend_response_bytes",
+            )
+            .into()),
+            Err(e) => Err(
+                Error::upstream(ErrorKind::Io, "reading the backend response failed")
+                    .with_detail(e)
+                    .into(),
+            ),
+        }
+    }
+
+    /// Sends the request, following redirects, and returns the final response with
+    /// its body unread.
+    pub async fn send(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut uri = self.uri(inbound, responses)?;
+        let mut method = self.method.clone();
+        let mut body = inbound.body.clone();
+        let origin = uri.authority().cloned();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = uri.authority() == origin.as_ref();
+            let request = self.request(
+                inbound,
+                method.clone(),
+                uri.clone(),
+                body.clone(),
+                same_origin,
+            );
+            let response = client.request(request).await.map_err(|e| {
+                Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
+            })?;
+            let status = response.status();
+            if !self.follow_redirects
+                || !status.is_redirection()
+                || status == StatusCode::NOT_MODIFIED
+            {
+                return Ok(response);
+            }
+            let Some(next) = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| resolve(&uri, l))
+            else {
+                return Ok(response);
+            };
+            // Like Go: 303, and 301/302 after anything but GET/HEAD, become a GET without body.
+            if status == StatusCode::SEE_OTHER
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && method != Method::GET
+                    && method != Method::HEAD)
+            {
+                method = Method::GET;
+                body = Bytes::new();
+            }
+            uri = next;
+        }
+        Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
+    }
+
+    fn uri(
+        &self,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Uri, Failure> {
+        let host = match self.hosts.len() {
+            0 => return Err(Error::upstream(ErrorKind::Connect, "backend has no host").into()),
+            1 => &self.hosts[0],
+            n => &self.hosts[self.next_host.fetch_add(1, Ordering::Relaxed) % n],
+        };
+        let mut path =
+            String::with_capacity(self.url.len_hint() + inbound.query.map_or(0, str::len));
+        self.url.render_into(
+            &mut path,
+            &Values {
+                params: inbound.params,
+                responses,
+            },
+        );
+        if let Some(query) = inbound.query.filter(|q| !q.is_empty()) {
+            self.append_query(&mut path, query);
+        }
+        let path = PathAndQuery::try_from(path).map_err(|e| {
+            Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e)
+        })?;
+        Uri::builder()
+            .scheme(host.scheme.clone())
+            .authority(host.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| {
+                Error::upstream(ErrorKind::Connect, "invalid backend URL")
+                    .with_detail(e)
+                    .into()
+            })
+    }
+
+    /// Appends the allowed client query parameters after the pattern's own, sorted by
+    /// name as Go's `url.Values.Encode` does.
+    fn append_query(&self, out: &mut String, query: &str) {
+        let mut pairs: Vec<(&str, &str)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| (p.split('=').next().unwrap_or(p), p))
+            .filter(|(name, _)| match &self.query {
+                QueryRule::All => true,
+                QueryRule::Only(allowed) => {
+                    allowed.iter().any(|a| **a == **name || decoded_eq(name, a))
+                }
+            })
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        out.push(if self.url.has_query() { '&' } else { '?' });
+        for (i, (_, pair)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(pair);
+        }
+    }
+
+    fn request(
+        &self,
+        inbound: &Inbound<'_>,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+        same_origin: bool,
+    ) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        match &self.headers {
+            HeaderRule::All => {
+                for (name, value) in inbound.headers {
+                    if !is_hop_by_hop(name)
+                        && name != header::HOST
+                        && name != header::CONTENT_LENGTH
+                    {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+            HeaderRule::Only(names) => {
+                for name in names.iter() {
+                    for value in inbound.headers.get_all(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        if !same_origin {
+            // Credentials are for the host the client meant, not wherever a redirect points.
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(header::COOKIE);
+        }
+        if self.forwards_user_agent && headers.contains_key(header::USER_AGENT) {
+            headers.insert(X_FORWARDED_VIA.clone(), self.user_agent.clone());
+        } else {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        if let Ok(ip) = HeaderValue::try_from(inbound.client_ip.to_string()) {
+            headers.insert(X_FORWARDED_FOR.clone(), ip);
+        }
+        if let Some(host) = inbound.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        request
+    }
+}
+
+fn decoded_eq(raw: &str, name: &str) -> bool {
+    raw.contains(['%', '+'])
+        && percent_encoding::percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8()
+            .is_ok_and(|d| d == name)
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110, section 7.6.1).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Resolves a `Location` header against the URL that answered with it.
+fn resolve(base: &Uri, location: &HeaderValue) -> Option<Uri> {
+    let loc = location.to_str().ok()?;
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.parse().ok();
+    }
+    let path = if loc.starts_with("//") {
+        return format!("{}:{loc}", base.scheme_str()?).parse().ok();
+    } else if loc.starts_with('/') {
+        loc.to_owned()
+    } else {
+        let base_path = base.path();
+        let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+        format!("{dir}{loc}")
+    };
+    Uri::builder()
+        .scheme(base.scheme()?.clone())
+        .authority(base.authority()?.clone())
+        .path_and_query(path)
+        .build()
+        .ok()
+}

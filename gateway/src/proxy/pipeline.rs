@@ -1,0 +1,348 @@
+//! An endpoint's pipeline: call its backends (in parallel or in sequence), merge
+//! their data, apply endpoint-level options and encode the response.
+//!
+//! Phases, in order: backends -> merge -> endpoint flatmap -> static data -> encode.
+//! Only the backend phase waits on I/O; the whole pipe is bounded by the endpoint
+//! timeout, and backends that answered before it count even when others did not.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Either;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::backend::{BackendCall, Failure, Inbound, is_hop_by_hop};
+use super::client::Client;
+use super::flatmap::Flatmap;
+use super::render::render;
+use super::{Body, full};
+use crate::config::{Endpoint, OutputEncoding, StaticResponse, StaticStrategy};
+use crate::error::{Error, ErrorKind};
+
+pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
+const TRUE: HeaderValue = HeaderValue::from_static("true");
+const FALSE: HeaderValue = HeaderValue::from_static("false");
+
+/// Options shared by every endpoint of a runtime.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub return_error_msg: bool,
+    /// `(name, value)` of the version header, unless `hide_version_header` is set.
+    pub version_header: Option<(HeaderName, HeaderValue)>,
+    pub max_response_bytes: usize,
+}
+
+/// A compiled endpoint.
+#[derive(Debug)]
+pub struct Pipeline {
+    encoding: OutputEncoding,
+    timeout: Duration,
+    cache_control: Option<HeaderValue>,
+    backends: Box<[BackendCall]>,
+    sequential: bool,
+    static_response: Option<StaticResponse>,
+    flatmap: Option<Flatmap>,
+    common: Common,
+}
+
+/// What the backends produced together.
+struct Merged {
+    data: Map<String, Value>,
+    /// Whether any backend (or its error details) contributed a response.
+    has_response: bool,
+    failures: Vec<Failure>,
+}
+
+impl Pipeline {
+    pub fn compile(e: &Endpoint, default_hosts: &[String], common: Common) -> Self {
+        let backends = e
+            .backends
+            .iter()
+            .map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes))
+            .collect();
+        let secs = e.cache_ttl.as_secs();
+        Self {
+            encoding: e.output_encoding,
+            timeout: e.timeout,
+            cache_control: (secs > 0)
+                .then(|| HeaderValue::try_from(format!("public, max-age={secs}")).ok())
+                .flatten(),
+            backends,
+            sequential: e.sequential,
+            static_response: e.static_response.clone(),
+            // KrakenD runs the endpoint-level flatmap only where there is something merged.
+            flatmap: (e.backends.len() > 1 && !e.flatmap.is_empty())
+                .then(|| Flatmap::compile(&e.flatmap)),
+            common,
+        }
+    }
+
+    /// Whether the request body must be read before calling backends.
+    pub fn is_passthrough(&self) -> bool {
+        self.encoding == OutputEncoding::NoOp
+    }
+
+    /// Runs the pipeline for one request.
+    pub async fn serve(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        accept: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        if self.encoding == OutputEncoding::NoOp {
+            return self.passthrough(client, inbound).await;
+        }
+        let merged = if self.sequential {
+            self.sequential(client, inbound).await
+        } else if self.backends.len() == 1 {
+            self.single(client, inbound).await
+        } else {
+            self.parallel(client, inbound).await
+        };
+        self.respond(merged, accept)
+    }
+
+    async fn single(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
+        let backend = &self.backends[0];
+        let result =
+            match tokio::time::timeout(self.timeout, backend.call(client, inbound, &[])).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout()),
+            };
+        let mut merged = Merged {
+            data: Map::new(),
+            has_response: false,
+            failures: Vec::new(),
+        };
+        self.fold(&mut merged, 0, result);
+        merged
+    }
+
+    async fn parallel(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
+        let deadline = Instant::now() + self.timeout;
+        let mut results: Vec<Option<Result<Map<String, Value>, Failure>>> =
+            (0..self.backends.len()).map(|_| None).collect();
+        let mut calls: FuturesUnordered<_> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| async move { (i, b.call(client, inbound, &[]).await) })
+            .collect();
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                next = calls.next() => match next {
+                    Some((i, r)) => results[i] = Some(r),
+                    None => break,
+                },
+                () = &mut sleep => break,
+            }
+        }
+        // Merge in declaration order, so that on a key collision the later backend
+        // wins every time instead of whichever happened to answer last.
+        let mut merged = Merged {
+            data: Map::new(),
+            has_response: false,
+            failures: Vec::new(),
+        };
+        for (i, r) in results.into_iter().enumerate() {
+            self.fold(&mut merged, i, r.unwrap_or_else(|| Err(timeout())));
+        }
+        merged
+    }
+
+    async fn sequential(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
+        let mut responses: Vec<Option<Map<String, Value>>> =
+            Vec::with_capacity(self.backends.len());
+        let mut failure = None;
+        let chain = async {
+            for backend in self.backends.iter() {
+                match backend.call(client, inbound, &responses).await {
+                    Ok(data) => responses.push(Some(data)),
+                    Err(f) => {
+                        failure = Some(f);
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(self.timeout, chain).await.is_err() {
+            failure = Some(timeout());
+        }
+        let mut merged = Merged {
+            data: Map::new(),
+            has_response: false,
+            failures: Vec::new(),
+        };
+        let answered = responses.len();
+        for (i, data) in responses.into_iter().flatten().enumerate() {
+            self.fold(&mut merged, i, Ok(data));
+        }
+        // A failure stops the chain: the backends after it never run, and what came
+        // before is returned, marked incomplete.
+        if let Some(f) = failure {
+            self.fold(&mut merged, answered, Err(f));
+        }
+        merged
+    }
+
+    fn fold(&self, merged: &mut Merged, index: usize, result: Result<Map<String, Value>, Failure>) {
+        match result {
+            Ok(data) => {
+                merged.has_response = true;
+                merged.data.extend(data);
+            }
+            Err(failure) => {
+                if let Some(key) = self
+                    .backends
+                    .get(index)
+                    .and_then(|b| b.error_details_key.as_deref())
+                {
+                    merged.has_response = true;
+                    merged.data.insert(key.to_owned(), details(&failure));
+                }
+                merged.failures.push(failure);
+            }
+        }
+    }
+
+    fn respond(&self, mut merged: Merged, accept: Option<&HeaderValue>) -> Response<Body> {
+        let complete = merged.failures.is_empty();
+        if merged.has_response
+            && let Some(flatmap) = &self.flatmap
+        {
+            let mut root = Value::Object(std::mem::take(&mut merged.data));
+            flatmap.apply(&mut root);
+            if let Value::Object(m) = root {
+                merged.data = m;
+            }
+        }
+        if let Some(s) = &self.static_response {
+            let applies = match s.strategy {
+                StaticStrategy::Always => true,
+                StaticStrategy::Success => complete,
+                StaticStrategy::Errored => !complete,
+                StaticStrategy::Complete => complete && merged.has_response,
+                StaticStrategy::Incomplete => !complete || !merged.has_response,
+            };
+            if applies {
+                merged
+                    .data
+                    .extend(s.data.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged.has_response = true;
+            }
+        }
+        if !merged.has_response {
+            return self.failure(&merged.failures);
+        }
+        let (body, content_type) = render(self.encoding, accept, &merged.data);
+        let mut response = Response::new(full(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, content_type);
+        self.common_headers(headers, complete);
+        if complete
+            && !merged.data.is_empty()
+            && let Some(cc) = &self.cache_control
+        {
+            headers.insert(header::CACHE_CONTROL, cc.clone());
+        }
+        response
+    }
+
+    /// The response when no backend produced anything: 500, or the backend's own
+    /// status with `return_error_code` on a single backend.
+    fn failure(&self, failures: &[Failure]) -> Response<Body> {
+        let single = self.backends.len() == 1;
+        let first = failures.first();
+        let passthrough = single && self.backends[0].return_error_code;
+        let status = match first.and_then(|f| f.status) {
+            Some(s) if passthrough => s,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = status;
+        if self.common.return_error_msg {
+            match first {
+                Some(f) if passthrough && f.status.is_some() => {
+                    *response.body_mut() = full(f.body.clone());
+                    if let Some(ct) = &f.content_type {
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, ct.clone());
+                    }
+                }
+                _ => {
+                    let text: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
+                    *response.body_mut() = full(Bytes::from(text.join("\n")));
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, super::render::TEXT);
+                }
+            }
+        }
+        self.common_headers(response.headers_mut(), false);
+        response
+    }
+
+    fn common_headers(&self, headers: &mut http::HeaderMap, complete: bool) {
+        headers.insert(COMPLETED.clone(), if complete { TRUE } else { FALSE });
+        if let Some((name, value)) = &self.common.version_header {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// `no-op`: the backend's status, headers and body go to the client untouched,
+    /// the body streamed without buffering.
+    async fn passthrough(&self, client: &Client, inbound: &Inbound<'_>) -> Response<Body> {
+        let backend = &self.backends[0];
+        let result = tokio::time::timeout(self.timeout, backend.send(client, inbound, &[])).await;
+        match result {
+            Ok(Ok(upstream)) => {
+                let (parts, body) = upstream.into_parts();
+                let mut response = Response::new(Either::Right(body));
+                *response.status_mut() = parts.status;
+                let headers = response.headers_mut();
+                for (name, value) in parts.headers.iter() {
+                    if !is_hop_by_hop(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+                // KrakenD marks no-op responses incomplete: it has no data to vouch for.
+                self.common_headers(headers, false);
+                response
+            }
+            Ok(Err(f)) => self.failure(&[f]),
+            Err(_) => self.failure(&[timeout()]),
+        }
+    }
+}
+
+fn timeout() -> Failure {
+    Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into()
+}
+
+/// `return_error_details`: what the client learns about a failed backend.
+fn details(f: &Failure) -> Value {
+    let mut m = Map::new();
+    let status = f.status.map_or(0, |s| s.as_u16());
+    m.insert("http_status_code".into(), Value::from(status));
+    if !f.body.is_empty() {
+        m.insert(
+            "http_body".into(),
+            Value::String(String::from_utf8_lossy(&f.body).into_owned()),
+        );
+    }
+    if let Some(ct) = f.content_type.as_ref().and_then(|c| c.to_str().ok()) {
+        m.insert("http_body_encoding".into(), Value::String(ct.to_owned()));
+    }
+    if f.status.is_none() {
+        m.insert("error".into(), Value::String(f.error.to_string()));
+    }
+    Value::Object(m)
+}
