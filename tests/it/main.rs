@@ -1,1 +1,11 @@
+//! End-to-end tests: real gateways and backends on port 0, real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod aggregation;
+mod backends;
+mod cli;
+mod encodings;
+mod routing;
+mod sequential;
+mod server;
+mod support;

@@ -1,0 +1,229 @@
+//! What backends receive: URL, query, headers, method, body; and how the client
+//! behaves toward them (round robin, redirects, concurrent calls, timeouts).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::json;
+
+use crate::support::{Backend, Gateway, Reply, config, raw_backend};
+
+#[tokio::test]
+async fn url_pattern_params_and_pattern_query_come_before_client_query() {
+    let b = Backend::json(json!({})).await;
+    let gw = Gateway::start(config(json!([{
+        "endpoint": "/users/{id}/posts/{post}",
+        "input_query_strings": ["page", "sort"],
+        "backend": [{"host": [b.url], "url_pattern": "/v1/u/{id}?include={post}&fixed=1"}]
+    }])))
+    .await;
+    assert_eq!(
+        gw.get("/users/42/posts/7?sort=asc&secret=x&page=2")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(b.last().uri, "/v1/u/42?include=7&fixed=1&page=2&sort=asc");
+}
+
+#[tokio::test]
+async fn query_strings_are_dropped_by_default_and_all_pass_with_star() {
+    let b = Backend::json(json!({})).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/none", "backend": [{"host": [b.url], "url_pattern": "/n"}]},
+        {"endpoint": "/all", "input_query_strings": ["*"], "backend": [{"host": [b.url], "url_pattern": "/a"}]}
+    ])))
+    .await;
+    gw.get("/none?a=1").await;
+    assert_eq!(b.last().uri, "/n");
+    gw.get("/all?b=2&a=1").await;
+    assert_eq!(b.last().uri, "/a?a=1&b=2");
+}
+
+#[tokio::test]
+async fn headers_only_content_type_by_default_plus_forwarding_headers() {
+    let b = Backend::json(json!({})).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/d", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/d"}]},
+        {"endpoint": "/h", "input_headers": ["x-tenant", "User-Agent"], "backend": [{"host": [b.url], "url_pattern": "/h"}]},
+        {"endpoint": "/s", "input_headers": ["*"], "backend": [{"host": [b.url], "url_pattern": "/s", "input_headers": ["Authorization"]}]}
+    ])))
+    .await;
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", "Bearer t"),
+        ("X-Tenant", "acme"),
+        ("User-Agent", "curl/8"),
+    ];
+    gw.send(Method::POST, "/d", &headers, r#"{"a":1}"#).await;
+    let seen = b.last();
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(seen.body, r#"{"a":1}"#);
+    assert_eq!(seen.headers["content-type"], "application/json");
+    assert!(seen.headers.get("authorization").is_none());
+    assert!(seen.headers.get("x-tenant").is_none());
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-host"], gw.addr.to_string());
+    assert!(
+        seen.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("Weir Version ")
+    );
+    assert!(seen.headers.get("x-forwarded-via").is_none());
+
+    gw.send(Method::GET, "/h", &headers, "").await;
+    let seen = b.last();
+    assert_eq!(seen.headers["x-tenant"], "acme");
+    assert_eq!(
+        seen.headers["user-agent"], "curl/8",
+        "an allowed User-Agent is kept"
+    );
+    assert!(
+        seen.headers["x-forwarded-via"]
+            .to_str()
+            .unwrap()
+            .starts_with("Weir Version ")
+    );
+    assert!(seen.headers.get("content-type").is_none());
+
+    gw.send(Method::GET, "/s", &headers, "").await;
+    let seen = b.last();
+    assert_eq!(
+        seen.headers["authorization"], "Bearer t",
+        "backend list narrows the endpoint's *"
+    );
+    assert!(seen.headers.get("x-tenant").is_none());
+}
+
+#[tokio::test]
+async fn backend_method_and_round_robin_over_hosts() {
+    let a = Backend::json(json!({"from": "a"})).await;
+    let b = Backend::json(json!({"from": "b"})).await;
+    let gw = Gateway::start(config(json!([{
+        "endpoint": "/rr", "backend": [{"host": [a.url, b.url], "url_pattern": "/x", "method": "POST"}]
+    }])))
+    .await;
+    for _ in 0..4 {
+        assert_eq!(gw.get("/rr").await.status, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 2));
+    assert_eq!(a.last().method, Method::POST);
+}
+
+#[tokio::test]
+async fn root_host_is_the_default_for_backends() {
+    let b = Backend::json(json!({"v": 1})).await;
+    let mut c = config(json!([{"endpoint": "/x", "backend": [{"url_pattern": "/x"}]}]));
+    c["host"] = json!([b.url]);
+    let gw = Gateway::start(c).await;
+    assert_eq!(gw.get("/x").await.json(), json!({"v": 1}));
+}
+
+#[tokio::test]
+async fn redirects_are_followed_unless_disabled() {
+    let target = Backend::start(|s| {
+        Reply::json(json!({"method": s.method.as_str(), "body": String::from_utf8_lossy(&s.body)}))
+    })
+    .await;
+    let t = target.url.clone();
+    let redirector = Backend::start(move |s| {
+        let code = if s.uri.starts_with("/temp") { 307 } else { 301 };
+        Reply::status(code).header("location", format!("{t}/final"))
+    })
+    .await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/moved", "backend": [{"host": [redirector.url], "url_pattern": "/moved"}]},
+        {"endpoint": "/temp", "method": "POST", "backend": [{"host": [redirector.url], "url_pattern": "/temp"}]},
+        {"endpoint": "/stay", "backend": [{"host": [redirector.url], "url_pattern": "/moved",
+            "extra_config": {"backend/http/client": {"no_redirect": true}}}]}
+    ])))
+    .await;
+    assert_eq!(
+        gw.get("/moved").await.json(),
+        json!({"method": "GET", "body": ""})
+    );
+    assert_eq!(
+        gw.send(Method::POST, "/temp", &[], "keep me").await.json(),
+        json!({"method": "POST", "body": "keep me"})
+    );
+    assert_eq!(
+        gw.get("/stay").await.status,
+        500,
+        "a 301 is not a success when not followed"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_calls_use_the_first_success() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let b = Backend::start(move |_| {
+        // The first call of each request fails fast; the others succeed a bit later.
+        if n2.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+            Reply::status(503)
+        } else {
+            Reply::json(json!({"ok": 1})).after(Duration::from_millis(20))
+        }
+    })
+    .await;
+    let gw = Gateway::start(config(json!([{
+        "endpoint": "/c", "concurrent_calls": 3, "backend": [{"host": [b.url], "url_pattern": "/"}]
+    }])))
+    .await;
+    let r = gw.get("/c").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"ok": 1}));
+    assert_eq!(b.hits(), 3);
+}
+
+#[tokio::test]
+async fn slow_refused_and_garbage_backends_give_500_within_the_timeout() {
+    let slow = Backend::start(|_| Reply::json(json!({})).after(Duration::from_secs(5))).await;
+    let garbage = raw_backend(b"this is not HTTP\r\n\r\n").await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/slow", "timeout": "300ms", "backend": [{"host": [slow.url], "url_pattern": "/"}]},
+        {"endpoint": "/garbage", "backend": [{"host": [garbage], "url_pattern": "/"}]},
+        {"endpoint": "/refused", "backend": [{"host": [refused], "url_pattern": "/"}]}
+    ])))
+    .await;
+    let started = Instant::now();
+    let r = gw.get("/slow").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.header("x-krakend-completed"), Some("false"));
+    assert_eq!(gw.get("/garbage").await.status, 500);
+    assert_eq!(gw.get("/refused").await.status, 500);
+    assert_eq!(
+        gw.get("/slow").await.body.len(),
+        0,
+        "no error text unless return_error_msg"
+    );
+}
+
+#[tokio::test]
+async fn oversized_backend_response_fails_the_backend() {
+    let big = Backend::start(|_| {
+        Reply::raw(
+            200,
+            "application/json",
+            format!("{{\"a\":\"{}\"}}", "x".repeat(4096)),
+        )
+    })
+    .await;
+    let mut c =
+        config(json!([{"endpoint": "/big", "backend": [{"host": [big.url], "url_pattern": "/"}]}]));
+    c["extra_config"] = json!({"weir/limits": {"max_backend_response_bytes": 1024}});
+    let gw = Gateway::start(c).await;
+    assert_eq!(gw.get("/big").await.status, 500);
+}

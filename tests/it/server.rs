@@ -1,0 +1,183 @@
+//! The listener: TLS with HTTP/2 by ALPN, h2c, limits and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Backend, Gateway, Reply, config};
+
+#[tokio::test]
+async fn tls_serves_http2_by_alpn_and_http1() {
+    let b = Backend::json(json!({"secure": true})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    let mut c =
+        config(json!([{"endpoint": "/s", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    c["tls"] = json!({"public_key": cert_path, "private_key": key_path});
+    let gw = Gateway::start(c).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(key.cert.der().to_vec()))
+        .unwrap();
+    for (alpn, want_h2) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], true),
+        (vec![b"http/1.1".to_vec()], false),
+    ] {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        tls.alpn_protocols = alpn;
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol() == Some(b"h2"), want_h2);
+        let req = Request::get("https://localhost/s")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = if want_h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        };
+        assert_eq!(
+            resp.version(),
+            if want_h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"secure":true}"#);
+    }
+}
+
+#[tokio::test]
+async fn h2c_only_when_enabled() {
+    let b = Backend::json(json!({"v": 2})).await;
+    let mut c =
+        config(json!([{"endpoint": "/h", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    let h2c = |addr| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get("http://localhost/h")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.ok()?;
+        Some(resp.into_body().collect().await.ok()?.to_bytes())
+    };
+    let gw = Gateway::start(c.clone()).await;
+    assert!(
+        h2c(gw.addr).await.is_none(),
+        "prior-knowledge h2 is refused without use_h2c"
+    );
+    c["use_h2c"] = json!(true);
+    let gw = Gateway::start(c).await;
+    assert_eq!(&h2c(gw.addr).await.unwrap()[..], br#"{"v":2}"#);
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_headers_are_refused() {
+    let b = Backend::json(json!({})).await;
+    let mut c = config(
+        json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
+    );
+    c["max_header_bytes"] = json!(16384);
+    c["extra_config"] = json!({"weir/limits": {"max_body_bytes": 1000}});
+    let gw = Gateway::start(c).await;
+    assert_eq!(
+        gw.send(Method::POST, "/p", &[], vec![b'x'; 1000])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.send(Method::POST, "/p", &[], vec![b'x'; 1001])
+            .await
+            .status,
+        413
+    );
+    assert_eq!(b.hits(), 1, "a refused body never reaches the backend");
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let huge = format!(
+        "GET /p HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    tcp.write_all(huge.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let head = String::from_utf8_lossy(&out);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    let b = Backend::json(json!({})).await;
+    let gw = Gateway::start(config(
+        json!([{"endpoint": "/p", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"));
+    assert_eq!(gw.get("/p").await.status, 200, "the gateway keeps serving");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let slow =
+        Backend::start(|_| Reply::json(json!({"done": true})).after(Duration::from_millis(600)))
+            .await;
+    let gw = Gateway::start(config(
+        json!([{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}]),
+    ))
+    .await;
+    let url = format!("{}/slow", gw.url);
+    let addr = gw.addr;
+    let in_flight =
+        tokio::spawn(
+            async move { crate::support::send(Method::GET, &url, &[], Bytes::new()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.shutdown().await;
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"done": true}));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
