@@ -51,10 +51,17 @@ impl Settings {
         Ok(Self {
             tls,
             h2c: service.use_h2c,
-            header_timeout: limits
-                .read_header_timeout
-                .or(limits.read_timeout)
-                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            // hyper's header timer also runs while a keep-alive connection waits for its
+            // next request, so it enforces idle_timeout too: the tightest setting wins.
+            header_timeout: [
+                limits.read_header_timeout,
+                limits.idle_timeout,
+                limits.read_timeout,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT),
             max_header_bytes: limits.max_header_bytes,
             shutdown_wait: limits.shutdown_wait,
         })

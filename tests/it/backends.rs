@@ -162,7 +162,7 @@ async fn concurrent_calls_use_the_first_success() {
     let n2 = n.clone();
     let b = Backend::start(move |_| {
         // The first call of each request fails fast; the others succeed a bit later.
-        if n2.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+        if n2.fetch_add(1, Ordering::SeqCst).is_multiple_of(3) {
             Reply::status(503)
         } else {
             Reply::json(json!({"ok": 1})).after(Duration::from_millis(20))

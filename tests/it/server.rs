@@ -181,3 +181,41 @@ async fn shutdown_finishes_requests_in_flight() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_and_slow_bodies_are_cut() {
+    let b = Backend::json(json!({})).await;
+    let mut c = config(
+        json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
+    );
+    c["idle_timeout"] = json!("300ms");
+    c["read_timeout"] = json!("300ms");
+    let gw = Gateway::start(c).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(idle, Ok(Ok(0))),
+        "an idle keep-alive connection is closed: {idle:?}"
+    );
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

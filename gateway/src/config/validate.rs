@@ -713,30 +713,29 @@ fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
     };
     let mut r = Reader::new(obj, path.to_owned(), report);
     r.check_keys(ROUTER_KEYS, ROUTER_IGNORED, &[]);
-    let mut o = RouterOptions::default();
-    o.return_error_msg = r.boolean("return_error_msg").unwrap_or(false);
-    if let Some(p) = r.string("health_path") {
-        if p.starts_with('/') {
-            o.health_path = p.to_owned();
-        } else {
+    let defaults = RouterOptions::default();
+    let health_path = match r.string("health_path") {
+        Some(p) if p.starts_with('/') => p.to_owned(),
+        Some(p) => {
             r.error("health_path", format!("{p:?} must start with /"));
+            defaults.health_path
         }
+        None => defaults.health_path,
+    };
+    let flag = |r: &mut Reader<'_, '_>, key: &str| r.boolean(key).unwrap_or(false);
+    let bodies = r.object("error_body");
+    RouterOptions {
+        return_error_msg: flag(&mut r, "return_error_msg"),
+        health_path,
+        disable_health: flag(&mut r, "disable_health"),
+        hide_version_header: flag(&mut r, "hide_version_header"),
+        auto_options: flag(&mut r, "auto_options"),
+        disable_redirect_fixed_path: flag(&mut r, "disable_redirect_fixed_path"),
+        disable_redirect_trailing_slash: flag(&mut r, "disable_redirect_trailing_slash"),
+        disable_handle_method_not_allowed: flag(&mut r, "disable_handle_method_not_allowed"),
+        error_body_404: bodies.and_then(|b| b.get("404").cloned()),
+        error_body_405: bodies.and_then(|b| b.get("405").cloned()),
     }
-    o.disable_health = r.boolean("disable_health").unwrap_or(false);
-    o.hide_version_header = r.boolean("hide_version_header").unwrap_or(false);
-    o.auto_options = r.boolean("auto_options").unwrap_or(false);
-    o.disable_redirect_fixed_path = r.boolean("disable_redirect_fixed_path").unwrap_or(false);
-    o.disable_redirect_trailing_slash = r
-        .boolean("disable_redirect_trailing_slash")
-        .unwrap_or(false);
-    o.disable_handle_method_not_allowed = r
-        .boolean("disable_handle_method_not_allowed")
-        .unwrap_or(false);
-    if let Some(bodies) = r.object("error_body") {
-        o.error_body_404 = bodies.get("404").cloned();
-        o.error_body_405 = bodies.get("405").cloned();
-    }
-    o
 }
 
 /// Sorts `extra_config` namespaces into supported, unsupported and unknown.
@@ -1061,10 +1060,23 @@ fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
             }
         };
         match or.string("type") {
-            Some("move") if want(&mut or, 2, "move") => ops.push(FlatmapOp::Move {
-                from: args[0].clone(),
-                to: args[1].clone(),
-            }),
+            Some("move") if want(&mut or, 2, "move") => {
+                let stars = |p: &str| p.split('.').filter(|s| *s == "*").count();
+                if stars(&args[1]) > stars(&args[0]) {
+                    or.error(
+                        "args",
+                        format!(
+                            "{:?} has more * than {:?}: each * of the destination takes the index a * of the source matched",
+                            args[1], args[0]
+                        ),
+                    );
+                } else {
+                    ops.push(FlatmapOp::Move {
+                        from: args[0].clone(),
+                        to: args[1].clone(),
+                    });
+                }
+            }
             Some("append") if want(&mut or, 2, "append") => ops.push(FlatmapOp::Append {
                 from: args[0].clone(),
                 to: args[1].clone(),

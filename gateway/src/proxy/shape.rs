@@ -256,3 +256,95 @@ mod tests {
         assert!(s.apply(obj(json!({"x":1}))).is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::{FlatmapOp, Format, parse};
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON with a small key alphabet, so paths actually hit something.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            "[a-c]{0,3}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-d]", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-d]", json_value(), 0..5)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof!["[a-d]", Just("*".to_owned()), Just("0".to_owned())],
+            1..4,
+        )
+        .prop_map(|p| p.join("."))
+    }
+
+    fn shape_with(backend: serde_json::Value) -> Shape {
+        let mut b = backend;
+        b["url_pattern"] = "/".into();
+        let text = serde_json::json!({"version": 3, "host": ["http://b"], "endpoints": [{"endpoint": "/", "backend": [b]}]});
+        let s = parse(&text.to_string(), Format::Json, |_| None)
+            .service
+            .expect("valid");
+        Shape::compile(&s.endpoints[0].backends[0])
+    }
+
+    proptest! {
+        #[test]
+        fn allow_is_idempotent_and_keeps_only_allowed_roots(data in object(), allow in prop::collection::vec(path(), 1..4)) {
+            let s = shape_with(serde_json::json!({"allow": allow}));
+            let once = s.apply(data);
+            let roots: Vec<&str> = allow.iter().map(|p| p.split('.').next().unwrap_or("")).collect();
+            prop_assert!(once.keys().all(|k| roots.contains(&k.as_str())));
+            prop_assert_eq!(s.apply(once.clone()), once);
+        }
+
+        #[test]
+        fn deny_is_idempotent_and_removes_denied_roots(data in object(), deny in prop::collection::vec("[a-d](\\.[a-d])?", 1..4)) {
+            let s = shape_with(serde_json::json!({"deny": deny}));
+            let once = s.apply(data);
+            for d in &deny {
+                if !d.contains('.') {
+                    prop_assert!(!once.contains_key(d.as_str()));
+                }
+            }
+            prop_assert_eq!(s.apply(once.clone()), once);
+        }
+
+        #[test]
+        fn every_manipulation_is_total(data in object(), target in "[a-d](\\.[a-d])?", a in path(), b in path(), group in "[a-d]") {
+            let s = shape_with(serde_json::json!({"target": target, "allow": [a.clone()], "mapping": {"a": "b"}, "group": group}));
+            let out = s.apply(data.clone());
+            prop_assert_eq!(out.len(), 1);
+            let ops = [FlatmapOp::Move { from: a.clone(), to: b.clone() }, FlatmapOp::Append { from: b.clone(), to: a.clone() }, FlatmapOp::Del { path: a }];
+            let mut root = Value::Object(data);
+            crate::proxy::flatmap::Flatmap::compile(&ops).apply(&mut root);
+        }
+
+        /// Deleting by key or wildcard is idempotent (by index it is not: the next item moves up).
+        #[test]
+        fn flatmap_del_is_idempotent(data in object(), p in prop::collection::vec(prop_oneof!["[a-d]", Just("*".to_owned())], 1..4)) {
+            let p = p.join(".");
+            let f = crate::proxy::flatmap::Flatmap::compile(&[FlatmapOp::Del { path: p }]);
+            let mut once = Value::Object(data);
+            f.apply(&mut once);
+            let mut twice = once.clone();
+            f.apply(&mut twice);
+            prop_assert_eq!(twice, once);
+        }
+    }
+}

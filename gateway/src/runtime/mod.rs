@@ -46,6 +46,7 @@ pub struct Runtime {
     client: Client,
     common: Common,
     max_body_bytes: usize,
+    read_timeout: Option<std::time::Duration>,
 }
 
 impl Runtime {
@@ -69,6 +70,7 @@ impl Runtime {
             client,
             common,
             max_body_bytes: service.server.max_body_bytes,
+            read_timeout: service.server.read_timeout,
         })
     }
 
@@ -122,8 +124,8 @@ impl Runtime {
         }
     }
 
-    /// Reads a request body up to the configured limit: 413 above it, 400 when the
-    /// client breaks off.
+    /// Reads a request body up to the configured limit: 413 above it, 408 when it
+    /// takes longer than `read_timeout`, 400 when the client breaks off.
     async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
         if body.is_end_stream() {
             return Ok(Bytes::new());
@@ -131,7 +133,14 @@ impl Runtime {
         if body.size_hint().lower() > self.max_body_bytes as u64 {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        match Limited::new(body, self.max_body_bytes).collect().await {
+        let read = Limited::new(body, self.max_body_bytes).collect();
+        let result = match self.read_timeout {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| StatusCode::REQUEST_TIMEOUT)?,
+            None => read.await,
+        };
+        match result {
             Ok(c) => Ok(c.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(StatusCode::PAYLOAD_TOO_LARGE)
@@ -154,6 +163,7 @@ impl Runtime {
                     StatusCode::NOT_FOUND => "404 page not found",
                     StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed",
                     StatusCode::PAYLOAD_TOO_LARGE => "413 request body too large",
+                    StatusCode::REQUEST_TIMEOUT => "408 request timeout",
                     _ => "400 bad request",
                 };
                 (

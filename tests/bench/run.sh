@@ -1,0 +1,705 @@
+#!/usr/bin/env bash
+# Load benchmark: weir against nginx as a reverse proxy, side by side in one run, on this
+# machine. Prints a table and writes it to tests/bench/results.md (git-ignored).
+#
+#   tests/bench/run.sh                      # defaults: 10 s per scenario, 64 connections
+#   DURATION=30 tests/bench/run.sh          # longer runs
+#   WEIR_BIN=/path/to/weir tests/bench/run.sh
+#   OTHER_GATEWAY_CMD='krakend run -c /tmp/k.json -p {port}' tests/bench/run.sh
+#
+# Environment:
+#   DURATION            seconds per measured scenario (default 10)
+#   WARMUP              seconds of warm-up load before each measurement (default 2)
+#   CONNECTIONS         keep-alive connections of wrk (default 64)
+#   WEIR_BIN            use this weir binary instead of building target/release/weir
+#   OTHER_GATEWAY_CMD   another gateway to measure under the same pinning; `{port}` is the
+#                       port it must listen on (127.0.0.1), `{upstream}` the upstream base URL
+#                       (http://127.0.0.1:N). It must proxy GET $OTHER_GATEWAY_PATH
+#                       (default /user) to {upstream}/user.
+#   OTHER_GATEWAY_NAME  its label in the table (default "other gateway")
+#   KEEP_TMP=1          keep the generated configs, logs and wrk outputs
+#
+# Layout: the proxy under test runs alone on one CPU; the upstream (nginx serving two JSON
+# documents from memory) and wrk share another, so the proxy's numbers are not disturbed by
+# the load generator. Only loopback addresses are used.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+MANY_CONNECTIONS=1000
+MANY_DURATION=5
+STARTUP_ENDPOINTS=1000
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RESULTS_MD=$ROOT/tests/bench/results.md
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a positive number of seconds"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number of seconds"
+[[ $CONNECTIONS =~ ^[0-9]+$ && $CONNECTIONS -gt 0 ]] || die "CONNECTIONS must be a positive number"
+
+# ---------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------
+
+find_nginx() {
+    command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
+}
+
+NGINX=$(find_nginx)
+missing=()
+[[ -n $NGINX ]] || missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ((${#missing[@]} > 0)); then
+    log "missing: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "install them first, e.g. on Debian/Ubuntu:"
+        log "  sudo apt-get install -y nginx-light wrk curl    (or 'nginx' where nginx-light does not exist)"
+        exit 1
+    fi
+    pkgs=()
+    for m in "${missing[@]}"; do
+        case $m in
+        nginx) pkgs+=(nginx-light) ;;
+        *) pkgs+=("$m") ;;
+        esac
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() { apt-get install -y -q "$@" >/dev/null; }
+    if ! apt_install "${pkgs[@]}"; then
+        log "apt-get install failed; running apt-get update and retrying"
+        apt-get update -q >/dev/null
+        apt_install "${pkgs[@]}" || apt_install "${pkgs[@]/nginx-light/nginx}" ||
+            die "could not install ${pkgs[*]}"
+    fi
+    NGINX=$(find_nginx)
+    [[ -n $NGINX ]] || die "nginx installed but not found on PATH or in /usr/sbin"
+fi
+
+if [[ -z ${WEIR_BIN:-} ]]; then
+    log "building weir (release)..."
+    (cd "$ROOT" && cargo build --release -q -p weir-gateway --bin weir) || die "cargo build failed"
+    WEIR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/weir
+    [[ $WEIR_BIN = /* ]] || WEIR_BIN=$ROOT/$WEIR_BIN
+fi
+[[ -x $WEIR_BIN ]] || die "weir binary not found or not executable: $WEIR_BIN"
+
+# ---------------------------------------------------------------------------------------
+# CPU pinning: proxy on one CPU, upstream + wrk on another (not the proxy's SMT sibling if
+# another CPU is available).
+# ---------------------------------------------------------------------------------------
+
+expand_cpu_list() {
+    local part lo hi c parts out=()
+    IFS=, read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ $part == *-* ]]; then
+            lo=${part%-*} hi=${part#*-}
+            for ((c = lo; c <= hi; c++)); do out+=("$c"); done
+        elif [[ -n $part ]]; then
+            out+=("$part")
+        fi
+    done
+    echo "${out[@]}"
+}
+
+PIN_PROXY=()
+PIN_LOAD=()
+PINNING="unpinned"
+read -ra CPUS <<<"$(expand_cpu_list "$(awk '/^Cpus_allowed_list:/{print $2}' /proc/self/status 2>/dev/null || true)")"
+if ((${#CPUS[@]} < 2)); then
+    log "warning: only one CPU available; running unpinned (proxy, upstream and wrk compete for it)"
+elif ! command -v taskset >/dev/null 2>&1; then
+    log "warning: taskset not found (package util-linux); running unpinned"
+else
+    PROXY_CPU=${CPUS[0]}
+    LOAD_CPU=${CPUS[1]}
+    siblings=$(expand_cpu_list "$(cat "/sys/devices/system/cpu/cpu$PROXY_CPU/topology/thread_siblings_list" 2>/dev/null || echo "$PROXY_CPU")")
+    for c in "${CPUS[@]:1}"; do
+        if [[ " $siblings " != *" $c "* ]]; then
+            LOAD_CPU=$c
+            break
+        fi
+    done
+    PIN_PROXY=(taskset -c "$PROXY_CPU")
+    PIN_LOAD=(taskset -c "$LOAD_CPU")
+    PINNING="proxy on CPU $PROXY_CPU, upstream + wrk on CPU $LOAD_CPU"
+fi
+
+# Enough descriptors for 1,000 client connections plus as many upstream connections.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < 2 * MANY_CONNECTIONS + 100)); then
+    log "warning: open-files limit is $(ulimit -n); the $MANY_CONNECTIONS-connection run may see socket errors"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Processes and cleanup
+# ---------------------------------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")
+PIDS=()
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_bg VAR LOG CMD...: starts CMD in the background with output to LOG, pid in VAR.
+start_bg() {
+    local var=$1 logfile=$2
+    shift 2
+    "$@" >"$logfile" 2>&1 &
+    PIDS+=($!)
+    printf -v "$var" '%s' "$!"
+}
+
+stop_and_forget() {
+    local pid=$1 p keep=()
+    stop_pid "$pid"
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# alloc_port VAR: a free loopback port, never handed out twice in this run.
+NEXT_PORT=$((20000 + RANDOM % 20000))
+alloc_port() {
+    local i
+    for ((i = 0; i < 500; i++)); do
+        NEXT_PORT=$((NEXT_PORT + 1))
+        ((NEXT_PORT < 60000)) || NEXT_PORT=20000
+        if ! port_in_use "$NEXT_PORT"; then
+            printf -v "$1" '%s' "$NEXT_PORT"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# http_status URL [curl args...]: the status code, or 000 when nothing answered.
+http_status() {
+    local url=$1
+    shift
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true
+}
+
+# wait_ready URL PID SECONDS: until URL answers 200, the process dies or time runs out.
+wait_ready() {
+    local url=$1 pid=$2 deadline=$((SECONDS + $3))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [[ $(http_status "$url") == 200 ]] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# vmhwm_kb PID: peak resident set size in kB.
+vmhwm_kb() {
+    local kb
+    kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
+    echo "${kb:-0}"
+}
+
+child_pids() {
+    if command -v pgrep >/dev/null 2>&1; then
+        pgrep -P "$1" || true
+    else
+        ps -o pid= --ppid "$1" 2>/dev/null || true
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Upstream: nginx serving two JSON documents from memory
+# ---------------------------------------------------------------------------------------
+
+# ~500 bytes each: a flat user record, and a profile with nested objects and arrays.
+# (No single quotes, `$` or backslashes: they are inlined in nginx `return` strings.)
+USER_JSON='{"id":48213,"username":"jdoe","email":"jane.doe@example.com","first_name":"Jane","last_name":"Doe","phone":"+1-202-555-0143","locale":"en-US","timezone":"America/New_York","status":"active","email_verified":true,"created_at":"2021-03-14T09:26:53Z","updated_at":"2024-11-02T17:45:10Z","last_login_at":"2025-01-20T08:12:44Z","login_count":1287,"plan":"premium","avatar_url":"https://cdn.example.com/avatars/48213.png","bio":"Backend engineer, coffee drinker and occasional cyclist.","newsletter":false}'
+PROFILE_JSON='{"profile_id":"p-48213","display_name":"Jane D.","company":"Acme Corp","job_title":"Staff Engineer","address":{"street":"1600 Pennsylvania Ave NW","city":"Washington","state":"DC","postal_code":"20500","country":"US","geo":{"lat":38.8977,"lng":-77.0365}},"roles":["admin","editor","billing"],"preferences":{"theme":"dark","language":"en","notifications":{"email":true,"sms":false}},"social":[{"network":"github","handle":"janedoe"},{"network":"mastodon","handle":"@jane@example.social"}],"score":4.87}'
+
+# nginx_common NAME: main-context and http-context lines shared by both nginx instances.
+nginx_main() {
+    local name=$1
+    mkdir -p "$TMP/$name"
+    cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid $TMP/$name/nginx.pid;
+error_log $TMP/$name/error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+nginx_http_common() {
+    local name=$1
+    cat <<EOF
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/$name/body;
+    proxy_temp_path $TMP/$name/proxy;
+    fastcgi_temp_path $TMP/$name/fastcgi;
+    uwsgi_temp_path $TMP/$name/uwsgi;
+    scgi_temp_path $TMP/$name/scgi;
+EOF
+}
+
+alloc_port UPSTREAM_PORT
+UPSTREAM=http://127.0.0.1:$UPSTREAM_PORT
+{
+    nginx_main upstream
+    echo "http {"
+    nginx_http_common upstream
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        default_type application/json;
+        location = /user { return 200 '$USER_JSON'; }
+        location = /profile { return 200 '$PROFILE_JSON'; }
+        location / { return 404; }
+    }
+}
+EOF
+} >"$TMP/upstream.conf"
+
+start_nginx() { # VAR NAME CONF PIN...
+    local var=$1 name=$2 conf=$3
+    shift 3
+    start_bg "$var" "$TMP/$name.log" "$@" "$NGINX" -p "$TMP/$name/" -c "$conf" -e "$TMP/$name/error.log" -g 'daemon off;'
+}
+
+start_nginx UPSTREAM_PID upstream "$TMP/upstream.conf" "${PIN_LOAD[@]}"
+if ! wait_ready "$UPSTREAM/user" "$UPSTREAM_PID" 10; then
+    cat "$TMP/upstream.log" "$TMP/upstream/error.log" >&2 2>/dev/null || true
+    die "upstream nginx did not start"
+fi
+
+write_nginx_proxy_conf() { # PORT FILE
+    {
+        nginx_main nginx-proxy
+        echo "http {"
+        nginx_http_common nginx-proxy
+        cat <<EOF
+    upstream up {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$1 backlog=4096;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    } >"$2"
+}
+
+# ---------------------------------------------------------------------------------------
+# weir configs
+# ---------------------------------------------------------------------------------------
+
+# weir_config PORT ENDPOINTS_JSON [ROOT_EXTRA_CONFIG_JSON]
+weir_config() {
+    local extra=${3:-}
+    [[ -n $extra ]] || extra='{}'
+    cat <<EOF
+{
+  "version": 3,
+  "name": "weir-bench",
+  "listen_ip": "127.0.0.1",
+  "port": $1,
+  "host": ["$UPSTREAM"],
+  "timeout": "3s",
+  "extra_config": $extra,
+  "endpoints": [$2]
+}
+EOF
+}
+
+EP_PLAIN='{"endpoint": "/user", "output_encoding": "no-op",
+   "backend": [{"url_pattern": "/user", "encoding": "no-op"}]}'
+
+SHAPE_BACKEND='{"url_pattern": "/profile", "encoding": "json",
+     "allow": ["profile_id", "display_name", "address.city", "address.country", "roles", "preferences.theme"],
+     "mapping": {"profile_id": "id", "display_name": "name"},
+     "group": "profile"}'
+EP_SHAPE="{\"endpoint\": \"/profile\", \"output_encoding\": \"json\", \"backend\": [$SHAPE_BACKEND]}"
+
+EP_MERGE='{"endpoint": "/merged", "output_encoding": "json",
+   "backend": [{"url_pattern": "/user", "encoding": "json"},
+               {"url_pattern": "/profile", "encoding": "json"}]}'
+
+# ---------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------
+
+ROW_NAME=() ROW_RPS=() ROW_P50=() ROW_P99=() ROW_RSS=() ROW_ERR=() ROW_NOTE=()
+NOTES=()
+
+add_row() { # name rps p50 p99 rss_mb errors note
+    ROW_NAME+=("$1") ROW_RPS+=("$2") ROW_P50+=("$3") ROW_P99+=("$4") ROW_RSS+=("$5") ROW_ERR+=("$6") ROW_NOTE+=("$7")
+}
+
+# run_wrk OUT CONNECTIONS SECONDS URL [wrk args...]
+run_wrk() {
+    local out=$1 conns=$2 secs=$3 url=$4
+    shift 4
+    timeout $((secs + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency "$@" "$url" >"$out" 2>&1 || true
+}
+
+# parse_wrk FILE: sets W_RPS, W_P50, W_P99 (ms) and W_ERR ("0" or a description).
+parse_wrk() {
+    local f=$1 non2xx sock
+    W_RPS=$(awk '/^Requests\/sec:/{printf "%.0f", $2}' "$f")
+    local to_ms='function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return v + 0 }'
+    W_P50=$(awk "$to_ms"' $1 == "50%" { printf "%.2f", ms($2) }' "$f")
+    W_P99=$(awk "$to_ms"' $1 == "99%" { printf "%.2f", ms($2) }' "$f")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF}' "$f")
+    sock=$(awk '/Socket errors:/{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END {print s + 0}' "$f")
+    W_ERR=0
+    if [[ -n $non2xx && $non2xx != 0 ]] || [[ $sock != 0 ]]; then
+        W_ERR="non-2xx ${non2xx:-0}, socket errors $sock"
+    fi
+    if [[ -z $W_RPS ]]; then
+        W_RPS=0 W_P50=- W_P99=- W_ERR="wrk failed: $(head -c 200 "$f" | tr '\n' ' ')"
+    fi
+}
+
+mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+# measure NAME URL PID RSS_PIDS [wrk args...]: verifies a 200, warms up, measures.
+measure() {
+    local name=$1 url=$2 pid=$3 rss_pids=$4
+    shift 4
+    local status
+    status=$(http_status "$url" "$@")
+    if [[ $status != 200 ]]; then
+        log "  $name: $url answered $status, not 200; skipped"
+        add_row "$name" - - - - "status $status" "FAILED: GET $url answered $status"
+        return 0
+    fi
+    log "  $name: warm-up ${WARMUP}s, measuring ${DURATION}s"
+    if ((WARMUP > 0)); then
+        run_wrk "$TMP/$name.warmup.txt" "$CONNECTIONS" "$WARMUP" "$url" "$@"
+    fi
+    local out="$TMP/wrk-${#ROW_NAME[@]}.txt"
+    run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url" "$@"
+    parse_wrk "$out"
+    local kb=0 p
+    for p in $rss_pids; do kb=$((kb + $(vmhwm_kb "$p"))); done
+    if ! kill -0 "$pid" 2>/dev/null; then
+        W_ERR="process exited during the run"
+    fi
+    add_row "$name" "$W_RPS" "$W_P50" "$W_P99" "$(mb "$kb")" "$W_ERR" ""
+    log "    $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms, peak RSS $(mb "$kb") MB, errors: $W_ERR"
+}
+
+# start_weir VAR CONFIG PORT: starts weir pinned, waits for /__health; returns 1 on failure.
+start_weir() {
+    local var=$1 cfg=$2 port=$3 name
+    name=$(basename "$cfg" .json)
+    start_bg "$var" "$TMP/$name.log" "${PIN_PROXY[@]}" "$WEIR_BIN" run -c "$cfg" --workers 1
+    if ! wait_ready "http://127.0.0.1:$port/__health" "${!var}" 15; then
+        log "  weir did not start with $cfg:"
+        tail -n 20 "$TMP/$name.log" >&2 || true
+        stop_and_forget "${!var}"
+        return 1
+    fi
+}
+
+# weir_scenario NAME FILE PORT PATH [wrk args...]
+weir_scenario() {
+    local name=$1 cfg=$2 port=$3 path=$4 pid check
+    shift 4
+    if ! check=$("$WEIR_BIN" check -c "$cfg" 2>&1); then
+        log "  $name: weir check rejected the config:"
+        log "$check"
+        add_row "$name" - - - - "config rejected" "FAILED: weir check rejected the config"
+        return 0
+    fi
+    if ! start_weir pid "$cfg" "$port"; then
+        add_row "$name" - - - - "did not start" "FAILED: weir did not start"
+        return 0
+    fi
+    measure "$name" "http://127.0.0.1:$port$path" "$pid" "$pid" "$@"
+    stop_and_forget "$pid"
+}
+
+log "weir:     $WEIR_BIN ($("$WEIR_BIN" version 2>/dev/null || echo '?'))"
+log "nginx:    $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+log "pinning:  $PINNING"
+log "upstream: $UPSTREAM (/user ${#USER_JSON} B, /profile ${#PROFILE_JSON} B)"
+log "load:     wrk -t1 -c$CONNECTIONS -d${DURATION}s after ${WARMUP}s of warm-up"
+log ""
+
+# 1. nginx reverse proxy: the reference.
+alloc_port NGINX_PORT
+write_nginx_proxy_conf "$NGINX_PORT" "$TMP/nginx-proxy.conf"
+NGINX_NAME="nginx proxy_pass (reference)"
+start_nginx NGINX_PID nginx-proxy "$TMP/nginx-proxy.conf" "${PIN_PROXY[@]}"
+if wait_ready "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" 10; then
+    # The worker serves the traffic; the master only supervises it.
+    measure "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" "$(child_pids "$NGINX_PID")"
+else
+    cat "$TMP/nginx-proxy/error.log" >&2 2>/dev/null || true
+    add_row "$NGINX_NAME" - - - - "did not start" "FAILED: nginx proxy did not start"
+fi
+stop_and_forget "$NGINX_PID"
+
+# 2. weir, plain proxy (no-op).
+alloc_port P
+weir_config "$P" "$EP_PLAIN" >"$TMP/weir-plain.json"
+weir_scenario "weir no-op proxy" "$TMP/weir-plain.json" "$P" /user
+
+# 3. weir, one JSON backend with allow + mapping + group.
+alloc_port P
+weir_config "$P" "$EP_SHAPE" >"$TMP/weir-shape.json"
+weir_scenario "weir json allow+mapping+group" "$TMP/weir-shape.json" "$P" /profile
+
+# 4. weir, two backends merged.
+alloc_port P
+weir_config "$P" "$EP_MERGE" >"$TMP/weir-merge.json"
+weir_scenario "weir 2 backends merged" "$TMP/weir-merge.json" "$P" /merged
+
+# 5. weir with JWT validation, rate limit and telemetry, on top of scenario 3.
+POLICY_NAME="weir jwt+ratelimit+telemetry"
+alloc_port P
+alloc_port METRICS_PORT
+EP_POLICY="{\"endpoint\": \"/secure\", \"output_encoding\": \"json\",
+   \"extra_config\": {
+     \"auth/validator\": {\"alg\": \"RS256\", \"jwk_local_path\": \"$TMP/jwk.json\", \"disable_jwk_security\": true,
+       \"cache\": true, \"issuer\": \"https://auth.bench.local\", \"audience\": [\"weir-bench\"],
+       \"roles_key\": \"roles\", \"roles\": [\"user\"]},
+     \"qos/ratelimit/router\": {\"max_rate\": 10000000, \"every\": \"1s\", \"client_max_rate\": 10000000, \"strategy\": \"ip\"}
+   },
+   \"backend\": [$SHAPE_BACKEND]}"
+TELEMETRY="{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\", \"metric_reporting_period\": 1,
+   \"exporters\": {\"prometheus\": [{\"name\": \"local\", \"port\": $METRICS_PORT, \"listen_ip\": \"127.0.0.1\"}]}}}"
+weir_config "$P" "$EP_POLICY" "$TELEMETRY" >"$TMP/weir-policy.json"
+
+# Writes $TMP/key.pem, $TMP/jwk.json and prints a token valid for a day.
+make_jwt() {
+    openssl genrsa -out "$TMP/key.pem" 2048 2>/dev/null
+    python3 - "$TMP/key.pem" "$TMP/jwk.json" <<'PY'
+import base64, json, subprocess, sys, time
+key, jwk_path = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+out = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"],
+                     check=True, capture_output=True, text=True).stdout
+n = bytes.fromhex(out.strip().split("=", 1)[1])
+with open(jwk_path, "w") as f:
+    json.dump({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench",
+                         "n": b64(n), "e": "AQAB"}]}, f)
+now = int(time.time())
+header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
+claims = {"iss": "https://auth.bench.local", "aud": "weir-bench", "sub": "user-48213",
+          "roles": ["user"], "iat": now, "exp": now + 86400}
+signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key],
+                     input=signing_input, check=True, capture_output=True).stdout
+print(signing_input.decode() + "." + b64(sig))
+PY
+}
+
+POLICY_SKIP="skipped: needs auth/validator, qos/ratelimit/router (not implemented yet)"
+if check=$("$WEIR_BIN" check -c "$TMP/weir-policy.json" 2>&1) || ! grep -q '^unsupported:' <<<"$check"; then
+    if ! command -v openssl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
+        log "  $POLICY_NAME: skipped: needs openssl and python3 to make a JWT"
+        add_row "$POLICY_NAME" - - - - - "skipped: needs openssl and python3 to make a JWT"
+    elif ! TOKEN=$(make_jwt); then
+        add_row "$POLICY_NAME" - - - - - "skipped: could not make a JWT"
+    else
+        weir_scenario "$POLICY_NAME" "$TMP/weir-policy.json" "$P" /secure -H "Authorization: Bearer $TOKEN"
+    fi
+else
+    log "  $POLICY_NAME: $POLICY_SKIP"
+    add_row "$POLICY_NAME" - - - - - "$POLICY_SKIP"
+fi
+
+# 6. Any other gateway, under the same pinning.
+if [[ -n ${OTHER_GATEWAY_CMD:-} ]]; then
+    OTHER_NAME=${OTHER_GATEWAY_NAME:-other gateway}
+    alloc_port P
+    cmd=${OTHER_GATEWAY_CMD//\{port\}/$P}
+    cmd=${cmd//\{upstream\}/$UPSTREAM}
+    url="http://127.0.0.1:$P${OTHER_GATEWAY_PATH:-/user}"
+    log "  $OTHER_NAME: $cmd"
+    start_bg OTHER_PID "$TMP/other.log" "${PIN_PROXY[@]}" bash -c "exec $cmd"
+    if wait_ready "$url" "$OTHER_PID" 30; then
+        measure "$OTHER_NAME" "$url" "$OTHER_PID" "$OTHER_PID"
+        ROW_NOTE[-1]="RSS of the started process only"
+    else
+        tail -n 20 "$TMP/other.log" >&2 || true
+        add_row "$OTHER_NAME" - - - - "did not start" "FAILED: no 200 from $url within 30 s"
+    fi
+    stop_and_forget "$OTHER_PID"
+fi
+
+# 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.
+log ""
+log "$MANY_CONNECTIONS concurrent connections (${MANY_DURATION}s):"
+many() { # NAME URL PID RSS_PIDS
+    local out="$TMP/many-$3.txt" kb=0 p
+    run_wrk "$out" "$MANY_CONNECTIONS" "$MANY_DURATION" "$2"
+    parse_wrk "$out"
+    for p in $4; do kb=$((kb + $(vmhwm_kb "$p"))); done
+    local line="$1 with $MANY_CONNECTIONS connections: peak RSS $(mb "$kb") MB, $W_RPS req/s, p99 $W_P99 ms, errors: $W_ERR"
+    log "  $line"
+    NOTES+=("$line")
+}
+alloc_port P
+weir_config "$P" "$EP_PLAIN" >"$TMP/weir-many.json"
+if start_weir PID "$TMP/weir-many.json" "$P"; then
+    many "weir no-op proxy" "http://127.0.0.1:$P/user" "$PID" "$PID"
+    stop_and_forget "$PID"
+else
+    NOTES+=("weir with $MANY_CONNECTIONS connections: FAILED, weir did not start")
+fi
+alloc_port P
+write_nginx_proxy_conf "$P" "$TMP/nginx-many.conf"
+start_nginx PID nginx-proxy "$TMP/nginx-many.conf" "${PIN_PROXY[@]}"
+if wait_ready "http://127.0.0.1:$P/user" "$PID" 10; then
+    many "nginx proxy_pass (worker)" "http://127.0.0.1:$P/user" "$PID" "$(child_pids "$PID")"
+fi
+stop_and_forget "$PID"
+
+# Start-up with a 1,000-endpoint config: from exec to the first 200 of a proxied endpoint.
+log ""
+log "start-up with $STARTUP_ENDPOINTS endpoints:"
+alloc_port P
+{
+    for ((i = 0; i < STARTUP_ENDPOINTS; i++)); do
+        ((i == 0)) || echo ","
+        printf '{"endpoint": "/api/v1/resource-%d/{id}", "backend": [{"url_pattern": "/%s?id={id}", "encoding": "json", "allow": ["id", "email"]}]}' \
+            "$i" "$([[ $((i % 2)) == 0 ]] && echo user || echo profile)"
+    done
+} >"$TMP/endpoints.json"
+weir_config "$P" "$(cat "$TMP/endpoints.json")" >"$TMP/weir-1000.json"
+if ! check=$("$WEIR_BIN" check -c "$TMP/weir-1000.json" 2>&1); then
+    log "$check"
+    NOTES+=("start-up with $STARTUP_ENDPOINTS endpoints: FAILED, weir check rejected the config")
+else
+    last="http://127.0.0.1:$P/api/v1/resource-$((STARTUP_ENDPOINTS - 1))/42"
+    t0=$(date +%s%N)
+    start_bg PID "$TMP/weir-1000.log" "${PIN_PROXY[@]}" "$WEIR_BIN" run -c "$TMP/weir-1000.json" --workers 1
+    ok=0
+    deadline=$((SECONDS + 20))
+    while ((SECONDS < deadline)) && kill -0 "$PID" 2>/dev/null; do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$last" 2>/dev/null || true) == 200 ]]; then
+            ok=1
+            break
+        fi
+    done
+    t1=$(date +%s%N)
+    if ((ok)); then
+        ms=$(((t1 - t0) / 1000000))
+        line="start-up with $STARTUP_ENDPOINTS endpoints to the first served request: $ms ms (RSS then $(mb "$(vmhwm_kb "$PID")") MB)"
+    else
+        tail -n 20 "$TMP/weir-1000.log" >&2 || true
+        line="start-up with $STARTUP_ENDPOINTS endpoints: FAILED, no 200 from $last within 20 s"
+    fi
+    log "  $line"
+    NOTES+=("$line")
+    stop_and_forget "$PID"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+ratio() { # value reference
+    awk -v v="$1" -v r="$2" 'BEGIN { if (v ~ /^[0-9.]+$/ && r ~ /^[0-9.]+$/ && r > 0) printf "%.2fx", v / r; else printf "-" }'
+}
+
+HEADERS=("scenario" "req/s" "p50 ms" "p99 ms" "peak RSS MB" "req/s vs nginx" "p99 vs nginx" "errors")
+CELLS=()
+for i in "${!ROW_NAME[@]}"; do
+    errors=${ROW_ERR[$i]}
+    if [[ -n ${ROW_NOTE[$i]} ]]; then
+        case $errors in
+        0 | -) errors=${ROW_NOTE[$i]} ;;
+        *) errors="$errors; ${ROW_NOTE[$i]}" ;;
+        esac
+    fi
+    CELLS+=("${ROW_NAME[$i]}|${ROW_RPS[$i]}|${ROW_P50[$i]}|${ROW_P99[$i]}|${ROW_RSS[$i]}|$(ratio "${ROW_RPS[$i]}" "${ROW_RPS[0]}")|$(ratio "${ROW_P99[$i]}" "${ROW_P99[0]}")|$errors")
+done
+
+print_table() {
+    local row
+    printf '%-30s %9s %7s %7s %12s %15s %13s  %s\n' "${HEADERS[@]}"
+    for row in "${CELLS[@]}"; do
+        IFS='|' read -ra c <<<"$row"
+        printf '%-30s %9s %7s %7s %12s %15s %13s  %s\n' "${c[@]}"
+    done
+}
+
+markdown_table() {
+    local row
+    printf '| %s |' "${HEADERS[0]}"
+    printf ' %s |' "${HEADERS[@]:1}"
+    printf '\n|---|---:|---:|---:|---:|---:|---:|---|\n'
+    for row in "${CELLS[@]}"; do
+        printf '| %s |\n' "${row//|/ | }"
+    done
+}
+
+CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+CPU_MODEL=${CPU_MODEL:-$(uname -m)}
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $REV != unknown ]] && ! git -C "$ROOT" diff --quiet HEAD -- gateway Cargo.toml Cargo.lock 2>/dev/null; then
+    REV="$REV-dirty"
+fi
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+echo
+print_table
+echo
+for n in "${NOTES[@]}"; do echo "* $n"; done
+echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV"
+
+{
+    echo "# Weir load benchmark"
+    echo
+    echo "* Date: $DATE"
+    echo "* CPU: $CPU_MODEL ($(nproc) CPUs available), $PINNING"
+    echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, \`run --workers 1\`"
+    echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
+    echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
+    echo "* Ratios are to the nginx row of the same run; peak RSS is VmHWM (nginx: its worker)."
+    echo
+    markdown_table
+    echo
+    for n in "${NOTES[@]}"; do echo "* $n"; done
+} >"$RESULTS_MD"
+log ""
+log "written to ${RESULTS_MD#"$ROOT"/}"
