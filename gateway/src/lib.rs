@@ -7,12 +7,14 @@
 //! could have been prepared when the config was compiled.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod time;
 
 /// The version reported by `weir version` and in the `User-Agent` sent to backends.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

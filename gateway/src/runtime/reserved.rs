@@ -1,6 +1,6 @@
 //! The gateway's own endpoints: `/__health`, `/__debug/` and `/__echo/`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header;
@@ -19,7 +19,9 @@ fn json_response(v: &Value) -> Response<Body> {
 
 /// `{"agents":{},"now":"...","status":"ok"}`, with `now` in Go's `Time.String` form.
 pub fn health() -> Response<Body> {
-    json_response(&json!({"agents": {}, "now": go_time_string(SystemTime::now()), "status": "ok"}))
+    json_response(
+        &json!({"agents": {}, "now": crate::time::go_string(SystemTime::now()), "status": "ok"}),
+    )
 }
 
 pub fn debug() -> Response<Body> {
@@ -95,51 +97,12 @@ fn canonical(name: &str) -> String {
     out
 }
 
-/// `2006-01-02 15:04:05.999999999 +0000 UTC`: Go's `Time.String` in UTC.
-fn go_time_string(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    let mut s = format!(
-        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    let nanos = d.subsec_nanos();
-    if nanos > 0 {
-        let frac = format!("{nanos:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push_str(" +0000 UTC");
-    s
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn go_time_format() {
-        let t = UNIX_EPOCH + Duration::new(1_642_614_318, 84_402_000);
-        assert_eq!(go_time_string(t), "2022-01-19 17:45:18.084402 +0000 UTC");
+    fn canonical_header_names() {
         assert_eq!(canonical("x-forwarded-for"), "X-Forwarded-For");
     }
 }
