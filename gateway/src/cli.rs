@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Checked, Report};
+use crate::config::{self, Checked, Report, Service};
 use crate::runtime::{Flags, Runtime};
 use crate::server;
 
@@ -41,7 +41,20 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long, env = "WEIR_WORKERS")]
         workers: Option<usize>,
+        /// Reload the config file when it changes (it is always reloaded on SIGHUP).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        managed: ManagedArgs,
     },
+    /// Create an Ed25519 signing key pair for bundles: FILE (private) and its .pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign, verify and inspect config bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Validate a config file and report every problem with its path.
     Check {
         #[arg(short, long, default_value = "./krakend.json")]
@@ -61,6 +74,70 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+/// Managed mode: the config comes from a control plane as a signed bundle.
+#[derive(clap::Args)]
+struct ManagedArgs {
+    /// Control-plane base URL; turns on managed mode (the -c file is then not read).
+    #[arg(long, env = "WEIR_CONTROL", requires_all = ["gateway", "env", "token_file", "trust"])]
+    control: Option<String>,
+    /// Gateway name this node serves.
+    #[arg(long, env = "WEIR_GATEWAY")]
+    gateway: Option<String>,
+    /// Environment this node serves.
+    #[arg(long, env = "WEIR_ENV")]
+    env: Option<String>,
+    /// File holding the node token.
+    #[arg(long, env = "WEIR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Public key (JWK) whose bundles are accepted; repeat it to trust several.
+    #[arg(long)]
+    trust: Vec<PathBuf>,
+    /// Where the last accepted bundle is kept.
+    #[arg(long, env = "WEIR_CACHE_DIR", default_value = "./weir-cache")]
+    cache_dir: PathBuf,
+    /// Time between bundle fetches (Go duration).
+    #[arg(long, default_value = "2s", value_parser = config::parse_duration)]
+    poll_interval: std::time::Duration,
+    /// Node id reported to the control plane (default: the host name).
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Sign a config as a bundle for one gateway and environment.
+    Sign {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Private key (JWK) from `weir keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        serial: u64,
+        /// Config version number to record (a control plane sets it).
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Verify a bundle's signature, scope and config.
+    Verify {
+        bundle: PathBuf,
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Print a bundle's header and metadata without verifying it.
+    Inspect { bundle: PathBuf },
 }
 
 /// Entry point of the `weir` binary.
@@ -84,10 +161,24 @@ pub fn main() -> ExitCode {
             debug,
             allow_unsupported,
             workers,
+            watch,
+            managed,
         } => {
             init_logging(debug);
-            run(&config, port, debug, allow_unsupported, workers)
+            let opts = RunOptions {
+                port,
+                debug,
+                allow_unsupported,
+                workers,
+                watch,
+            };
+            match managed.control.clone() {
+                Some(_) => run_managed(managed, &opts),
+                None => run(&config, &opts),
+            }
         }
+        Command::Keygen { out } => keygen(&out),
+        Command::Bundle(cmd) => bundle_command(cmd),
     }
 }
 
@@ -152,16 +243,54 @@ fn check(path: &Path, lint: bool, allow_unsupported: bool, debug: bool) -> ExitC
     ExitCode::SUCCESS
 }
 
-fn run(
-    path: &Path,
+struct RunOptions {
     port: Option<u16>,
     debug: bool,
     allow_unsupported: bool,
     workers: Option<usize>,
-) -> ExitCode {
+    watch: bool,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
+}
+
+/// Binds the service's listener and serves `shared` until SIGTERM/SIGINT.
+async fn serve(service: &Service, port: Option<u16>, shared: crate::runtime::Shared) -> ExitCode {
+    let settings = match server::Settings::from_service(service) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let listener = match server::bind(server::listen_addr(service, port)) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
+    server::serve(listener, settings, shared, server::shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn run(path: &Path, opts: &RunOptions) -> ExitCode {
     let Checked { service, report } = config::load(path);
     print_report(&report, false);
-    if !report.is_runnable(false, allow_unsupported) {
+    if !report.is_runnable(false, opts.allow_unsupported) {
         eprintln!(
             "{}: refusing to start; fix the problems above",
             path.display()
@@ -174,46 +303,232 @@ fn run(
     let Some(service) = service else {
         return ExitCode::FAILURE;
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = workers.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
-    let tokio = match builder.build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let tokio = match tokio_runtime(opts.workers) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let flags = Flags { debug: opts.debug };
+    tokio.block_on(async move {
+        let runtime = match Runtime::compile(&service, flags) {
+            Ok(rt) => rt,
+            Err(e) => return fail(e),
+        };
+        let shared = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
+        tokio::spawn(crate::node::reload_on_change(
+            path.to_owned(),
+            flags,
+            opts.allow_unsupported,
+            shared.clone(),
+            opts.watch,
+            service.clone(),
+        ));
+        serve(&service, opts.port, shared).await
+    })
+}
+
+fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
+    let token = match args.token_file.as_deref().map(std::fs::read_to_string) {
+        Some(Ok(t)) if !t.trim().is_empty() => t.trim().to_owned(),
+        Some(Ok(_)) => return fail("the token file is empty"),
+        Some(Err(e)) => return fail(format!("cannot read the token file: {e}")),
+        None => return fail("--token-file is required with --control"),
+    };
+    let mut keys = Vec::new();
+    for path in &args.trust {
+        match crate::bundle::PublicKey::load(path) {
+            Ok(k) => keys.push(k),
+            Err(e) => return fail(format!("trusted key {e}")),
         }
+    }
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "node".into(), |h| h.trim().to_owned())
+    });
+    let settings = crate::node::Managed {
+        control: args.control.unwrap_or_default(),
+        gateway: args.gateway.unwrap_or_default(),
+        environment: args.env.unwrap_or_default(),
+        token,
+        trust: crate::bundle::TrustList::new(keys),
+        cache_dir: args.cache_dir,
+        poll_interval: args.poll_interval,
+        node_id,
+        flags: Flags { debug: opts.debug },
+    };
+    let tokio = match tokio_runtime(opts.workers) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     tokio.block_on(async move {
-        let runtime = match Runtime::compile(&service, Flags { debug }) {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+        let (node, runtime, service) = match crate::node::Node::boot(settings).await {
+            Ok(booted) => booted,
+            Err(e) => return fail(e),
         };
-        let settings = match server::Settings::from_service(&service) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = server::listen_addr(&service, port);
-        let listener = match server::bind(addr) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
         let shared = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
-        server::serve(listener, settings, shared, server::shutdown_signal()).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
+        tokio::spawn(node.follow(shared.clone()));
+        serve(&service, opts.port, shared).await
     })
+}
+
+/// `weir keygen --out signing.key`: writes `signing.key` (private, mode 600) and
+/// `signing.pub`.
+fn keygen(out: &Path) -> ExitCode {
+    let key = match crate::bundle::SigningKey::generate() {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let public = out.with_extension("pub");
+    if public == out {
+        return fail("the private key file must not end in .pub");
+    }
+    if let Err(e) = write_private(out, key.to_jwk().as_bytes()) {
+        return fail(format!("{}: {e}", out.display()));
+    }
+    if let Err(e) = std::fs::write(&public, key.public().to_jwk()) {
+        return fail(format!("{}: {e}", public.display()));
+    }
+    println!("private key: {} (keep it secret)", out.display());
+    println!("public key:  {}", public.display());
+    println!("key id:      {}", key.kid());
+    ExitCode::SUCCESS
+}
+
+/// Writes a new secret file readable by its owner only; never overwrites one.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+fn load_trust(paths: &[PathBuf]) -> Result<crate::bundle::TrustList, ExitCode> {
+    let mut keys = Vec::new();
+    for t in paths {
+        keys.push(crate::bundle::PublicKey::load(t).map_err(fail)?);
+    }
+    Ok(crate::bundle::TrustList::new(keys))
+}
+
+fn bundle_command(cmd: BundleCommand) -> ExitCode {
+    use crate::bundle;
+    match cmd {
+        BundleCommand::Sign {
+            config,
+            key,
+            gateway,
+            env,
+            serial,
+            version,
+            out,
+        } => {
+            let key = match bundle::SigningKey::load(&key) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let checked = config::load(&config);
+            print_report(&checked.report, false);
+            if !checked.report.errors.is_empty() {
+                eprintln!("{}: not signed; fix the problems above", config.display());
+                return ExitCode::FAILURE;
+            }
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|t| bundle::canonical_config(&t, config::Format::from_path(&config)));
+            let text = match text {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            let payload = bundle::Payload {
+                metadata: bundle::Metadata {
+                    gateway,
+                    environment: env,
+                    serial,
+                    config_version: version,
+                    config_digest: bundle::digest(text.as_bytes()),
+                    issued_at: bundle::now_rfc3339(),
+                },
+                config: text,
+                keyring: Vec::new(),
+            };
+            let bytes =
+                bundle::sign(&payload, &key).and_then(|jws| serde_json::to_vec_pretty(&jws));
+            match bytes
+                .map_err(|e| e.to_string())
+                .and_then(|b| std::fs::write(&out, b).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    println!(
+                        "signed {} (serial {serial}, {}) with key {}",
+                        out.display(),
+                        payload.metadata.config_digest,
+                        key.kid()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{}: {e}", out.display())),
+            }
+        }
+        BundleCommand::Verify {
+            bundle: path,
+            trust,
+            gateway,
+            env,
+        } => {
+            let trust = match load_trust(&trust) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return fail(format!("{}: {e}", path.display())),
+            };
+            let expect = bundle::Expect {
+                gateway: gateway.as_deref(),
+                environment: env.as_deref(),
+                running_serial: None,
+            };
+            match bundle::parse(&bytes).and_then(|jws| bundle::verify(&jws, &trust, &expect)) {
+                Ok(v) => {
+                    let m = &v.payload.metadata;
+                    println!(
+                        "OK: {}/{} serial {} {} signed by {} at {}",
+                        m.gateway, m.environment, m.serial, m.config_digest, v.kid, m.issued_at
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rejected: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        BundleCommand::Inspect { bundle: path } => {
+            let parsed = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    bundle::parse(&b)
+                        .and_then(|jws| bundle::inspect(&jws))
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok((header, m)) => {
+                    println!("header:         {header}");
+                    println!("gateway:        {}", m.gateway);
+                    println!("environment:    {}", m.environment);
+                    println!("serial:         {}", m.serial);
+                    println!("config version: {}", m.config_version);
+                    println!("config digest:  {}", m.config_digest);
+                    println!("issued at:      {}", m.issued_at);
+                    println!("(not verified: `weir bundle verify` checks the signature)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod node;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

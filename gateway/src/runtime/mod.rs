@@ -47,12 +47,28 @@ pub struct Runtime {
     common: Common,
     max_body_bytes: usize,
     read_timeout: Option<std::time::Duration>,
+    max_idle_per_host: usize,
 }
 
 impl Runtime {
     /// Compiles a validated config.
     pub fn compile(service: &Service, flags: Flags) -> Result<Self, CompileError> {
-        let client = client::build(service.max_idle_connections_per_host)?;
+        Self::compile_after(service, flags, None)
+    }
+
+    /// Compiles a config that replaces `previous`, keeping its backend connection pool
+    /// when the pool settings did not change, so a reload does not reconnect.
+    pub fn compile_after(
+        service: &Service,
+        flags: Flags,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, CompileError> {
+        let client = match previous {
+            Some(p) if p.max_idle_per_host == service.max_idle_connections_per_host => {
+                p.client.clone()
+            }
+            _ => client::build(service.max_idle_connections_per_host)?,
+        };
         let version_header = (!service.router.hide_version_header).then(|| {
             (
                 VERSION_HEADER.clone(),
@@ -71,6 +87,7 @@ impl Runtime {
             common,
             max_body_bytes: service.server.max_body_bytes,
             read_timeout: service.server.read_timeout,
+            max_idle_per_host: service.max_idle_connections_per_host,
         })
     }
 

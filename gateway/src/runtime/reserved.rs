@@ -18,6 +18,8 @@ fn json_response(v: &Value) -> Response<Body> {
 }
 
 /// `{"agents":{},"now":"...","status":"ok"}`, with `now` in Go's `Time.String` form.
+/// A managed node listens only once a verified bundle is active, so a health check
+/// that answers at all means the node is ready.
 pub fn health() -> Response<Body> {
     json_response(
         &json!({"agents": {}, "now": crate::time::go_string(SystemTime::now()), "status": "ok"}),

@@ -1,0 +1,156 @@
+//! The node's side of the control-plane API: fetch the bundle, report status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+
+use crate::proxy::client::{self, Client};
+
+/// A control plane that does not answer within this is treated as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bundles are configs plus keyrings; anything bigger is not a bundle.
+const MAX_BUNDLE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Where and as whom a node talks to its control plane.
+pub struct ControlPlane {
+    client: Client,
+    bundle_url: Uri,
+    status_url: Uri,
+    authorization: HeaderValue,
+}
+
+/// What a bundle fetch returned.
+pub enum Fetched {
+    NotModified,
+    Bundle {
+        bytes: Bytes,
+        etag: Option<HeaderValue>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid control-plane URL: {0}")]
+    Url(String),
+    #[error("cannot reach the control plane: {0}")]
+    Unreachable(String),
+    #[error("the control plane answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+}
+
+/// What a node reports after every fetch and as a heartbeat.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub node_id: String,
+    pub hostname: String,
+    pub version: String,
+    pub serial: Option<u64>,
+    pub config_digest: Option<String>,
+    pub last_fetch_at: Option<String>,
+    /// `applied`, `unchanged`, or `rejected: <reason>`.
+    pub last_result: String,
+    pub reported_at: String,
+}
+
+impl ControlPlane {
+    pub fn new(
+        base: &str,
+        gateway: &str,
+        environment: &str,
+        node_id: &str,
+        token: &str,
+    ) -> Result<Self, ControlError> {
+        let base = base.trim_end_matches('/');
+        let env_url = format!("{base}/api/v1/gateways/{gateway}/environments/{environment}");
+        let parse = |u: String| {
+            u.parse::<Uri>()
+                .map_err(|e| ControlError::Url(format!("{u}: {e}")))
+        };
+        Ok(Self {
+            client: client::build(2).map_err(|e| ControlError::Url(e.to_string()))?,
+            bundle_url: parse(format!("{env_url}/bundle"))?,
+            status_url: parse(format!("{env_url}/nodes/{node_id}/status"))?,
+            authorization: HeaderValue::try_from(format!("Bearer {}", token.trim())).map_err(
+                |_| ControlError::Url("the node token has characters a header cannot carry".into()),
+            )?,
+        })
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ControlError> {
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| ControlError::Unreachable("timed out".into()))?
+            .map_err(|e| ControlError::Unreachable(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Limited::new(body, MAX_BUNDLE_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| ControlError::Unreachable("timed out reading the response".into()))?
+        .map_err(|e| ControlError::Unreachable(e.to_string()))?
+        .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// Fetches the environment's bundle; `etag` makes an unchanged one cost a 304.
+    pub async fn fetch(&self, etag: Option<&HeaderValue>) -> Result<Fetched, ControlError> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = self.bundle_url.clone();
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, self.authorization.clone());
+        request.headers_mut().insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/jose+json, application/json"),
+        );
+        if let Some(etag) = etag {
+            request
+                .headers_mut()
+                .insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        let (status, headers, body) = self.send(request).await?;
+        match status {
+            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
+            StatusCode::OK => Ok(Fetched::Bundle {
+                bytes: body,
+                etag: headers.get(header::ETAG).cloned(),
+            }),
+            status => Err(ControlError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    /// Reports the node's status. Failures are returned for logging; traffic never waits on them.
+    pub async fn report(&self, status: &Status) -> Result<(), ControlError> {
+        let body = serde_json::to_vec(status).unwrap_or_default();
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.status_url.clone();
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, self.authorization.clone());
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let (status, _, body) = self.send(request).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ControlError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            })
+        }
+    }
+}
