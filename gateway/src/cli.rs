@@ -11,11 +11,7 @@ use crate::runtime::{Flags, Runtime};
 use crate::server;
 
 #[derive(Parser)]
-#[command(
-    name = "weir",
-    version,
-    about = "Weir API gateway: runs KrakenD v3 configs"
-)]
+#[command(name = "weir", version, about = "Weir API gateway: runs KrakenD v3 configs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -148,30 +144,12 @@ pub fn main() -> ExitCode {
             println!("Weir Version {}", crate::VERSION);
             ExitCode::SUCCESS
         }
-        Command::Check {
-            config,
-            lint,
-            allow_unsupported,
-            test_routes: _,
-            debug,
-        } => check(&config, lint, allow_unsupported, debug),
-        Command::Run {
-            config,
-            port,
-            debug,
-            allow_unsupported,
-            workers,
-            watch,
-            managed,
-        } => {
+        Command::Check { config, lint, allow_unsupported, test_routes: _, debug } => {
+            check(&config, lint, allow_unsupported, debug)
+        }
+        Command::Run { config, port, debug, allow_unsupported, workers, watch, managed } => {
             init_logging(debug);
-            let opts = RunOptions {
-                port,
-                debug,
-                allow_unsupported,
-                workers,
-                watch,
-            };
+            let opts = RunOptions { port, debug, allow_unsupported, workers, watch };
             match managed.control.clone() {
                 Some(_) => run_managed(managed, &opts),
                 None => run(&config, &opts),
@@ -186,10 +164,7 @@ fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn print_report(report: &Report, lint: bool) {
@@ -221,11 +196,7 @@ fn check(path: &Path, lint: bool, allow_unsupported: bool, debug: bool) -> ExitC
             } else {
                 String::new()
             },
-            if blocking > 0 && !allow_unsupported {
-                " (pass --allow-unsupported to accept them)"
-            } else {
-                ""
-            },
+            if blocking > 0 && !allow_unsupported { " (pass --allow-unsupported to accept them)" } else { "" },
         );
         return ExitCode::FAILURE;
     }
@@ -262,9 +233,7 @@ fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Exit
     if let Some(n) = workers.filter(|n| *n > 0) {
         builder.worker_threads(n);
     }
-    builder
-        .build()
-        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
+    builder.build().map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
 /// Binds the service's listener and serves `shared` until SIGTERM/SIGINT.
@@ -277,10 +246,7 @@ async fn serve(service: &Service, port: Option<u16>, shared: crate::runtime::Sha
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
     server::serve(listener, settings, shared, server::shutdown_signal()).await;
     tracing::info!("stopped");
@@ -291,10 +257,7 @@ fn run(path: &Path, opts: &RunOptions) -> ExitCode {
     let Checked { service, report } = config::load(path);
     print_report(&report, false);
     if !report.is_runnable(false, opts.allow_unsupported) {
-        eprintln!(
-            "{}: refusing to start; fix the problems above",
-            path.display()
-        );
+        eprintln!("{}: refusing to start; fix the problems above", path.display());
         if report.errors.is_empty() {
             eprintln!("(or pass --allow-unsupported to run without the unsupported components)");
         }
@@ -341,8 +304,7 @@ fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
         }
     }
     let node_id = args.node_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "node".into(), |h| h.trim().to_owned())
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "node".into(), |h| h.trim().to_owned())
     });
     let settings = crate::node::Managed {
         control: args.control.unwrap_or_default(),
@@ -417,15 +379,7 @@ fn load_trust(paths: &[PathBuf]) -> Result<crate::bundle::TrustList, ExitCode> {
 fn bundle_command(cmd: BundleCommand) -> ExitCode {
     use crate::bundle;
     match cmd {
-        BundleCommand::Sign {
-            config,
-            key,
-            gateway,
-            env,
-            serial,
-            version,
-            out,
-        } => {
+        BundleCommand::Sign { config, key, gateway, env, serial, version, out } => {
             let key = match bundle::SigningKey::load(&key) {
                 Ok(k) => k,
                 Err(e) => return fail(e),
@@ -455,12 +409,8 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
                 config: text,
                 keyring: Vec::new(),
             };
-            let bytes =
-                bundle::sign(&payload, &key).and_then(|jws| serde_json::to_vec_pretty(&jws));
-            match bytes
-                .map_err(|e| e.to_string())
-                .and_then(|b| std::fs::write(&out, b).map_err(|e| e.to_string()))
-            {
+            let bytes = bundle::sign(&payload, &key).and_then(|jws| serde_json::to_vec_pretty(&jws));
+            match bytes.map_err(|e| e.to_string()).and_then(|b| std::fs::write(&out, b).map_err(|e| e.to_string())) {
                 Ok(()) => {
                     println!(
                         "signed {} (serial {serial}, {}) with key {}",
@@ -473,12 +423,7 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
                 Err(e) => fail(format!("{}: {e}", out.display())),
             }
         }
-        BundleCommand::Verify {
-            bundle: path,
-            trust,
-            gateway,
-            env,
-        } => {
+        BundleCommand::Verify { bundle: path, trust, gateway, env } => {
             let trust = match load_trust(&trust) {
                 Ok(t) => t,
                 Err(code) => return code,
@@ -487,11 +432,8 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", path.display())),
             };
-            let expect = bundle::Expect {
-                gateway: gateway.as_deref(),
-                environment: env.as_deref(),
-                running_serial: None,
-            };
+            let expect =
+                bundle::Expect { gateway: gateway.as_deref(), environment: env.as_deref(), running_serial: None };
             match bundle::parse(&bytes).and_then(|jws| bundle::verify(&jws, &trust, &expect)) {
                 Ok(v) => {
                     let m = &v.payload.metadata;
@@ -510,11 +452,7 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
         BundleCommand::Inspect { bundle: path } => {
             let parsed = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    bundle::parse(&b)
-                        .and_then(|jws| bundle::inspect(&jws))
-                        .map_err(|e| e.to_string())
-                });
+                .and_then(|b| bundle::parse(&b).and_then(|jws| bundle::inspect(&jws)).map_err(|e| e.to_string()));
             match parsed {
                 Ok((header, m)) => {
                     println!("header:         {header}");

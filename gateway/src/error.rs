@@ -43,12 +43,7 @@ pub struct Error {
 
 impl Error {
     pub fn upstream(kind: ErrorKind, context: &'static str) -> Self {
-        Self {
-            kind,
-            side: Side::Upstream,
-            context,
-            detail: None,
-        }
+        Self { kind, side: Side::Upstream, context, detail: None }
     }
 
     pub fn with_detail(mut self, detail: impl fmt::Display) -> Self {

@@ -53,15 +53,11 @@ impl Settings {
             h2c: service.use_h2c,
             // hyper's header timer also runs while a keep-alive connection waits for its
             // next request, so it enforces idle_timeout too: the tightest setting wins.
-            header_timeout: [
-                limits.read_header_timeout,
-                limits.idle_timeout,
-                limits.read_timeout,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            header_timeout: [limits.read_header_timeout, limits.idle_timeout, limits.read_timeout]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
             max_header_bytes: limits.max_header_bytes,
             shutdown_wait: limits.shutdown_wait,
         })
@@ -70,9 +66,7 @@ impl Settings {
 
 /// The address a service listens on; `port` overrides the config's (`run -p`).
 pub fn listen_addr(service: &Service, port: Option<u16>) -> SocketAddr {
-    let ip = service
-        .listen_ip
-        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    let ip = service.listen_ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     SocketAddr::new(ip, port.unwrap_or(service.port))
 }
 
@@ -81,13 +75,8 @@ pub fn listen_addr(service: &Service, port: Option<u16>) -> SocketAddr {
 /// is unavailable.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, SetupError> {
     let attempt = |addr: SocketAddr| -> io::Result<TcpListener> {
-        let domain = if addr.is_ipv6() {
-            socket2::Domain::IPV6
-        } else {
-            socket2::Domain::IPV4
-        };
-        let socket =
-            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(false)?;
         }
@@ -119,10 +108,7 @@ fn tls_acceptor(tls: &Tls) -> Result<TlsAcceptor, SetupError> {
         versions.push(&rustls::version::TLS13);
     }
     // Several key pairs would need SNI selection; the first pair is served for now.
-    let pair = tls
-        .keys
-        .first()
-        .ok_or_else(|| SetupError::Tls("no certificate configured".into()))?;
+    let pair = tls.keys.first().ok_or_else(|| SetupError::Tls("no certificate configured".into()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.public_key)
         .map_err(|e| err(&pair.public_key.display().to_string(), &e))?
         .collect::<Result<_, _>>()
@@ -135,38 +121,26 @@ fn tls_acceptor(tls: &Tls) -> Result<TlsAcceptor, SetupError> {
     let builder = if tls.enable_mtls {
         let mut roots = rustls::RootCertStore::empty();
         for path in &tls.client_ca_certs {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(&path.display().to_string(), &e))?
-            {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(&path.display().to_string(), &e))? {
                 let cert = cert.map_err(|e| err(&path.display().to_string(), &e))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| err(&path.display().to_string(), &e))?;
+                roots.add(cert).map_err(|e| err(&path.display().to_string(), &e))?;
             }
         }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| err("ca_certs", &e))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| err("ca_certs", &e))?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| err("certificate", &e))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| err("certificate", &e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves connections until `shutdown` completes, then stops accepting and waits (up
 /// to the configured bound) for requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    settings: Settings,
-    runtime: Shared,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, shutdown: impl Future<Output = ()>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -178,11 +152,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let plain_builder = if settings.h2c {
-        builder.clone()
-    } else {
-        builder.clone().http1_only()
-    };
+    let plain_builder = if settings.h2c { builder.clone() } else { builder.clone().http1_only() };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -208,9 +178,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match &settings.tls {
             None => {
-                let conn = plain_builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
+                let conn = plain_builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
                     let _ = watcher.watch(conn).await;
                 });
@@ -219,14 +187,10 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    else {
+                    let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls), service)
-                        .into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
                     let _ = watcher.watch(conn).await;
                 });
             }
@@ -245,14 +209,13 @@ pub async fn serve(
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

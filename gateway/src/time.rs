@@ -5,28 +5,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// `2026-11-27T17:45:18Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let (date, secs) = split(t);
-    format!(
-        "{date}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    format!("{date}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 /// `2006-01-02 15:04:05.999999999 +0000 UTC`: Go's `Time.String` in UTC, which
 /// KrakenD's `/__health` shows.
 pub fn go_string(t: SystemTime) -> String {
     let (date, secs) = split(t);
-    let mut s = format!(
-        "{date} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    );
-    let nanos = t
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
+    let mut s = format!("{date} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60);
+    let nanos = t.duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     if nanos > 0 {
         let frac = format!("{nanos:09}");
         s.push('.');
@@ -41,9 +28,7 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time
-        .split(':')
-        .map(|p| p.split('.').next().unwrap_or(p).parse::<u64>());
+    let mut t = time.split(':').map(|p| p.split('.').next().unwrap_or(p).parse::<u64>());
     let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
     if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
         return None;
@@ -92,16 +77,8 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_642_614_318, 84_402_000);
         assert_eq!(go_string(t), "2022-01-19 17:45:18.084402 +0000 UTC");
         assert_eq!(rfc3339(t), "2022-01-19T17:45:18Z");
-        assert_eq!(
-            parse_rfc3339("2022-01-19T17:45:18Z"),
-            Some(UNIX_EPOCH + Duration::from_secs(1_642_614_318))
-        );
-        assert_eq!(
-            parse_rfc3339("2024-02-29T00:00:00Z")
-                .map(rfc3339)
-                .as_deref(),
-            Some("2024-02-29T00:00:00Z")
-        );
+        assert_eq!(parse_rfc3339("2022-01-19T17:45:18Z"), Some(UNIX_EPOCH + Duration::from_secs(1_642_614_318)));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00Z"));
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -8,7 +8,9 @@ use crate::support::{Backend, Gateway, Reply, config};
 
 #[tokio::test]
 async fn backends_merge_with_manipulation_and_cache_header() {
-    let user = Backend::json(json!({"data": {"id": 1, "name": "Ada", "password": "x", "address": {"city": "L", "zip": "1"}}})).await;
+    let user =
+        Backend::json(json!({"data": {"id": 1, "name": "Ada", "password": "x", "address": {"city": "L", "zip": "1"}}}))
+            .await;
     let posts = Backend::start(|_| Reply::json(json!([{"id": 10}, {"id": 11}]))).await;
     let gw = Gateway::start(config(json!([{
         "endpoint": "/profile/{id}", "cache_ttl": "1m",
@@ -23,10 +25,7 @@ async fn backends_merge_with_manipulation_and_cache_header() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-krakend-completed"), Some("true"));
     assert_eq!(r.header("cache-control"), Some("public, max-age=60"));
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/json; charset=utf-8")
-    );
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
     assert_eq!(
         r.json(),
         json!({"id": 1, "full_name": "Ada", "address": {"city": "L"}, "posts": {"collection": [{"id": 10}, {"id": 11}]}})
@@ -71,20 +70,14 @@ async fn total_failure_is_500_with_error_text_only_when_asked() {
     let gw = Gateway::start(c).await;
     let r = gw.get("/f").await;
     assert_eq!(r.status, 500);
-    assert_eq!(
-        r.text(),
-        "invalid status code: 503\ninvalid status code: 503"
-    );
+    assert_eq!(r.text(), "invalid status code: 503\ninvalid status code: 503");
 }
 
 #[tokio::test]
 async fn return_error_code_passes_the_backend_status() {
-    let nf =
-        Backend::start(|_| Reply::raw(404, "application/json", r#"{"msg":"no such user"}"#)).await;
-    let mut c = config(
-        json!([{"endpoint": "/u", "backend": [{"host": [nf.url], "url_pattern": "/",
-        "extra_config": {"backend/http": {"return_error_code": true}}}]}]),
-    );
+    let nf = Backend::start(|_| Reply::raw(404, "application/json", r#"{"msg":"no such user"}"#)).await;
+    let mut c = config(json!([{"endpoint": "/u", "backend": [{"host": [nf.url], "url_pattern": "/",
+        "extra_config": {"backend/http": {"return_error_code": true}}}]}]));
     let gw = Gateway::start(c.clone()).await;
     let r = gw.get("/u").await;
     assert_eq!((r.status, r.body.len()), (404, 0));
@@ -118,12 +111,9 @@ async fn return_error_details_adds_the_failure_to_the_body() {
 #[tokio::test]
 async fn timeout_keeps_what_arrived_in_time() {
     let fast = Backend::json(json!({"fast": true})).await;
-    let slow =
-        Backend::start(|_| Reply::json(json!({"slow": true})).after(Duration::from_secs(3))).await;
-    let gw = Gateway::start(config(
-        json!([{"endpoint": "/t", "timeout": "400ms", "backend": [
-        {"host": [fast.url], "url_pattern": "/"}, {"host": [slow.url], "url_pattern": "/"}]}]),
-    ))
+    let slow = Backend::start(|_| Reply::json(json!({"slow": true})).after(Duration::from_secs(3))).await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/t", "timeout": "400ms", "backend": [
+        {"host": [fast.url], "url_pattern": "/"}, {"host": [slow.url], "url_pattern": "/"}]}])))
     .await;
     let r = gw.get("/t").await;
     assert_eq!(r.status, 200);
@@ -134,15 +124,11 @@ async fn timeout_keeps_what_arrived_in_time() {
 #[tokio::test]
 async fn collisions_go_to_the_later_backend_and_endpoint_flatmap_runs_after_merge() {
     let a = Backend::json(json!({"k": "a", "items": [{"x": 1, "drop": 0}]})).await;
-    let b =
-        Backend::start(|_| Reply::json(json!({"k": "b"})).after(Duration::from_millis(1))).await;
+    let b = Backend::start(|_| Reply::json(json!({"k": "b"})).after(Duration::from_millis(1))).await;
     let gw = Gateway::start(config(json!([{"endpoint": "/m",
         "extra_config": {"proxy": {"flatmap_filter": [
             {"type": "del", "args": ["items.*.drop"]}, {"type": "move", "args": ["items.*.x", "items.*.y"]}]}},
         "backend": [{"host": [a.url], "url_pattern": "/"}, {"host": [b.url], "url_pattern": "/"}]}])))
     .await;
-    assert_eq!(
-        gw.get("/m").await.json(),
-        json!({"k": "b", "items": [{"y": 1}]})
-    );
+    assert_eq!(gw.get("/m").await.json(), json!({"k": "b", "items": [{"y": 1}]}));
 }

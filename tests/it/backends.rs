@@ -19,12 +19,7 @@ async fn url_pattern_params_and_pattern_query_come_before_client_query() {
         "backend": [{"host": [b.url], "url_pattern": "/v1/u/{id}?include={post}&fixed=1"}]
     }])))
     .await;
-    assert_eq!(
-        gw.get("/users/42/posts/7?sort=asc&secret=x&page=2")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(gw.get("/users/42/posts/7?sort=asc&secret=x&page=2").await.status, 200);
     assert_eq!(b.last().uri, "/v1/u/42?include=7&fixed=1&page=2&sort=asc");
 }
 
@@ -66,35 +61,19 @@ async fn headers_only_content_type_by_default_plus_forwarding_headers() {
     assert!(seen.headers.get("x-tenant").is_none());
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-host"], gw.addr.to_string());
-    assert!(
-        seen.headers["user-agent"]
-            .to_str()
-            .unwrap()
-            .starts_with("Weir Version ")
-    );
+    assert!(seen.headers["user-agent"].to_str().unwrap().starts_with("Weir Version "));
     assert!(seen.headers.get("x-forwarded-via").is_none());
 
     gw.send(Method::GET, "/h", &headers, "").await;
     let seen = b.last();
     assert_eq!(seen.headers["x-tenant"], "acme");
-    assert_eq!(
-        seen.headers["user-agent"], "curl/8",
-        "an allowed User-Agent is kept"
-    );
-    assert!(
-        seen.headers["x-forwarded-via"]
-            .to_str()
-            .unwrap()
-            .starts_with("Weir Version ")
-    );
+    assert_eq!(seen.headers["user-agent"], "curl/8", "an allowed User-Agent is kept");
+    assert!(seen.headers["x-forwarded-via"].to_str().unwrap().starts_with("Weir Version "));
     assert!(seen.headers.get("content-type").is_none());
 
     gw.send(Method::GET, "/s", &headers, "").await;
     let seen = b.last();
-    assert_eq!(
-        seen.headers["authorization"], "Bearer t",
-        "backend list narrows the endpoint's *"
-    );
+    assert_eq!(seen.headers["authorization"], "Bearer t", "backend list narrows the endpoint's *");
     assert!(seen.headers.get("x-tenant").is_none());
 }
 
@@ -124,10 +103,9 @@ async fn root_host_is_the_default_for_backends() {
 
 #[tokio::test]
 async fn redirects_are_followed_unless_disabled() {
-    let target = Backend::start(|s| {
-        Reply::json(json!({"method": s.method.as_str(), "body": String::from_utf8_lossy(&s.body)}))
-    })
-    .await;
+    let target =
+        Backend::start(|s| Reply::json(json!({"method": s.method.as_str(), "body": String::from_utf8_lossy(&s.body)})))
+            .await;
     let t = target.url.clone();
     let redirector = Backend::start(move |s| {
         let code = if s.uri.starts_with("/temp") { 307 } else { 301 };
@@ -141,19 +119,12 @@ async fn redirects_are_followed_unless_disabled() {
             "extra_config": {"backend/http/client": {"no_redirect": true}}}]}
     ])))
     .await;
-    assert_eq!(
-        gw.get("/moved").await.json(),
-        json!({"method": "GET", "body": ""})
-    );
+    assert_eq!(gw.get("/moved").await.json(), json!({"method": "GET", "body": ""}));
     assert_eq!(
         gw.send(Method::POST, "/temp", &[], "keep me").await.json(),
         json!({"method": "POST", "body": "keep me"})
     );
-    assert_eq!(
-        gw.get("/stay").await.status,
-        500,
-        "a 301 is not a success when not followed"
-    );
+    assert_eq!(gw.get("/stay").await.status, 500, "a 301 is not a success when not followed");
 }
 
 #[tokio::test]
@@ -196,33 +167,18 @@ async fn slow_refused_and_garbage_backends_give_500_within_the_timeout() {
     let started = Instant::now();
     let r = gw.get("/slow").await;
     assert_eq!(r.status, 500);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_eq!(r.header("x-krakend-completed"), Some("false"));
     assert_eq!(gw.get("/garbage").await.status, 500);
     assert_eq!(gw.get("/refused").await.status, 500);
-    assert_eq!(
-        gw.get("/slow").await.body.len(),
-        0,
-        "no error text unless return_error_msg"
-    );
+    assert_eq!(gw.get("/slow").await.body.len(), 0, "no error text unless return_error_msg");
 }
 
 #[tokio::test]
 async fn oversized_backend_response_fails_the_backend() {
-    let big = Backend::start(|_| {
-        Reply::raw(
-            200,
-            "application/json",
-            format!("{{\"a\":\"{}\"}}", "x".repeat(4096)),
-        )
-    })
-    .await;
-    let mut c =
-        config(json!([{"endpoint": "/big", "backend": [{"host": [big.url], "url_pattern": "/"}]}]));
+    let big =
+        Backend::start(|_| Reply::raw(200, "application/json", format!("{{\"a\":\"{}\"}}", "x".repeat(4096)))).await;
+    let mut c = config(json!([{"endpoint": "/big", "backend": [{"host": [big.url], "url_pattern": "/"}]}]));
     c["extra_config"] = json!({"weir/limits": {"max_backend_response_bytes": 1024}});
     let gw = Gateway::start(c).await;
     assert_eq!(gw.get("/big").await.status, 500);

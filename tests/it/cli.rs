@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Backend, weir_bin};
+use crate::support::{Backend, free_port, weir_bin};
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(name);
@@ -16,11 +16,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 }
 
 fn check(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(weir_bin())
-        .arg("check")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(weir_bin()).arg("check").args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -42,19 +38,11 @@ fn check_reports_every_problem_with_its_path_and_exits_1() {
     assert_eq!(code, 1);
     assert!(err.contains("error: timeout: "), "{err}");
     assert!(
-        err.contains(
-            "error: endpoints[0].backend[0].url_pattern: {id} is not a parameter of /users/{user}"
-        ),
+        err.contains("error: endpoints[0].backend[0].url_pattern: {id} is not a parameter of /users/{user}"),
         "{err}"
     );
-    assert!(
-        err.contains("error: endpoints[1].output_encoding: \"csv\" is not one of"),
-        "{err}"
-    );
-    assert!(
-        err.contains("error: endpoints[1].backend[0].host: no host"),
-        "{err}"
-    );
+    assert!(err.contains("error: endpoints[1].output_encoding: \"csv\" is not one of"), "{err}");
+    assert!(err.contains("error: endpoints[1].backend[0].host: no host"), "{err}");
 
     let (code, _, err) = check(&["-c", dir.path().join("missing.json").to_str().unwrap()]);
     assert_eq!(code, 1);
@@ -64,11 +52,7 @@ fn check_reports_every_problem_with_its_path_and_exits_1() {
 #[test]
 fn check_lint_unsupported_and_formats() {
     let dir = tempfile::tempdir().unwrap();
-    let typo = write(
-        &dir,
-        "typo.json",
-        r#"{"version": 3, "$schema": "s", "hots": [], "endpoints": []}"#,
-    );
+    let typo = write(&dir, "typo.json", r#"{"version": 3, "$schema": "s", "hots": [], "endpoints": []}"#);
     let (code, out, err) = check(&["-c", typo.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Syntax OK"));
@@ -86,15 +70,10 @@ fn check_lint_unsupported_and_formats() {
     let (code, _, err) = check(&["-c", auth.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(
-            "unsupported: endpoints[0].extra_config: \"modifier/lua-endpoint\" is not supported yet"
-        ),
+        err.contains("unsupported: endpoints[0].extra_config: \"modifier/lua-endpoint\" is not supported yet"),
         "{err}"
     );
-    assert_eq!(
-        check(&["--allow-unsupported", "-c", auth.to_str().unwrap()]).0,
-        0
-    );
+    assert_eq!(check(&["--allow-unsupported", "-c", auth.to_str().unwrap()]).0, 0);
 
     let yaml = write(
         &dir,
@@ -123,24 +102,10 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(config: &std::path::Path, extra: &[&str]) -> Running {
     let port = free_port();
     let child = Command::new(weir_bin())
-        .args([
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "-p",
-            &port.to_string(),
-        ])
+        .args(["run", "-c", config.to_str().unwrap(), "-p", &port.to_string()])
         .args(extra)
         .env("KRAKEND_NAME", "from-env")
         .stdout(Stdio::null())
@@ -158,27 +123,23 @@ fn start(config: &std::path::Path, extra: &[&str]) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_on_the_given_port_and_stops_gracefully_on_sigterm() {
-    let slow = Backend::start(|_| {
-        crate::support::Reply::json(json!({"ok": true})).after(Duration::from_millis(500))
-    })
-    .await;
+    let slow =
+        Backend::start(|_| crate::support::Reply::json(json!({"ok": true})).after(Duration::from_millis(500))).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(&dir, "k.json", &json!({"version": 3, "port": 1, "listen_ip": "127.0.0.1", "name": "x",
-        "endpoints": [{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}]}).to_string());
+    let cfg = write(
+        &dir,
+        "k.json",
+        &json!({"version": 3, "port": 1, "listen_ip": "127.0.0.1", "name": "x",
+        "endpoints": [{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}]})
+        .to_string(),
+    );
     let mut running = start(&cfg, &[]);
     let url = format!("http://127.0.0.1:{}/slow", running.1);
-    let request = tokio::spawn(async move {
-        crate::support::send(http::Method::GET, &url, &[], bytes::Bytes::new()).await
-    });
+    let request =
+        tokio::spawn(async move { crate::support::send(http::Method::GET, &url, &[], bytes::Bytes::new()).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let pid = running.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = request.await.unwrap();
     assert_eq!(r.status, 200, "the request in flight finished");
     let status = running.0.wait().unwrap();
@@ -194,20 +155,14 @@ fn run_refuses_unsupported_components_and_invalid_configs() {
         r#"{"version": 3, "host": ["http://127.0.0.1:9"], "endpoints": [
         {"endpoint": "/a", "extra_config": {"modifier/lua-endpoint": {}}, "backend": [{"url_pattern": "/"}]}]}"#,
     );
-    let out = Command::new(weir_bin())
-        .args(["run", "-c", cfg.to_str().unwrap(), "-p", "0"])
-        .output()
-        .unwrap();
+    let out = Command::new(weir_bin()).args(["run", "-c", cfg.to_str().unwrap(), "-p", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-unsupported"));
     let running = start(&cfg, &["--allow-unsupported"]);
     drop(running);
 
     let bad = write(&dir, "bad.json", r#"{"version": 3, "endpoints": 5}"#);
-    let out = Command::new(weir_bin())
-        .args(["run", "-c", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(weir_bin()).args(["run", "-c", bad.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("endpoints: must be an array"));
 }

@@ -11,14 +11,7 @@ use crate::support::{Backend, Gateway, Reply, config};
 
 #[tokio::test]
 async fn backend_encodings_decode_to_objects() {
-    let xml = Backend::start(|_| {
-        Reply::raw(
-            200,
-            "application/xml",
-            r#"<user id="3"><name>Ada</name></user>"#,
-        )
-    })
-    .await;
+    let xml = Backend::start(|_| Reply::raw(200, "application/xml", r#"<user id="3"><name>Ada</name></user>"#)).await;
     let text = Backend::start(|_| Reply::raw(200, "text/plain", "hello")).await;
     let arr = Backend::start(|_| Reply::raw(200, "application/json", "[1,2]")).await;
     let gw = Gateway::start(config(json!([
@@ -28,23 +21,15 @@ async fn backend_encodings_decode_to_objects() {
         {"endpoint": "/strict", "backend": [{"host": [arr.url], "url_pattern": "/"}]}
     ])))
     .await;
-    assert_eq!(
-        gw.get("/xml").await.json(),
-        json!({"user": {"-id": "3", "name": "Ada"}})
-    );
+    assert_eq!(gw.get("/xml").await.json(), json!({"user": {"-id": "3", "name": "Ada"}}));
     assert_eq!(gw.get("/string").await.json(), json!({"content": "hello"}));
     assert_eq!(gw.get("/safe").await.json(), json!({"collection": [1, 2]}));
-    assert_eq!(
-        gw.get("/strict").await.status,
-        500,
-        "an array without is_collection is a decode error"
-    );
+    assert_eq!(gw.get("/strict").await.status, 500, "an array without is_collection is a decode error");
 }
 
 #[tokio::test]
 async fn output_encodings() {
-    let list =
-        Backend::start(|_| Reply::raw(200, "application/json", r#"[{"id":1},{"id":2}]"#)).await;
+    let list = Backend::start(|_| Reply::raw(200, "application/json", r#"[{"id":1},{"id":2}]"#)).await;
     let text = Backend::start(|_| Reply::raw(200, "text/plain", "plain words")).await;
     let obj = Backend::json(json!({"user": {"name": "Ada", "langs": ["en", "fr"]}})).await;
     let gw = Gateway::start(config(json!([
@@ -58,73 +43,40 @@ async fn output_encodings() {
     let r = gw.get("/coll").await;
     assert_eq!(r.text(), r#"[{"id":1},{"id":2}]"#);
     let r = gw.get("/str").await;
-    assert_eq!(
-        (r.text().as_str(), r.header("content-type")),
-        ("plain words", Some("text/plain; charset=utf-8"))
-    );
+    assert_eq!((r.text().as_str(), r.header("content-type")), ("plain words", Some("text/plain; charset=utf-8")));
     let r = gw.get("/xml").await;
-    assert_eq!(
-        r.text(),
-        "<user><langs>en</langs><langs>fr</langs><name>Ada</name></user>"
-    );
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/xml; charset=utf-8")
-    );
+    assert_eq!(r.text(), "<user><langs>en</langs><langs>fr</langs><name>Ada</name></user>");
+    assert_eq!(r.header("content-type"), Some("application/xml; charset=utf-8"));
     let r = gw.get("/yaml").await;
     assert!(r.text().contains("name: Ada"), "{}", r.text());
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/x-yaml; charset=utf-8")
-    );
+    assert_eq!(r.header("content-type"), Some("application/x-yaml; charset=utf-8"));
 
-    let r = gw
-        .send(Method::GET, "/neg", &[("Accept", "application/xml")], "")
-        .await;
+    let r = gw.send(Method::GET, "/neg", &[("Accept", "application/xml")], "").await;
     assert!(r.text().starts_with("<user>"));
-    let r = gw
-        .send(Method::GET, "/neg", &[("Accept", "application/json")], "")
-        .await;
-    assert_eq!(
-        r.json(),
-        json!({"user": {"name": "Ada", "langs": ["en", "fr"]}})
-    );
+    let r = gw.send(Method::GET, "/neg", &[("Accept", "application/json")], "").await;
+    assert_eq!(r.json(), json!({"user": {"name": "Ada", "langs": ["en", "fr"]}}));
     let r = gw.send(Method::GET, "/neg", &[], "").await;
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/json; charset=utf-8")
-    );
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
 }
 
 #[tokio::test]
 async fn no_op_passes_status_headers_and_cookies_through() {
     let b = Backend::start(|s| {
-        Reply::raw(
-            418,
-            "application/octet-stream",
-            format!("raw {}", String::from_utf8_lossy(&s.body)),
-        )
-        .header("set-cookie", "a=1")
-        .header("set-cookie", "b=2")
-        .header("x-backend", "yes")
+        Reply::raw(418, "application/octet-stream", format!("raw {}", String::from_utf8_lossy(&s.body)))
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .header("x-backend", "yes")
     })
     .await;
-    let gw = Gateway::start(config(
-        json!([{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op",
-        "backend": [{"host": [b.url], "url_pattern": "/", "encoding": "no-op"}]}]),
-    ))
+    let gw = Gateway::start(config(json!([{"endpoint": "/raw", "method": "POST", "output_encoding": "no-op",
+        "backend": [{"host": [b.url], "url_pattern": "/", "encoding": "no-op"}]}])))
     .await;
     let r = gw.send(Method::POST, "/raw", &[], "body").await;
     assert_eq!(r.status, 418);
     assert_eq!(r.text(), "raw body");
     assert_eq!(r.header("x-backend"), Some("yes"));
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
-    let cookies: Vec<_> = r
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
+    let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
 }
 
@@ -149,28 +101,17 @@ async fn trickling_backend() -> String {
 #[tokio::test]
 async fn no_op_streams_without_buffering() {
     let url = trickling_backend().await;
-    let gw = Gateway::start(config(
-        json!([{"endpoint": "/stream", "output_encoding": "no-op",
-        "backend": [{"host": [url], "url_pattern": "/"}]}]),
-    ))
+    let gw = Gateway::start(config(json!([{"endpoint": "/stream", "output_encoding": "no-op",
+        "backend": [{"host": [url], "url_pattern": "/"}]}])))
     .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, http_body_util::Empty<bytes::Bytes>>(
-        hyper_util::client::legacy::connect::HttpConnector::new(),
-    );
+        .build::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
     let started = Instant::now();
-    let resp = client
-        .get(format!("{}/stream", gw.url).parse().unwrap())
-        .await
-        .unwrap();
+    let resp = client.get(format!("{}/stream", gw.url).parse().unwrap()).await.unwrap();
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"first");
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "first chunk took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(800), "first chunk took {:?}", started.elapsed());
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(&rest[..], b"last");
 }

@@ -3,6 +3,7 @@
 
 mod aggregation;
 mod backends;
+mod bundles;
 mod cli;
 mod encodings;
 mod routing;

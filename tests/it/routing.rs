@@ -30,16 +30,12 @@ async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     assert_eq!(r.text(), "405 method not allowed");
     assert_eq!(r.header("allow"), Some("GET, DELETE"));
 
-    assert_eq!(
-        gw.send(Method::DELETE, "/users/1", &[], "").await.status,
-        200
-    );
+    assert_eq!(gw.send(Method::DELETE, "/users/1", &[], "").await.status, 200);
 }
 
 #[tokio::test]
 async fn method_not_allowed_can_be_turned_into_404() {
-    let (_b, gw) =
-        two_endpoints(json!({"router": {"disable_handle_method_not_allowed": true}})).await;
+    let (_b, gw) = two_endpoints(json!({"router": {"disable_handle_method_not_allowed": true}})).await;
     assert_eq!(gw.send(Method::PUT, "/users/1", &[], "").await.status, 404);
 }
 
@@ -58,11 +54,7 @@ async fn trailing_slash_and_case_redirect_like_krakend() {
     assert_eq!(r.header("location"), Some("/Items/list"));
 
     let r = gw.get("/USERS/AbC").await;
-    assert_eq!(
-        r.header("location"),
-        Some("/users/AbC"),
-        "parameter values keep their case"
-    );
+    assert_eq!(r.header("location"), Some("/users/AbC"), "parameter values keep their case");
 
     let r = gw.get("/Items//list").await;
     assert_eq!(r.header("location"), Some("/Items/list"));
@@ -80,8 +72,7 @@ async fn redirects_can_be_disabled() {
 #[tokio::test]
 async fn health_debug_and_echo() {
     let b = Backend::json(json!({})).await;
-    let mut c =
-        config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    let mut c = config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     c["echo_endpoint"] = json!(true);
     let gw = Gateway::start(c.clone()).await;
     let h = gw.get("/__health").await;
@@ -91,20 +82,9 @@ async fn health_debug_and_echo() {
     assert_eq!(v["agents"], json!({}));
     assert!(v["now"].as_str().unwrap().ends_with("+0000 UTC"));
 
-    assert_eq!(
-        gw.get("/__debug/").await.status,
-        404,
-        "debug is off unless asked for"
-    );
+    assert_eq!(gw.get("/__debug/").await.status, 404, "debug is off unless asked for");
 
-    let e = gw
-        .send(
-            Method::POST,
-            "/__echo/x/y?a=1&a=2",
-            &[("X-Thing", "v")],
-            "payload",
-        )
-        .await;
+    let e = gw.send(Method::POST, "/__echo/x/y?a=1&a=2", &[("X-Thing", "v")], "payload").await;
     let v = e.json();
     assert_eq!(v["req_method"], "POST");
     assert_eq!(v["req_uri"], "/__echo/x/y?a=1&a=2");
@@ -113,10 +93,7 @@ async fn health_debug_and_echo() {
     assert_eq!(v["req_headers"]["X-Thing"], json!(["v"]));
 
     let gw = Gateway::start_with(c, Flags { debug: true }).await;
-    for (m, p) in [
-        (Method::GET, "/__debug/"),
-        (Method::POST, "/__debug/any/path"),
-    ] {
+    for (m, p) in [(Method::GET, "/__debug/"), (Method::POST, "/__debug/any/path")] {
         let r = gw.send(m, p, &[], "").await;
         assert_eq!(r.json(), json!({"message": "pong"}));
     }
@@ -125,16 +102,9 @@ async fn health_debug_and_echo() {
 #[tokio::test]
 async fn health_path_and_version_header_options() {
     let b = Backend::json(json!({"a": 1})).await;
-    let mut c =
-        config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    let mut c = config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     let gw = Gateway::start(c.clone()).await;
-    assert!(
-        gw.get("/a")
-            .await
-            .header("x-weir")
-            .unwrap()
-            .starts_with("Version ")
-    );
+    assert!(gw.get("/a").await.header("x-weir").unwrap().starts_with("Version "));
 
     c["extra_config"] = json!({"router": {"health_path": "/healthz", "hide_version_header": true}});
     let gw = Gateway::start(c).await;
@@ -146,14 +116,9 @@ async fn health_path_and_version_header_options() {
 #[tokio::test]
 async fn custom_error_bodies() {
     let b = Backend::json(json!({})).await;
-    let mut c =
-        config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
-    c["extra_config"] =
-        json!({"router": {"error_body": {"404": {"error": "nope"}, "405": {"error": "method"}}}});
+    let mut c = config(json!([{"endpoint": "/a", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    c["extra_config"] = json!({"router": {"error_body": {"404": {"error": "nope"}, "405": {"error": "method"}}}});
     let gw = Gateway::start(c).await;
     assert_eq!(gw.get("/zzz").await.json(), json!({"error": "nope"}));
-    assert_eq!(
-        gw.send(Method::POST, "/a", &[], "").await.json(),
-        json!({"error": "method"})
-    );
+    assert_eq!(gw.send(Method::POST, "/a", &[], "").await.json(), json!({"error": "method"}));
 }

@@ -6,9 +6,7 @@ use crate::support::{Backend, Gateway, Reply, config};
 
 #[tokio::test]
 async fn later_backends_use_fields_of_earlier_responses() {
-    let orders =
-        Backend::json(json!({"order": {"id": 5, "customer": {"id": "c-9"}}, "tags": ["a", "b"]}))
-            .await;
+    let orders = Backend::json(json!({"order": {"id": 5, "customer": {"id": "c-9"}}, "tags": ["a", "b"]})).await;
     let customers = Backend::start(|s| Reply::json(json!({"path": s.uri}))).await;
     let gw = Gateway::start(config(json!([{"endpoint": "/orders/{id}",
         "extra_config": {"proxy": {"sequential": true}},
@@ -50,10 +48,7 @@ async fn static_data_follows_its_strategy() {
     let ok = Backend::json(json!({"a": 1, "s": "backend"})).await;
     let broken = Backend::start(|_| Reply::status(500)).await;
     let endpoint = |path: &str, strategy: &str, hosts: Vec<&String>| {
-        let backends: Vec<_> = hosts
-            .into_iter()
-            .map(|h| json!({"host": [h], "url_pattern": "/"}))
-            .collect();
+        let backends: Vec<_> = hosts.into_iter().map(|h| json!({"host": [h], "url_pattern": "/"})).collect();
         json!({"endpoint": path, "backend": backends,
                "extra_config": {"proxy": {"static": {"strategy": strategy, "data": {"s": "static"}}}}})
     };
@@ -67,35 +62,14 @@ async fn static_data_follows_its_strategy() {
         endpoint("/incomplete", "incomplete", vec![&broken.url]),
     ])))
     .await;
-    assert_eq!(
-        gw.get("/always").await.json(),
-        json!({"a": 1, "s": "static"})
-    );
-    assert_eq!(
-        gw.get("/success").await.json(),
-        json!({"a": 1, "s": "static"})
-    );
-    assert_eq!(
-        gw.get("/success-miss").await.json(),
-        json!({"a": 1, "s": "backend"})
-    );
-    assert_eq!(
-        gw.get("/errored").await.json(),
-        json!({"a": 1, "s": "static"})
-    );
-    assert_eq!(
-        gw.get("/errored-miss").await.json(),
-        json!({"a": 1, "s": "backend"})
-    );
-    assert_eq!(
-        gw.get("/complete").await.json(),
-        json!({"a": 1, "s": "static"})
-    );
+    assert_eq!(gw.get("/always").await.json(), json!({"a": 1, "s": "static"}));
+    assert_eq!(gw.get("/success").await.json(), json!({"a": 1, "s": "static"}));
+    assert_eq!(gw.get("/success-miss").await.json(), json!({"a": 1, "s": "backend"}));
+    assert_eq!(gw.get("/errored").await.json(), json!({"a": 1, "s": "static"}));
+    assert_eq!(gw.get("/errored-miss").await.json(), json!({"a": 1, "s": "backend"}));
+    assert_eq!(gw.get("/complete").await.json(), json!({"a": 1, "s": "static"}));
     let r = gw.get("/incomplete").await;
-    assert_eq!(
-        r.status, 200,
-        "static data answers when every backend failed"
-    );
+    assert_eq!(r.status, 200, "static data answers when every backend failed");
     assert_eq!(r.header("x-krakend-completed"), Some("false"));
     assert_eq!(r.json(), json!({"s": "static"}));
 }

@@ -21,26 +21,18 @@ async fn tls_serves_http2_by_alpn_and_http1() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, key.cert.pem()).unwrap();
     std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
-    let mut c =
-        config(json!([{"endpoint": "/s", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    let mut c = config(json!([{"endpoint": "/s", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     c["tls"] = json!({"public_key": cert_path, "private_key": key_path});
     let gw = Gateway::start(c).await;
 
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(key.cert.der().to_vec()))
-        .unwrap();
-    for (alpn, want_h2) in [
-        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], true),
-        (vec![b"http/1.1".to_vec()], false),
-    ] {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
+    roots.add(CertificateDer::from(key.cert.der().to_vec())).unwrap();
+    for (alpn, want_h2) in [(vec![b"h2".to_vec(), b"http/1.1".to_vec()], true), (vec![b"http/1.1".to_vec()], false)] {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
         tls.alpn_protocols = alpn;
         let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -48,31 +40,18 @@ async fn tls_serves_http2_by_alpn_and_http1() {
             .await
             .unwrap();
         assert_eq!(stream.get_ref().1.alpn_protocol() == Some(b"h2"), want_h2);
-        let req = Request::get("https://localhost/s")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = Request::get("https://localhost/s").body(Empty::<Bytes>::new()).unwrap();
         let resp = if want_h2 {
             let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .unwrap();
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
             sender.send_request(req).await.unwrap()
         } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
             sender.send_request(req).await.unwrap()
         };
-        assert_eq!(
-            resp.version(),
-            if want_h2 {
-                http::Version::HTTP_2
-            } else {
-                http::Version::HTTP_11
-            }
-        );
+        assert_eq!(resp.version(), if want_h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 });
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], br#"{"secure":true}"#);
     }
@@ -81,26 +60,18 @@ async fn tls_serves_http2_by_alpn_and_http1() {
 #[tokio::test]
 async fn h2c_only_when_enabled() {
     let b = Backend::json(json!({"v": 2})).await;
-    let mut c =
-        config(json!([{"endpoint": "/h", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    let mut c = config(json!([{"endpoint": "/h", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     let h2c = |addr| async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .ok()?;
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.ok()?;
         tokio::spawn(conn);
-        let req = Request::get("http://localhost/h")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = Request::get("http://localhost/h").body(Empty::<Bytes>::new()).unwrap();
         let resp = sender.send_request(req).await.ok()?;
         Some(resp.into_body().collect().await.ok()?.to_bytes())
     };
     let gw = Gateway::start(c.clone()).await;
-    assert!(
-        h2c(gw.addr).await.is_none(),
-        "prior-knowledge h2 is refused without use_h2c"
-    );
+    assert!(h2c(gw.addr).await.is_none(), "prior-knowledge h2 is refused without use_h2c");
     c["use_h2c"] = json!(true);
     let gw = Gateway::start(c).await;
     assert_eq!(&h2c(gw.addr).await.unwrap()[..], br#"{"v":2}"#);
@@ -109,31 +80,17 @@ async fn h2c_only_when_enabled() {
 #[tokio::test]
 async fn oversized_bodies_and_headers_are_refused() {
     let b = Backend::json(json!({})).await;
-    let mut c = config(
-        json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
-    );
+    let mut c =
+        config(json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     c["max_header_bytes"] = json!(16384);
     c["extra_config"] = json!({"weir/limits": {"max_body_bytes": 1000}});
     let gw = Gateway::start(c).await;
-    assert_eq!(
-        gw.send(Method::POST, "/p", &[], vec![b'x'; 1000])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        gw.send(Method::POST, "/p", &[], vec![b'x'; 1001])
-            .await
-            .status,
-        413
-    );
+    assert_eq!(gw.send(Method::POST, "/p", &[], vec![b'x'; 1000]).await.status, 200);
+    assert_eq!(gw.send(Method::POST, "/p", &[], vec![b'x'; 1001]).await.status, 413);
     assert_eq!(b.hits(), 1, "a refused body never reaches the backend");
 
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let huge = format!(
-        "GET /p HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
-        "a".repeat(40_000)
-    );
+    let huge = format!("GET /p HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(40_000));
     tcp.write_all(huge.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
@@ -144,10 +101,8 @@ async fn oversized_bodies_and_headers_are_refused() {
 #[tokio::test]
 async fn malformed_requests_get_400() {
     let b = Backend::json(json!({})).await;
-    let gw = Gateway::start(config(
-        json!([{"endpoint": "/p", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
-    ))
-    .await;
+    let gw =
+        Gateway::start(config(json!([{"endpoint": "/p", "backend": [{"host": [b.url], "url_pattern": "/"}]}]))).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
@@ -158,64 +113,40 @@ async fn malformed_requests_get_400() {
 
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
-    let slow =
-        Backend::start(|_| Reply::json(json!({"done": true})).after(Duration::from_millis(600)))
+    let slow = Backend::start(|_| Reply::json(json!({"done": true})).after(Duration::from_millis(600))).await;
+    let gw =
+        Gateway::start(config(json!([{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}])))
             .await;
-    let gw = Gateway::start(config(
-        json!([{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}]),
-    ))
-    .await;
     let url = format!("{}/slow", gw.url);
     let addr = gw.addr;
-    let in_flight =
-        tokio::spawn(
-            async move { crate::support::send(Method::GET, &url, &[], Bytes::new()).await },
-        );
+    let in_flight = tokio::spawn(async move { crate::support::send(Method::GET, &url, &[], Bytes::new()).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     gw.shutdown().await;
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"done": true}));
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connections_and_slow_bodies_are_cut() {
     let b = Backend::json(json!({})).await;
-    let mut c = config(
-        json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]),
-    );
+    let mut c =
+        config(json!([{"endpoint": "/p", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
     c["idle_timeout"] = json!("300ms");
     c["read_timeout"] = json!("300ms");
     let gw = Gateway::start(c).await;
 
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
-        .await
-        .unwrap();
+    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tcp.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let idle = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
-    assert!(
-        matches!(idle, Ok(Ok(0))),
-        "an idle keep-alive connection is closed: {idle:?}"
-    );
+    assert!(matches!(idle, Ok(Ok(0))), "an idle keep-alive connection is closed: {idle:?}");
 
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{")
-        .await
-        .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    tcp.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
 }

@@ -72,6 +72,7 @@ type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 
 /// A fake backend on 127.0.0.1:0 that records every request.
 pub struct Backend {
+    pub addr: SocketAddr,
     pub url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     hits: Arc<AtomicUsize>,
@@ -80,10 +81,13 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), handler).await
+    }
+
+    /// Like `start`, on a given address (to bring a stopped server back on its port).
+    pub async fn start_at(at: SocketAddr, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
         let handler: Handler = Arc::new(handler);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind(at).await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicUsize::new(0));
@@ -101,17 +105,9 @@ impl Backend {
                         let (handler, seen, hits) = (handler.clone(), seen.clone(), hits.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let s = Seen {
-                                method: parts.method,
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body,
-                            };
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let s =
+                                Seen { method: parts.method, uri: parts.uri.to_string(), headers: parts.headers, body };
                             hits.fetch_add(1, Ordering::SeqCst);
                             seen.lock().expect("lock").push(s.clone());
                             let reply = handler(&s);
@@ -121,24 +117,17 @@ impl Backend {
                             let mut resp = Response::new(Full::new(reply.body));
                             *resp.status_mut() = reply.status;
                             for (k, v) in reply.headers {
-                                resp.headers_mut()
-                                    .append(k, HeaderValue::from_str(&v).expect("header"));
+                                resp.headers_mut().append(k, HeaderValue::from_str(&v).expect("header"));
                             }
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Self {
-            url: format!("http://{addr}"),
-            seen,
-            hits,
-            _stop: stop,
-        }
+        Self { addr, url: format!("http://{addr}"), seen, hits, _stop: stop }
     }
 
     /// A backend answering every request with the same JSON.
@@ -192,9 +181,7 @@ impl Gateway {
 
     pub async fn start_with(config: Value, flags: Flags) -> Self {
         let checked = config::parse(&config.to_string(), Format::Json, |_| None);
-        let service = checked
-            .service
-            .unwrap_or_else(|| panic!("invalid test config: {:?}", checked.report.errors));
+        let service = checked.service.unwrap_or_else(|| panic!("invalid test config: {:?}", checked.report.errors));
         let runtime = Runtime::compile(&service, flags).expect("compile");
         let settings = server::Settings::from_service(&service).expect("settings");
         let listener = server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
@@ -204,12 +191,7 @@ impl Gateway {
         let task = tokio::spawn(server::serve(listener, settings, shared, async move {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self { addr, url: format!("http://{addr}"), stop: Some(stop), task: Some(task) }
     }
 
     /// Stops accepting and waits until requests in flight are answered.
@@ -223,22 +205,10 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> Reply2 {
-        send(
-            Method::GET,
-            &format!("{}{path}", self.url),
-            &[],
-            Bytes::new(),
-        )
-        .await
+        send(Method::GET, &format!("{}{path}", self.url), &[], Bytes::new()).await
     }
 
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Reply2 {
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply2 {
         send(method, &format!("{}{path}", self.url), headers, body.into()).await
     }
 }
@@ -258,8 +228,7 @@ pub struct Reply2 {
 
 impl Reply2 {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
 
     pub fn text(&self) -> String {
@@ -292,11 +261,7 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Byt
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply2 {
-        status,
-        headers,
-        body,
-    }
+    Reply2 { status, headers, body }
 }
 
 /// The `weir` binary built next to this test binary (`cargo build --bins` first).
@@ -304,10 +269,74 @@ pub fn weir_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("weir");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bins` before the tests",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` before the tests", bin.display());
     bin
+}
+
+/// A `weir` process, killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts `weir` with `args` (which must include `-p {port}` placeholder use via
+    /// the returned port) and waits until it accepts connections.
+    pub fn start(args: &[&str], dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("weir-{port}.log"));
+        let mut child = std::process::Command::new(weir_bin())
+            .args(args)
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn weir");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("weir exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weir did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Runs `weir` to completion.
+pub fn weir(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(weir_bin()).args(args).output().expect("run weir")
 }

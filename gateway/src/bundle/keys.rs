@@ -70,21 +70,12 @@ impl PublicKey {
     pub fn from_jwk(text: &str) -> Result<Self, String> {
         let jwk: Jwk = serde_json::from_str(text).map_err(|e| format!("not a JWK: {e}"))?;
         if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
-            return Err(format!(
-                "expected an Ed25519 (OKP) key, found {}/{}",
-                jwk.kty, jwk.crv
-            ));
+            return Err(format!("expected an Ed25519 (OKP) key, found {}/{}", jwk.kty, jwk.crv));
         }
-        let bytes: [u8; 32] = B64
-            .decode(&jwk.x)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or("x is not a 32-byte base64url value")?;
+        let bytes: [u8; 32] =
+            B64.decode(&jwk.x).ok().and_then(|b| b.try_into().ok()).ok_or("x is not a 32-byte base64url value")?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        Ok(Self {
-            kid: jwk.kid.unwrap_or_else(|| thumbprint(&jwk.x)),
-            key,
-        })
+        Ok(Self { kid: jwk.kid.unwrap_or_else(|| thumbprint(&jwk.x)), key })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
@@ -94,10 +85,7 @@ impl PublicKey {
 }
 
 fn file_error(path: &Path, e: impl ToString) -> KeyError {
-    KeyError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+    KeyError::File { path: path.display().to_string(), message: e.to_string() }
 }
 
 /// A signing key (private), kept out of any database.
@@ -124,10 +112,7 @@ impl SigningKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey {
-            kid: self.kid.clone(),
-            key: self.key.verifying_key(),
-        }
+        PublicKey { kid: self.kid.clone(), key: self.key.verifying_key() }
     }
 
     /// The key as a private JWK (JSON); write it with owner-only permissions.
@@ -146,22 +131,14 @@ impl SigningKey {
 
     pub fn from_jwk(text: &str) -> Result<Self, String> {
         let jwk: Jwk = serde_json::from_str(text).map_err(|e| format!("not a JWK: {e}"))?;
-        let d = jwk
-            .d
-            .ok_or("this is a public key; signing needs the private key (with \"d\")")?;
-        let seed: [u8; 32] = B64
-            .decode(d)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or("d is not a 32-byte base64url value")?;
+        let d = jwk.d.ok_or("this is a public key; signing needs the private key (with \"d\")")?;
+        let seed: [u8; 32] =
+            B64.decode(d).ok().and_then(|b| b.try_into().ok()).ok_or("d is not a 32-byte base64url value")?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         if B64.encode(key.verifying_key().as_bytes()) != jwk.x {
             return Err("x does not match d".into());
         }
-        Ok(Self {
-            kid: jwk.kid.unwrap_or_else(|| thumbprint(&jwk.x)),
-            key,
-        })
+        Ok(Self { kid: jwk.kid.unwrap_or_else(|| thumbprint(&jwk.x)), key })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {

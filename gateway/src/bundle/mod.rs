@@ -130,21 +130,11 @@ pub fn canonical_config(text: &str, format: Format) -> Result<String, String> {
 /// Signs a payload. The payload is serialised here, once; those bytes are what the
 /// signature and every later verification cover.
 pub fn sign(payload: &Payload, key: &SigningKey) -> Result<Jws, serde_json::Error> {
-    let header = Header {
-        alg: "EdDSA".into(),
-        kid: key.kid().to_owned(),
-        typ: Some(MEDIA_TYPE.into()),
-    };
+    let header = Header { alg: "EdDSA".into(), kid: key.kid().to_owned(), typ: Some(MEDIA_TYPE.into()) };
     let protected = B64.encode(serde_json::to_vec(&header)?);
     let payload = B64.encode(serde_json::to_vec(payload)?);
-    let signature = key
-        .inner()
-        .sign(format!("{protected}.{payload}").as_bytes());
-    Ok(Jws {
-        protected,
-        payload,
-        signature: B64.encode(signature.to_bytes()),
-    })
+    let signature = key.inner().sign(format!("{protected}.{payload}").as_bytes());
+    Ok(Jws { protected, payload, signature: B64.encode(signature.to_bytes()) })
 }
 
 /// What a node expects of a bundle beyond its signature.
@@ -163,34 +153,24 @@ pub fn parse(bytes: &[u8]) -> Result<Jws, Rejection> {
 
 /// Verifies a bundle: signature by a trusted key, then scope, serial, digest and config.
 pub fn verify(jws: &Jws, trust: &TrustList, expect: &Expect<'_>) -> Result<Verified, Rejection> {
-    let header_bytes = B64
-        .decode(&jws.protected)
-        .map_err(|e| Rejection::Malformed(format!("protected header: {e}")))?;
-    let header: Header = serde_json::from_slice(&header_bytes)
-        .map_err(|e| Rejection::Malformed(format!("protected header: {e}")))?;
+    let header_bytes =
+        B64.decode(&jws.protected).map_err(|e| Rejection::Malformed(format!("protected header: {e}")))?;
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|e| Rejection::Malformed(format!("protected header: {e}")))?;
     if header.alg != "EdDSA" {
         return Err(Rejection::Algorithm(header.alg));
     }
-    let key = trust
-        .get(&header.kid)
-        .ok_or_else(|| Rejection::UnknownKey(header.kid.clone()))?;
-    let signature = B64
-        .decode(&jws.signature)
-        .map_err(|e| Rejection::Malformed(format!("signature: {e}")))?;
+    let key = trust.get(&header.kid).ok_or_else(|| Rejection::UnknownKey(header.kid.clone()))?;
+    let signature = B64.decode(&jws.signature).map_err(|e| Rejection::Malformed(format!("signature: {e}")))?;
     let signature = Signature::from_slice(&signature).map_err(|_| Rejection::BadSignature)?;
     key.inner()
-        .verify(
-            format!("{}.{}", jws.protected, jws.payload).as_bytes(),
-            &signature,
-        )
+        .verify(format!("{}.{}", jws.protected, jws.payload).as_bytes(), &signature)
         .map_err(|_| Rejection::BadSignature)?;
 
     // Only now, with the signature checked, is the payload read.
-    let payload_bytes = B64
-        .decode(&jws.payload)
-        .map_err(|e| Rejection::Malformed(format!("payload: {e}")))?;
-    let payload: Payload = serde_json::from_slice(&payload_bytes)
-        .map_err(|e| Rejection::Malformed(format!("payload: {e}")))?;
+    let payload_bytes = B64.decode(&jws.payload).map_err(|e| Rejection::Malformed(format!("payload: {e}")))?;
+    let payload: Payload =
+        serde_json::from_slice(&payload_bytes).map_err(|e| Rejection::Malformed(format!("payload: {e}")))?;
     let m = &payload.metadata;
     if let (Some(g), Some(e)) = (expect.gateway, expect.environment)
         && (g != m.gateway || e != m.environment)
@@ -201,58 +181,30 @@ pub fn verify(jws: &Jws, trust: &TrustList, expect: &Expect<'_>) -> Result<Verif
         });
     }
     if let Some(g) = expect.gateway.filter(|g| *g != m.gateway) {
-        return Err(Rejection::WrongScope {
-            expected: g.to_owned(),
-            found: m.gateway.clone(),
-        });
+        return Err(Rejection::WrongScope { expected: g.to_owned(), found: m.gateway.clone() });
     }
     if let Some(e) = expect.environment.filter(|e| *e != m.environment) {
-        return Err(Rejection::WrongScope {
-            expected: e.to_owned(),
-            found: m.environment.clone(),
-        });
+        return Err(Rejection::WrongScope { expected: e.to_owned(), found: m.environment.clone() });
     }
     if let Some(running) = expect.running_serial
         && m.serial < running
     {
-        return Err(Rejection::Replayed {
-            running,
-            found: m.serial,
-        });
+        return Err(Rejection::Replayed { running, found: m.serial });
     }
     let actual = digest(payload.config.as_bytes());
     if actual != m.config_digest {
-        return Err(Rejection::Digest {
-            found: m.config_digest.clone(),
-            actual,
-        });
+        return Err(Rejection::Digest { found: m.config_digest.clone(), actual });
     }
     let checked = config::parse(&payload.config, Format::Json, |_| None);
     let service = match checked.service {
         Some(s) if checked.report.is_runnable(false, false) => s,
         _ => {
-            let mut problems: Vec<String> = checked
-                .report
-                .errors
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            problems.extend(
-                checked
-                    .report
-                    .unsupported
-                    .iter()
-                    .filter(|u| u.blocking)
-                    .map(ToString::to_string),
-            );
+            let mut problems: Vec<String> = checked.report.errors.iter().map(ToString::to_string).collect();
+            problems.extend(checked.report.unsupported.iter().filter(|u| u.blocking).map(ToString::to_string));
             return Err(Rejection::InvalidConfig(problems.join("; ")));
         }
     };
-    Ok(Verified {
-        kid: header.kid,
-        payload,
-        service,
-    })
+    Ok(Verified { kid: header.kid, payload, service })
 }
 
 /// The current time in RFC 3339 (UTC, seconds).
@@ -297,11 +249,7 @@ mod tests {
     }
 
     fn expect(serial: Option<u64>) -> Expect<'static> {
-        Expect {
-            gateway: Some("g"),
-            environment: Some("prod"),
-            running_serial: serial,
-        }
+        Expect { gateway: Some("g"), environment: Some("prod"), running_serial: serial }
     }
 
     fn setup() -> (SigningKey, TrustList) {
@@ -328,92 +276,40 @@ mod tests {
 
         let mut p: Payload = serde_json::from_slice(&B64.decode(&jws.payload).unwrap()).unwrap();
         p.metadata.serial = 99;
-        let tampered = Jws {
-            payload: B64.encode(serde_json::to_vec(&p).unwrap()),
-            ..jws.clone()
-        };
-        assert_eq!(
-            verify(&tampered, &trust, &expect(None)).unwrap_err(),
-            Rejection::BadSignature
-        );
+        let tampered = Jws { payload: B64.encode(serde_json::to_vec(&p).unwrap()), ..jws.clone() };
+        assert_eq!(verify(&tampered, &trust, &expect(None)).unwrap_err(), Rejection::BadSignature);
 
         let header = B64.encode(br#"{"alg":"EdDSA","kid":"other","typ":"weir-bundle+json"}"#);
-        let tampered = Jws {
-            protected: header,
-            ..jws.clone()
-        };
-        assert!(matches!(
-            verify(&tampered, &trust, &expect(None)),
-            Err(Rejection::UnknownKey(_))
-        ));
+        let tampered = Jws { protected: header, ..jws.clone() };
+        assert!(matches!(verify(&tampered, &trust, &expect(None)), Err(Rejection::UnknownKey(_))));
 
         let none = B64.encode(br#"{"alg":"none","kid":"x"}"#);
         assert!(matches!(
-            verify(
-                &Jws {
-                    protected: none,
-                    ..jws.clone()
-                },
-                &trust,
-                &expect(None)
-            ),
+            verify(&Jws { protected: none, ..jws.clone() }, &trust, &expect(None)),
             Err(Rejection::Algorithm(_))
         ));
 
         let other = SigningKey::generate().unwrap();
         let forged = sign(&payload(3, CONFIG), &other).unwrap();
-        assert!(matches!(
-            verify(&forged, &trust, &expect(None)),
-            Err(Rejection::UnknownKey(_))
-        ));
-        let same_kid = Jws {
-            signature: forged.signature.clone(),
-            ..jws.clone()
-        };
-        assert_eq!(
-            verify(&same_kid, &trust, &expect(None)).unwrap_err(),
-            Rejection::BadSignature
-        );
+        assert!(matches!(verify(&forged, &trust, &expect(None)), Err(Rejection::UnknownKey(_))));
+        let same_kid = Jws { signature: forged.signature.clone(), ..jws.clone() };
+        assert_eq!(verify(&same_kid, &trust, &expect(None)).unwrap_err(), Rejection::BadSignature);
     }
 
     #[test]
     fn scope_serial_digest_and_config_are_checked() {
         let (key, trust) = setup();
         let jws = sign(&payload(3, CONFIG), &key).unwrap();
-        let wrong = Expect {
-            gateway: Some("g"),
-            environment: Some("dev"),
-            running_serial: None,
-        };
-        assert!(matches!(
-            verify(&jws, &trust, &wrong),
-            Err(Rejection::WrongScope { .. })
-        ));
-        assert_eq!(
-            verify(&jws, &trust, &expect(Some(4))).unwrap_err(),
-            Rejection::Replayed {
-                running: 4,
-                found: 3
-            }
-        );
+        let wrong = Expect { gateway: Some("g"), environment: Some("dev"), running_serial: None };
+        assert!(matches!(verify(&jws, &trust, &wrong), Err(Rejection::WrongScope { .. })));
+        assert_eq!(verify(&jws, &trust, &expect(Some(4))).unwrap_err(), Rejection::Replayed { running: 4, found: 3 });
 
         let mut p = payload(5, CONFIG);
         p.config = CONFIG.replace("/a", "/b");
-        assert!(matches!(
-            verify(&sign(&p, &key).unwrap(), &trust, &expect(None)),
-            Err(Rejection::Digest { .. })
-        ));
+        assert!(matches!(verify(&sign(&p, &key).unwrap(), &trust, &expect(None)), Err(Rejection::Digest { .. })));
 
         let bad = r#"{"version":2}"#;
-        let err = verify(
-            &sign(&payload(5, bad), &key).unwrap(),
-            &trust,
-            &expect(None),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(&err, Rejection::InvalidConfig(m) if m.contains("version: must be 3")),
-            "{err}"
-        );
+        let err = verify(&sign(&payload(5, bad), &key).unwrap(), &trust, &expect(None)).unwrap_err();
+        assert!(matches!(&err, Rejection::InvalidConfig(m) if m.contains("version: must be 3")), "{err}");
     }
 }

@@ -23,17 +23,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{text:?} lacks a unit (ns, us, ms, s, m, h)"))?;
         if num_end == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like \"2s\" or \"1m30s\""
-            ));
+            return Err(format!("{text:?} is not a duration like \"2s\" or \"1m30s\""));
         }
-        let value: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("{text:?} has a malformed number"))?;
+        let value: f64 = rest[..num_end].parse().map_err(|_| format!("{text:?} has a malformed number"))?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_end] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -42,9 +36,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "m" => 60e9,
             "h" => 3600e9,
             other => {
-                return Err(format!(
-                    "{text:?} has the unknown unit {other:?} (use ns, us, ms, s, m or h)"
-                ));
+                return Err(format!("{text:?} has the unknown unit {other:?} (use ns, us, ms, s, m or h)"));
             }
         };
         total += value * nanos_per_unit;

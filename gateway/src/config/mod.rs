@@ -29,12 +29,7 @@ pub enum Format {
 impl Format {
     /// `.yaml`/`.yml` and `.toml` by extension; anything else is read as JSON, as KrakenD does.
     pub fn from_path(path: &Path) -> Self {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("yaml" | "yml") => Format::Yaml,
             Some("toml") => Format::Toml,
             _ => Format::Json,
@@ -56,10 +51,7 @@ pub fn load(path: &Path) -> Checked {
         Err(e) => {
             let mut report = Report::default();
             report.error("", format!("cannot read {}: {e}", path.display()));
-            Checked {
-                service: None,
-                report,
-            }
+            Checked { service: None, report }
         }
     }
 }
@@ -72,10 +64,7 @@ pub fn parse(text: &str, format: Format, env: impl Fn(&str) -> Option<String>) -
         Err(message) => {
             let mut report = Report::default();
             report.error("", message);
-            return Checked {
-                service: None,
-                report,
-            };
+            return Checked { service: None, report };
         }
     };
     apply_env_overrides(&mut root, env);
@@ -86,13 +75,8 @@ pub fn parse(text: &str, format: Format, env: impl Fn(&str) -> Option<String>) -
 /// Parses config text into a JSON tree without validating it.
 pub fn to_value(text: &str, format: Format) -> Result<Value, String> {
     match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| {
-            format!(
-                "invalid JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            )
-        }),
+        Format::Json => serde_json::from_str(text)
+            .map_err(|e| format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column())),
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| format!("invalid YAML: {e}")),
         Format::Toml => toml::from_str(text).map_err(|e| format!("invalid TOML: {e}")),
     }
@@ -110,11 +94,9 @@ fn apply_env_overrides(root: &mut Value, env: impl Fn(&str) -> Option<String>) {
             continue;
         };
         *value = match value {
-            Value::Number(_) => raw
-                .trim()
-                .parse::<serde_json::Number>()
-                .map(Value::Number)
-                .unwrap_or(Value::String(raw)),
+            Value::Number(_) => {
+                raw.trim().parse::<serde_json::Number>().map(Value::Number).unwrap_or(Value::String(raw))
+            }
             Value::Bool(_) => match raw.trim() {
                 "true" | "1" => Value::Bool(true),
                 "false" | "0" => Value::Bool(false),
@@ -147,10 +129,7 @@ mod tests {
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         let e = &s.endpoints[0];
         assert_eq!(e.method, http::Method::GET);
-        assert_eq!(
-            e.input_headers,
-            NameFilter::Only(vec!["Content-Type".into()])
-        );
+        assert_eq!(e.input_headers, NameFilter::Only(vec!["Content-Type".into()]));
         assert_eq!(e.backends[0].host, vec!["http://b:1".to_owned()]);
     }
 
@@ -163,10 +142,7 @@ mod tests {
         );
         let m = messages(&c);
         assert!(c.service.is_none());
-        assert!(
-            m.iter().any(|e| e.starts_with("version: must be 3")),
-            "{m:?}"
-        );
+        assert!(m.iter().any(|e| e.starts_with("version: must be 3")), "{m:?}");
         assert!(m.iter().any(|e| e.starts_with("timeout: ")), "{m:?}");
         assert!(
             m.iter().any(|e| e.starts_with(
@@ -174,15 +150,8 @@ mod tests {
             )),
             "{m:?}"
         );
-        assert!(
-            m.iter().any(|e| e.starts_with("endpoints[1].method: ")),
-            "{m:?}"
-        );
-        assert!(
-            m.iter()
-                .any(|e| e.starts_with("endpoints[1].backend: needs at least one")),
-            "{m:?}"
-        );
+        assert!(m.iter().any(|e| e.starts_with("endpoints[1].method: ")), "{m:?}");
+        assert!(m.iter().any(|e| e.starts_with("endpoints[1].backend: needs at least one")), "{m:?}");
     }
 
     #[test]
@@ -203,21 +172,14 @@ mod tests {
 
     #[test]
     fn env_overrides_root_scalars_present_in_the_file() {
-        let c = parse(
-            r#"{"version":3,"port":8080,"name":"a"}"#,
-            Format::Json,
-            |k| match k {
-                "KRAKEND_PORT" => Some("9000".into()),
-                "KRAKEND_NAME" => Some("b".into()),
-                "KRAKEND_TIMEOUT" => Some("bad".into()),
-                _ => None,
-            },
-        );
+        let c = parse(r#"{"version":3,"port":8080,"name":"a"}"#, Format::Json, |k| match k {
+            "KRAKEND_PORT" => Some("9000".into()),
+            "KRAKEND_NAME" => Some("b".into()),
+            "KRAKEND_TIMEOUT" => Some("bad".into()),
+            _ => None,
+        });
         let s = c.service.expect("valid");
-        assert_eq!(
-            (s.port, s.name.as_str(), s.timeout),
-            (9000, "b", DEFAULT_TIMEOUT)
-        );
+        assert_eq!((s.port, s.name.as_str(), s.timeout), (9000, "b", DEFAULT_TIMEOUT));
     }
 
     #[test]
@@ -239,16 +201,8 @@ mod tests {
                 {"endpoint":"/__health","backend":[{"url_pattern":"/"}]}]}"#,
         );
         let m = messages(&c);
-        assert!(
-            m.iter()
-                .any(|e| e.starts_with("endpoints[1].endpoint: GET /a/{id} is declared twice")),
-            "{m:?}"
-        );
-        assert!(
-            m.iter()
-                .any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")),
-            "{m:?}"
-        );
+        assert!(m.iter().any(|e| e.starts_with("endpoints[1].endpoint: GET /a/{id} is declared twice")), "{m:?}");
+        assert!(m.iter().any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")), "{m:?}");
     }
 
     #[test]
@@ -260,8 +214,6 @@ mod tests {
         );
         let m = messages(&c);
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(
-            m[0].starts_with("endpoints[0].backend[0].url_pattern: {resp1_id} refers to backend 1")
-        );
+        assert!(m[0].starts_with("endpoints[0].backend[0].url_pattern: {resp1_id} refers to backend 1"));
     }
 }

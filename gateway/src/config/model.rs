@@ -142,13 +142,9 @@ impl NameFilter {
     pub fn allows(&self, name: &str, case_insensitive: bool) -> bool {
         match self {
             NameFilter::All => true,
-            NameFilter::Only(names) => names.iter().any(|n| {
-                if case_insensitive {
-                    n.eq_ignore_ascii_case(name)
-                } else {
-                    n == name
-                }
-            }),
+            NameFilter::Only(names) => {
+                names.iter().any(|n| if case_insensitive { n.eq_ignore_ascii_case(name) } else { n == name })
+            }
         }
     }
 }

@@ -12,11 +12,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -33,11 +29,7 @@ pub struct Unsupported {
 
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: \"{}\" is not supported yet",
-            self.path, self.namespace
-        )?;
+        write!(f, "{}: \"{}\" is not supported yet", self.path, self.namespace)?;
         if self.blocking {
             f.write_str(" (run refuses it unless --allow-unsupported)")
         } else {
@@ -58,17 +50,11 @@ pub struct Report {
 
 impl Report {
     pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(Problem {
-            path: path.to_owned(),
-            message: message.into(),
-        });
+        self.errors.push(Problem { path: path.to_owned(), message: message.into() });
     }
 
     pub(crate) fn warn(&mut self, path: &str, message: impl Into<String>) {
-        self.warnings.push(Problem {
-            path: path.to_owned(),
-            message: message.into(),
-        });
+        self.warnings.push(Problem { path: path.to_owned(), message: message.into() });
     }
 
     /// Whether the config may run, given the caller's lint and unsupported policies.

@@ -239,11 +239,7 @@ fn is_comment_key(key: &str) -> bool {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -314,10 +310,7 @@ impl<'a, 'r> Reader<'a, 'r> {
             }
             None => {
                 let k = kind(v);
-                self.error(
-                    key,
-                    format!("must be a whole number from 0 to {max}, found {k}"),
-                );
+                self.error(key, format!("must be a whole number from 0 to {max}, found {k}"));
                 None
             }
         }
@@ -335,10 +328,7 @@ impl<'a, 'r> Reader<'a, 'r> {
             },
             other => {
                 let k = kind(other);
-                self.error(
-                    key,
-                    format!("must be a duration string like \"2s\", found {k}"),
-                );
+                self.error(key, format!("must be a duration string like \"2s\", found {k}"));
                 None
             }
         }
@@ -357,8 +347,7 @@ impl<'a, 'r> Reader<'a, 'r> {
                 Value::String(s) => out.push(s.clone()),
                 other => {
                     let path = format!("{}[{i}]", self.at(key));
-                    self.report
-                        .error(&path, format!("must be a string, found {}", kind(other)));
+                    self.report.error(&path, format!("must be a string, found {}", kind(other)));
                 }
             }
         }
@@ -384,19 +373,11 @@ impl<'a, 'r> Reader<'a, 'r> {
             }
             let path = self.at(key);
             if ignored.contains(&key.as_str()) {
-                self.report
-                    .warn(&path, "accepted for compatibility and ignored by Weir");
+                self.report.warn(&path, "accepted for compatibility and ignored by Weir");
             } else if unsupported.contains(&key.as_str()) {
-                self.report.unsupported.push(Unsupported {
-                    path,
-                    namespace: key.clone(),
-                    blocking: false,
-                });
+                self.report.unsupported.push(Unsupported { path, namespace: key.clone(), blocking: false });
             } else {
-                self.report.unknown_keys.push(Problem {
-                    path,
-                    message: "unknown key".into(),
-                });
+                self.report.unknown_keys.push(Problem { path, message: "unknown key".into() });
             }
         }
     }
@@ -406,18 +387,11 @@ impl<'a, 'r> Reader<'a, 'r> {
 pub fn validate(root: &Value) -> (Option<Service>, Report) {
     let mut report = Report::default();
     let Value::Object(obj) = root else {
-        report.error(
-            "",
-            format!("the config must be an object, found {}", kind(root)),
-        );
+        report.error("", format!("the config must be an object, found {}", kind(root)));
         return (None, report);
     };
     let service = service(obj, &mut report);
-    if report.errors.is_empty() {
-        (Some(service), report)
-    } else {
-        (None, report)
-    }
+    if report.errors.is_empty() { (Some(service), report) } else { (None, report) }
 }
 
 fn service(obj: &Obj, report: &mut Report) -> Service {
@@ -425,22 +399,14 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
     match r.get("version") {
         None => r.error("version", "is required and must be 3"),
         Some(v) if v.as_u64() == Some(3) => {}
-        Some(v) => r.error(
-            "version",
-            format!("must be 3 (the KrakenD v2 format), found {v}"),
-        ),
+        Some(v) => r.error("version", format!("must be 3 (the KrakenD v2 format), found {v}")),
     }
     r.check_keys(ROOT_KEYS, ROOT_IGNORED, ROOT_UNSUPPORTED);
     let name = r.string("name").unwrap_or("").to_owned();
     let port = r.uint("port", u16::MAX as u64).map_or(8080, |p| p as u16);
-    let listen_ip = r
-        .string("listen_ip")
-        .filter(|s| !s.is_empty())
-        .and_then(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| r.error("listen_ip", format!("{s:?} is not an IP address")))
-                .ok()
-        });
+    let listen_ip = r.string("listen_ip").filter(|s| !s.is_empty()).and_then(|s| {
+        s.parse::<IpAddr>().map_err(|_| r.error("listen_ip", format!("{s:?} is not an IP address"))).ok()
+    });
     let host = hosts(&mut r, "host");
     let timeout = r.duration("timeout").unwrap_or(DEFAULT_TIMEOUT);
     if timeout.is_zero() {
@@ -455,19 +421,12 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
         write_timeout: r.duration("write_timeout").filter(|d| !d.is_zero()),
         idle_timeout: r.duration("idle_timeout").filter(|d| !d.is_zero()),
         read_header_timeout: r.duration("read_header_timeout").filter(|d| !d.is_zero()),
-        max_header_bytes: r
-            .uint("max_header_bytes", u32::MAX as u64)
-            .map_or(DEFAULT_MAX_HEADER_BYTES, |n| n as usize),
+        max_header_bytes: r.uint("max_header_bytes", u32::MAX as u64).map_or(DEFAULT_MAX_HEADER_BYTES, |n| n as usize),
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         max_backend_response_bytes: DEFAULT_MAX_BODY_BYTES,
-        shutdown_wait: r
-            .duration("max_shutdown_wait_time")
-            .filter(|d| !d.is_zero())
-            .unwrap_or(DEFAULT_SHUTDOWN_WAIT),
+        shutdown_wait: r.duration("max_shutdown_wait_time").filter(|d| !d.is_zero()).unwrap_or(DEFAULT_SHUTDOWN_WAIT),
     };
-    let max_idle = r
-        .uint("max_idle_connections_per_host", 1_000_000)
-        .map_or(DEFAULT_IDLE_PER_HOST, |n| n as usize);
+    let max_idle = r.uint("max_idle_connections_per_host", 1_000_000).map_or(DEFAULT_IDLE_PER_HOST, |n| n as usize);
     let use_h2c = r.boolean("use_h2c").unwrap_or(false);
     let debug_endpoint = r.boolean("debug_endpoint").unwrap_or(false);
     let echo_endpoint = r.boolean("echo_endpoint").unwrap_or(false);
@@ -483,18 +442,10 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
             server.max_backend_response_bytes = n as usize;
         }
     }
-    let router = extra
-        .get("router")
-        .map(|v| router(v, "extra_config.router", r.report))
-        .unwrap_or_default();
+    let router = extra.get("router").map(|v| router(v, "extra_config.router", r.report)).unwrap_or_default();
     namespaces(&extra, "extra_config", Scope::Service, r.report);
 
-    let defaults = EndpointDefaults {
-        timeout,
-        cache_ttl,
-        output_encoding,
-        has_host: !host.is_empty(),
-    };
+    let defaults = EndpointDefaults { timeout, cache_ttl, output_encoding, has_host: !host.is_empty() };
     let mut endpoints = Vec::new();
     match r.get("endpoints") {
         None => {}
@@ -507,9 +458,7 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
                             endpoints.push((i, e));
                         }
                     }
-                    other => r
-                        .report
-                        .error(&path, format!("must be an object, found {}", kind(other))),
+                    other => r.report.error(&path, format!("must be an object, found {}", kind(other))),
                 }
             }
         }
@@ -533,11 +482,7 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
         tls,
         // KrakenD once read `use_h2c` under `router`; old configs still carry it there.
         use_h2c: use_h2c
-            || extra
-                .get("router")
-                .and_then(|r| r.get("use_h2c"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            || extra.get("router").and_then(|r| r.get("use_h2c")).and_then(Value::as_bool).unwrap_or(false),
         debug_endpoint,
         echo_endpoint,
         router,
@@ -558,27 +503,18 @@ fn hosts(r: &mut Reader<'_, '_>, key: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(list.len());
     for (i, h) in list.into_iter().enumerate() {
         let trimmed = h.trim_end_matches('/');
-        let with_scheme = if trimmed.contains("://") {
-            trimmed.to_owned()
-        } else {
-            format!("http://{trimmed}")
-        };
+        let with_scheme = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
         match with_scheme.parse::<http::Uri>() {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some()
-                    && uri
-                        .path_and_query()
-                        .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) =>
+                    && uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) =>
             {
                 out.push(with_scheme)
             }
             _ => {
                 let path = format!("{}[{i}]", r.at(key));
-                r.report.error(
-                    &path,
-                    format!("{h:?} is not a host like \"http://10.0.0.1:8000\""),
-                );
+                r.report.error(&path, format!("{h:?} is not a host like \"http://10.0.0.1:8000\""));
             }
         }
     }
@@ -620,11 +556,7 @@ fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
             "disabled",
             "disable_system_ca_pool",
         ],
-        &[
-            "cipher_suites",
-            "curve_preferences",
-            "prefer_server_cipher_suites",
-        ],
+        &["cipher_suites", "curve_preferences", "prefer_server_cipher_suites"],
         &[],
     );
     if r.boolean("disabled").unwrap_or(false) {
@@ -632,50 +564,32 @@ fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
     }
     let mut keys = Vec::new();
     match (r.string("public_key"), r.string("private_key")) {
-        (Some(c), Some(k)) => keys.push(KeyPair {
-            public_key: c.into(),
-            private_key: k.into(),
-        }),
+        (Some(c), Some(k)) => keys.push(KeyPair { public_key: c.into(), private_key: k.into() }),
         (None, None) => {}
-        _ => r.error(
-            "private_key",
-            "public_key and private_key must be set together",
-        ),
+        _ => r.error("private_key", "public_key and private_key must be set together"),
     }
     if let Some(Value::Array(items)) = r.get("keys") {
         for (i, item) in items.iter().enumerate() {
             let c = item.get("public_key").and_then(Value::as_str);
             let k = item.get("private_key").and_then(Value::as_str);
             match (c, k) {
-                (Some(c), Some(k)) => keys.push(KeyPair {
-                    public_key: c.into(),
-                    private_key: k.into(),
-                }),
+                (Some(c), Some(k)) => keys.push(KeyPair { public_key: c.into(), private_key: k.into() }),
                 _ => {
                     let p = format!("{}[{i}]", r.at("keys"));
-                    r.report
-                        .error(&p, "needs both public_key and private_key (PEM file paths)");
+                    r.report.error(&p, "needs both public_key and private_key (PEM file paths)");
                 }
             }
         }
     }
     if keys.is_empty() {
-        r.error(
-            "public_key",
-            "TLS is enabled but no certificate is set (public_key/private_key or keys[])",
-        );
+        r.error("public_key", "TLS is enabled but no certificate is set (public_key/private_key or keys[])");
     }
     let version = |r: &mut Reader<'_, '_>, key: &str, default: TlsVersion| match r.string(key) {
         None => default,
         Some("TLS12") => TlsVersion::Tls12,
         Some("TLS13") => TlsVersion::Tls13,
         Some(other) => {
-            r.error(
-                key,
-                format!(
-                    "{other:?} is not supported: use TLS12 or TLS13 (older versions are insecure)"
-                ),
-            );
+            r.error(key, format!("{other:?} is not supported: use TLS12 or TLS13 (older versions are insecure)"));
             default
         }
     };
@@ -685,25 +599,12 @@ fn tls(obj: &Obj, path: &str, report: &mut Report) -> Option<Tls> {
         r.error("min_version", "is higher than max_version");
     }
     let enable_mtls = r.boolean("enable_mtls").unwrap_or(false);
-    let client_ca_certs: Vec<PathBuf> = r
-        .strings("ca_certs")
-        .unwrap_or_default()
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
+    let client_ca_certs: Vec<PathBuf> =
+        r.strings("ca_certs").unwrap_or_default().into_iter().map(PathBuf::from).collect();
     if enable_mtls && client_ca_certs.is_empty() {
-        r.error(
-            "ca_certs",
-            "enable_mtls needs at least one CA certificate to verify clients with",
-        );
+        r.error("ca_certs", "enable_mtls needs at least one CA certificate to verify clients with");
     }
-    Some(Tls {
-        keys,
-        min_version,
-        max_version,
-        client_ca_certs,
-        enable_mtls,
-    })
+    Some(Tls { keys, min_version, max_version, client_ca_certs, enable_mtls })
 }
 
 fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
@@ -747,10 +648,7 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, report: &mut Report) {
         let supported = match scope {
             Scope::Service => matches!(ns.as_str(), "router" | LIMITS_NAMESPACE),
             Scope::Endpoint => ns == "proxy",
-            Scope::Backend => matches!(
-                ns.as_str(),
-                "proxy" | "backend/http" | "backend/http/client"
-            ),
+            Scope::Backend => matches!(ns.as_str(), "proxy" | "backend/http" | "backend/http/client"),
         };
         if supported {
             continue;
@@ -763,18 +661,13 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, report: &mut Report) {
         if known.contains(&ns.as_str()) {
             // Service-wide telemetry and docs change nothing a client may do; anything
             // else (auth, limits, policies, other backends) would fail open if ignored.
-            let harmless = scope == Scope::Service
-                && (ns.starts_with("telemetry/") || ns.starts_with("documentation/"));
-            report.unsupported.push(Unsupported {
-                path: path.to_owned(),
-                namespace: ns.clone(),
-                blocking: !harmless,
-            });
+            let harmless =
+                scope == Scope::Service && (ns.starts_with("telemetry/") || ns.starts_with("documentation/"));
+            report.unsupported.push(Unsupported { path: path.to_owned(), namespace: ns.clone(), blocking: !harmless });
         } else {
-            report.unknown_keys.push(Problem {
-                path: join(path, ns),
-                message: "unknown extra_config namespace".into(),
-            });
+            report
+                .unknown_keys
+                .push(Problem { path: join(path, ns), message: "unknown extra_config namespace".into() });
         }
     }
 }
@@ -791,10 +684,7 @@ fn method(r: &mut Reader<'_, '_>, key: &str, default: Method) -> Method {
             "HEAD" => Method::HEAD,
             "OPTIONS" => Method::OPTIONS,
             _ => {
-                r.error(
-                    key,
-                    format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
-                );
+                r.error(key, format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"));
                 default
             }
         },
@@ -816,20 +706,12 @@ pub fn path_params(path: &str) -> Vec<String> {
     out
 }
 
-fn endpoint(
-    obj: &Obj,
-    path: &str,
-    defaults: &EndpointDefaults,
-    report: &mut Report,
-) -> Option<Endpoint> {
+fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Report) -> Option<Endpoint> {
     let mut r = Reader::new(obj, path.to_owned(), report);
     r.check_keys(ENDPOINT_KEYS, &[], &[]);
     let route = match r.string("endpoint") {
         None => {
-            r.error(
-                "endpoint",
-                "is required (the path clients call, e.g. \"/users/{id}\")",
-            );
+            r.error("endpoint", "is required (the path clients call, e.g. \"/users/{id}\")");
             String::new()
         }
         Some(p) if !p.starts_with('/') => {
@@ -846,13 +728,10 @@ fn endpoint(
     }
     let cache_ttl = r.duration("cache_ttl").unwrap_or(defaults.cache_ttl);
     let output_encoding = output_encoding(&mut r).unwrap_or(defaults.output_encoding);
-    let concurrent_calls = r
-        .uint("concurrent_calls", 32)
-        .map_or(1, |n| n.max(1) as usize);
-    let input_headers = name_filter(&mut r, "input_headers")
-        .unwrap_or_else(|| NameFilter::Only(vec!["Content-Type".into()]));
-    let input_query_strings =
-        name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
+    let concurrent_calls = r.uint("concurrent_calls", 32).map_or(1, |n| n.max(1) as usize);
+    let input_headers =
+        name_filter(&mut r, "input_headers").unwrap_or_else(|| NameFilter::Only(vec!["Content-Type".into()]));
+    let input_query_strings = name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
     namespaces(&extra, &extra_path, Scope::Endpoint, r.report);
@@ -878,30 +757,20 @@ fn endpoint(
                             backends.push(b);
                         }
                     }
-                    other => r
-                        .report
-                        .error(&bpath, format!("must be an object, found {}", kind(other))),
+                    other => r.report.error(&bpath, format!("must be an object, found {}", kind(other))),
                 }
             }
         }
         Some(Value::Array(_)) | None => r.error("backend", "needs at least one backend"),
         Some(other) => {
             let k = kind(other);
-            r.error(
-                "backend",
-                format!("must be an array of backends, found {k}"),
-            );
+            r.error("backend", format!("must be an array of backends, found {k}"));
         }
     }
     if output_encoding == OutputEncoding::NoOp && backends.len() > 1 {
-        r.error(
-            "output_encoding",
-            "no-op endpoints pass one backend response through: they take exactly one backend",
-        );
+        r.error("output_encoding", "no-op endpoints pass one backend response through: they take exactly one backend");
     }
-    if output_encoding == OutputEncoding::NoOp
-        && (sequential || static_response.is_some() || !flatmap.is_empty())
-    {
+    if output_encoding == OutputEncoding::NoOp && (sequential || static_response.is_some() || !flatmap.is_empty()) {
         r.error("extra_config.proxy", "no-op endpoints pass the backend response through untouched: sequential, static and flatmap_filter do not apply");
     }
     Some(Endpoint {
@@ -938,31 +807,21 @@ fn check_path_syntax(route: &str, path: &str, report: &mut Report) {
         report.error(path, format!("{route:?} has an unclosed {{"));
     }
     if route.contains("/:") {
-        report.error(
-            path,
-            format!("{route:?} uses :param; KrakenD v3 configs write parameters as {{param}}"),
-        );
+        report.error(path, format!("{route:?} uses :param; KrakenD v3 configs write parameters as {{param}}"));
     }
     let mut seen = HashSet::new();
     for p in path_params(route) {
         if p.is_empty() {
             report.error(path, format!("{route:?} has an empty parameter name"));
         } else if !seen.insert(p.clone()) {
-            report.error(
-                path,
-                format!("parameter {{{p}}} appears twice in {route:?}"),
-            );
+            report.error(path, format!("parameter {{{p}}} appears twice in {route:?}"));
         }
     }
 }
 
 fn name_filter(r: &mut Reader<'_, '_>, key: &str) -> Option<NameFilter> {
     let list = r.strings(key)?;
-    if list.iter().any(|s| s == "*") {
-        Some(NameFilter::All)
-    } else {
-        Some(NameFilter::Only(list))
-    }
+    if list.iter().any(|s| s == "*") { Some(NameFilter::All) } else { Some(NameFilter::Only(list)) }
 }
 
 fn endpoint_proxy(
@@ -981,11 +840,7 @@ fn endpoint_proxy(
     let mut r = Reader::new(obj, path, report);
     r.check_keys(
         &["sequential", "static", "flatmap_filter"],
-        &[
-            "sequential_propagated_params",
-            "max_payload",
-            "decompress_gzip",
-        ],
+        &["sequential_propagated_params", "max_payload", "decompress_gzip"],
         &["combiner"],
     );
     let sequential = r.boolean("sequential").unwrap_or(false);
@@ -1000,19 +855,11 @@ fn endpoint_proxy(
             Some("complete") => StaticStrategy::Complete,
             Some("incomplete") => StaticStrategy::Incomplete,
             Some(other) => {
-                sr.error(
-                    "strategy",
-                    format!(
-                        "{other:?} is not one of always, success, errored, complete, incomplete"
-                    ),
-                );
+                sr.error("strategy", format!("{other:?} is not one of always, success, errored, complete, incomplete"));
                 return None;
             }
             None => {
-                sr.error(
-                    "strategy",
-                    "is required (always, success, errored, complete or incomplete)",
-                );
+                sr.error("strategy", "is required (always, success, errored, complete or incomplete)");
                 return None;
             }
         };
@@ -1029,20 +876,14 @@ fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
     };
     let base = r.at("flatmap_filter");
     let Value::Array(items) = v else {
-        r.report.error(
-            &base,
-            format!("must be an array of operations, found {}", kind(v)),
-        );
+        r.report.error(&base, format!("must be an array of operations, found {}", kind(v)));
         return Vec::new();
     };
     let mut ops = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("{base}[{i}]");
         let Value::Object(o) = item else {
-            r.report.error(
-                &path,
-                format!("must be an object with type and args, found {}", kind(item)),
-            );
+            r.report.error(&path, format!("must be an object with type and args, found {}", kind(item)));
             continue;
         };
         let mut or = Reader::new(o, path, r.report);
@@ -1052,10 +893,7 @@ fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
             if args.len() == n && args.iter().all(|a| !a.is_empty()) {
                 true
             } else {
-                or.error(
-                    "args",
-                    format!("{what} takes {n} non-empty path(s), found {}", args.len()),
-                );
+                or.error("args", format!("{what} takes {n} non-empty path(s), found {}", args.len()));
                 false
             }
         };
@@ -1071,19 +909,13 @@ fn flatmap(r: &mut Reader<'_, '_>) -> Vec<FlatmapOp> {
                         ),
                     );
                 } else {
-                    ops.push(FlatmapOp::Move {
-                        from: args[0].clone(),
-                        to: args[1].clone(),
-                    });
+                    ops.push(FlatmapOp::Move { from: args[0].clone(), to: args[1].clone() });
                 }
             }
-            Some("append") if want(&mut or, 2, "append") => ops.push(FlatmapOp::Append {
-                from: args[0].clone(),
-                to: args[1].clone(),
-            }),
-            Some("del") if want(&mut or, 1, "del") => ops.push(FlatmapOp::Del {
-                path: args[0].clone(),
-            }),
+            Some("append") if want(&mut or, 2, "append") => {
+                ops.push(FlatmapOp::Append { from: args[0].clone(), to: args[1].clone() })
+            }
+            Some("del") if want(&mut or, 1, "del") => ops.push(FlatmapOp::Del { path: args[0].clone() }),
             Some("move" | "append" | "del") => {}
             Some(other) => or.error("type", format!("{other:?} is not one of move, del, append")),
             None => or.error("type", "is required (move, del or append)"),
@@ -1107,26 +939,17 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
     let url_pattern = match r.string("url_pattern") {
         Some(u) => u.to_owned(),
         None => {
-            r.error(
-                "url_pattern",
-                "is required (the path on the backend, e.g. \"/users/{id}\")",
-            );
+            r.error("url_pattern", "is required (the path on the backend, e.g. \"/users/{id}\")");
             String::new()
         }
     };
     if !url_pattern.is_empty() && !url_pattern.starts_with('/') {
-        r.error(
-            "url_pattern",
-            format!("{url_pattern:?} must start with / (the host goes in host)"),
-        );
+        r.error("url_pattern", format!("{url_pattern:?} must start with / (the host goes in host)"));
     }
     check_placeholders(&url_pattern, &r.at("url_pattern"), cx, r.report);
     let host = hosts(&mut r, "host");
     if host.is_empty() && !cx.defaults.has_host && obj.get("host").is_none() {
-        r.error(
-            "host",
-            "no host: set host here or a default host at the root",
-        );
+        r.error("host", "no host: set host here or a default host at the root");
     }
     let method = method(&mut r, "method", cx.method.clone());
     let encoding = match r.string("encoding") {
@@ -1137,25 +960,16 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
         Some("xml") => BackendEncoding::Xml,
         Some("yaml") => BackendEncoding::Yaml,
         Some(other) => {
-            r.error(
-                "encoding",
-                format!("{other:?} is not one of json, safejson, string, no-op, xml, yaml"),
-            );
+            r.error("encoding", format!("{other:?} is not one of json, safejson, string, no-op, xml, yaml"));
             BackendEncoding::Json
         }
     };
     let is_collection = r.boolean("is_collection").unwrap_or(false);
-    let target = r
-        .string("target")
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned);
+    let target = r.string("target").filter(|t| !t.is_empty()).map(str::to_owned);
     let allow = r.strings("allow").unwrap_or_default();
     let deny = r.strings("deny").unwrap_or_default();
     if !allow.is_empty() && !deny.is_empty() {
-        r.report.warn(
-            &r.at("deny"),
-            "ignored: allow is set, and KrakenD applies allow instead of deny",
-        );
+        r.report.warn(&r.at("deny"), "ignored: allow is set, and KrakenD applies allow instead of deny");
     }
     let mapping = r
         .object("mapping")
@@ -1165,33 +979,23 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 .filter_map(|(k, v)| match v {
                     Value::String(s) => Some((k.clone(), s.clone())),
                     other => {
-                        r.report.error(
-                            &join(&mpath, k),
-                            format!("must be the new name (a string), found {}", kind(other)),
-                        );
+                        r.report
+                            .error(&join(&mpath, k), format!("must be the new name (a string), found {}", kind(other)));
                         None
                     }
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let group = r
-        .string("group")
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned);
+    let group = r.string("group").filter(|g| !g.is_empty()).map(str::to_owned);
     let input_headers = name_filter(&mut r, "input_headers");
     let input_query_strings = name_filter(&mut r, "input_query_strings");
     match r.string("sd") {
         None | Some("static") => {}
-        Some("dns") => r.report.unsupported.push(Unsupported {
-            path: r.at("sd"),
-            namespace: "sd: dns".into(),
-            blocking: true,
-        }),
-        Some(other) => r.error(
-            "sd",
-            format!("{other:?} is not a service discovery Weir knows (static)"),
-        ),
+        Some("dns") => {
+            r.report.unsupported.push(Unsupported { path: r.at("sd"), namespace: "sd: dns".into(), blocking: true })
+        }
+        Some(other) => r.error("sd", format!("{other:?} is not a service discovery Weir knows (static)")),
     }
     let _ = r.string("sd_scheme");
     let _ = r.boolean("disable_host_sanitize");
@@ -1215,9 +1019,7 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 }
                 flatmap_ops = flatmap(&mut pr);
             }
-            other => r
-                .report
-                .error(&ppath, format!("must be an object, found {}", kind(other))),
+            other => r.report.error(&ppath, format!("must be an object, found {}", kind(other))),
         }
     }
     let (mut return_error_code, mut return_error_details) = (false, None);
@@ -1228,14 +1030,9 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
                 let mut hr = Reader::new(h, hpath, r.report);
                 hr.check_keys(&["return_error_code", "return_error_details"], &[], &[]);
                 return_error_code = hr.boolean("return_error_code").unwrap_or(false);
-                return_error_details = hr
-                    .string("return_error_details")
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned);
+                return_error_details = hr.string("return_error_details").filter(|s| !s.is_empty()).map(str::to_owned);
             }
-            other => r
-                .report
-                .error(&hpath, format!("must be an object, found {}", kind(other))),
+            other => r.report.error(&hpath, format!("must be an object, found {}", kind(other))),
         }
     }
     let mut follow_redirects = true;
@@ -1244,16 +1041,10 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
         match v {
             Value::Object(c) => {
                 let mut cr = Reader::new(c, cpath, r.report);
-                cr.check_keys(
-                    &["no_redirect"],
-                    &[],
-                    &["client_tls", "proxy_address", "send_body_on_redirect"],
-                );
+                cr.check_keys(&["no_redirect"], &[], &["client_tls", "proxy_address", "send_body_on_redirect"]);
                 follow_redirects = !cr.boolean("no_redirect").unwrap_or(false);
             }
-            other => r
-                .report
-                .error(&cpath, format!("must be an object, found {}", kind(other))),
+            other => r.report.error(&cpath, format!("must be an object, found {}", kind(other))),
         }
     }
     Some(Backend {
@@ -1293,17 +1084,11 @@ fn check_placeholders(pattern: &str, path: &str, cx: &BackendContext<'_>, report
         }
         if let Some((n, _)) = resp_placeholder(name) {
             if !cx.sequential {
-                report.error(
-                    path,
-                    format!("{{{name}}} needs extra_config.proxy.sequential: true on the endpoint"),
-                );
+                report.error(path, format!("{{{name}}} needs extra_config.proxy.sequential: true on the endpoint"));
             } else if n >= cx.index {
                 report.error(
                     path,
-                    format!(
-                        "{{{name}}} refers to backend {n}, which runs after this one (backend {})",
-                        cx.index
-                    ),
+                    format!("{{{name}}} refers to backend {n}, which runs after this one (backend {})", cx.index),
                 );
             }
             continue;
@@ -1314,17 +1099,10 @@ fn check_placeholders(pattern: &str, path: &str, cx: &BackendContext<'_>, report
             format!(
                 "parameters of {} are {}",
                 cx.route,
-                cx.params
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                cx.params.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
             )
         };
-        report.error(
-            path,
-            format!("{{{name}}} is not a parameter of {} ({hint})", cx.route),
-        );
+        report.error(path, format!("{{{name}}} is not a parameter of {} ({hint})", cx.route));
     }
 }
 
@@ -1341,13 +1119,7 @@ pub fn resp_placeholder(name: &str) -> Option<(usize, &str)> {
 }
 
 /// Duplicate endpoints and paths the router cannot tell apart are config errors.
-fn check_routes(
-    endpoints: &[(usize, Endpoint)],
-    router: &RouterOptions,
-    debug: bool,
-    echo: bool,
-    report: &mut Report,
-) {
+fn check_routes(endpoints: &[(usize, Endpoint)], router: &RouterOptions, debug: bool, echo: bool, report: &mut Report) {
     let mut seen = HashSet::new();
     let mut matcher = matchit::Router::new();
     let mut inserted = HashSet::new();

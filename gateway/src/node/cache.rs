@@ -6,21 +6,9 @@ use std::path::{Path, PathBuf};
 /// Where a gateway/environment's bundle is kept in a cache directory.
 pub fn path(dir: &Path, gateway: &str, environment: &str) -> PathBuf {
     let safe = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>()
     };
-    dir.join(format!(
-        "{}.{}.bundle.jws",
-        safe(gateway),
-        safe(environment)
-    ))
+    dir.join(format!("{}.{}.bundle.jws", safe(gateway), safe(environment)))
 }
 
 /// Writes atomically: a temporary file in the same directory, synced, then renamed,
@@ -28,12 +16,7 @@ pub fn path(dir: &Path, gateway: &str, environment: &str) -> PathBuf {
 pub fn store(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        file.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("bundle")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", file.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -26,10 +26,7 @@ pub struct ControlPlane {
 /// What a bundle fetch returned.
 pub enum Fetched {
     NotModified,
-    Bundle {
-        bytes: Bytes,
-        etag: Option<HeaderValue>,
-    },
+    Bundle { bytes: Bytes, etag: Option<HeaderValue> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,46 +54,30 @@ pub struct Status {
 }
 
 impl ControlPlane {
-    pub fn new(
-        base: &str,
-        gateway: &str,
-        environment: &str,
-        node_id: &str,
-        token: &str,
-    ) -> Result<Self, ControlError> {
+    pub fn new(base: &str, gateway: &str, environment: &str, node_id: &str, token: &str) -> Result<Self, ControlError> {
         let base = base.trim_end_matches('/');
         let env_url = format!("{base}/api/v1/gateways/{gateway}/environments/{environment}");
-        let parse = |u: String| {
-            u.parse::<Uri>()
-                .map_err(|e| ControlError::Url(format!("{u}: {e}")))
-        };
+        let parse = |u: String| u.parse::<Uri>().map_err(|e| ControlError::Url(format!("{u}: {e}")));
         Ok(Self {
             client: client::build(2).map_err(|e| ControlError::Url(e.to_string()))?,
             bundle_url: parse(format!("{env_url}/bundle"))?,
             status_url: parse(format!("{env_url}/nodes/{node_id}/status"))?,
-            authorization: HeaderValue::try_from(format!("Bearer {}", token.trim())).map_err(
-                |_| ControlError::Url("the node token has characters a header cannot carry".into()),
-            )?,
+            authorization: HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| ControlError::Url("the node token has characters a header cannot carry".into()))?,
         })
     }
 
-    async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ControlError> {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, http::HeaderMap, Bytes), ControlError> {
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| ControlError::Unreachable("timed out".into()))?
             .map_err(|e| ControlError::Unreachable(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            Limited::new(body, MAX_BUNDLE_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| ControlError::Unreachable("timed out reading the response".into()))?
-        .map_err(|e| ControlError::Unreachable(e.to_string()))?
-        .to_bytes();
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, MAX_BUNDLE_BYTES).collect())
+            .await
+            .map_err(|_| ControlError::Unreachable("timed out reading the response".into()))?
+            .map_err(|e| ControlError::Unreachable(e.to_string()))?
+            .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
 
@@ -104,29 +85,20 @@ impl ControlPlane {
     pub async fn fetch(&self, etag: Option<&HeaderValue>) -> Result<Fetched, ControlError> {
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.uri_mut() = self.bundle_url.clone();
+        request.headers_mut().insert(header::AUTHORIZATION, self.authorization.clone());
         request
             .headers_mut()
-            .insert(header::AUTHORIZATION, self.authorization.clone());
-        request.headers_mut().insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/jose+json, application/json"),
-        );
+            .insert(header::ACCEPT, HeaderValue::from_static("application/jose+json, application/json"));
         if let Some(etag) = etag {
-            request
-                .headers_mut()
-                .insert(header::IF_NONE_MATCH, etag.clone());
+            request.headers_mut().insert(header::IF_NONE_MATCH, etag.clone());
         }
         let (status, headers, body) = self.send(request).await?;
         match status {
             StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
-            StatusCode::OK => Ok(Fetched::Bundle {
-                bytes: body,
-                etag: headers.get(header::ETAG).cloned(),
-            }),
-            status => Err(ControlError::Status {
-                status,
-                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            }),
+            StatusCode::OK => Ok(Fetched::Bundle { bytes: body, etag: headers.get(header::ETAG).cloned() }),
+            status => {
+                Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })
+            }
         }
     }
 
@@ -136,21 +108,13 @@ impl ControlPlane {
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.status_url.clone();
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, self.authorization.clone());
-        request.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        request.headers_mut().insert(header::AUTHORIZATION, self.authorization.clone());
+        request.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let (status, _, body) = self.send(request).await?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(ControlError::Status {
-                status,
-                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            })
+            Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })
         }
     }
 }

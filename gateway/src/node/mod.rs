@@ -60,9 +60,7 @@ pub struct Node {
 pub enum BootError {
     #[error("{0}")]
     Control(#[from] ControlError),
-    #[error(
-        "no bundle to start from: the control plane gave none ({fetch}) and the cache has none ({cache})"
-    )]
+    #[error("no bundle to start from: the control plane gave none ({fetch}) and the cache has none ({cache})")]
     NothingToRun { fetch: String, cache: String },
 }
 
@@ -81,12 +79,7 @@ impl Node {
             .map(|h| h.trim().to_owned())
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "unknown".into());
-        let mut node = Self {
-            settings,
-            control,
-            state: State::default(),
-            hostname,
-        };
+        let mut node = Self { settings, control, state: State::default(), hostname };
         let cache_file = node.cache_file();
         let fetch_problem = match node.control.fetch(None).await {
             Ok(Fetched::Bundle { bytes, etag }) => {
@@ -124,44 +117,30 @@ impl Node {
                 Err(reason) => format!("{} was rejected: {reason}", cache_file.display()),
             },
         };
-        Err(BootError::NothingToRun {
-            fetch: fetch_problem,
-            cache: cache_problem,
-        })
+        Err(BootError::NothingToRun { fetch: fetch_problem, cache: cache_problem })
     }
 
     fn cache_file(&self) -> PathBuf {
-        cache::path(
-            &self.settings.cache_dir,
-            &self.settings.gateway,
-            &self.settings.environment,
-        )
+        cache::path(&self.settings.cache_dir, &self.settings.gateway, &self.settings.environment)
     }
 
     /// Verifies bundle bytes and compiles their config; the state records the result.
     /// `Ok(None)`: the bundle is the one running (a control plane without ETags).
-    fn accept(
-        &mut self,
-        bytes: &[u8],
-        previous: Option<&Runtime>,
-    ) -> Result<Option<(Runtime, Service)>, String> {
+    fn accept(&mut self, bytes: &[u8], previous: Option<&Runtime>) -> Result<Option<(Runtime, Service)>, String> {
         let jws = bundle::parse(bytes).map_err(|e| e.to_string())?;
         let expect = Expect {
             gateway: Some(&self.settings.gateway),
             environment: Some(&self.settings.environment),
             running_serial: self.state.serial,
         };
-        let verified =
-            bundle::verify(&jws, &self.settings.trust, &expect).map_err(|e| e.to_string())?;
+        let verified = bundle::verify(&jws, &self.settings.trust, &expect).map_err(|e| e.to_string())?;
         let m = &verified.payload.metadata;
-        if self.state.serial == Some(m.serial)
-            && self.state.digest.as_ref() == Some(&m.config_digest)
-        {
+        if self.state.serial == Some(m.serial) && self.state.digest.as_ref() == Some(&m.config_digest) {
             self.state.last_result = "unchanged".into();
             return Ok(None);
         }
-        let runtime = Runtime::compile_after(&verified.service, self.settings.flags, previous)
-            .map_err(|e| e.to_string())?;
+        let runtime =
+            Runtime::compile_after(&verified.service, self.settings.flags, previous).map_err(|e| e.to_string())?;
         let m = verified.payload.metadata;
         tracing::info!(serial = m.serial, digest = %m.config_digest, kid = %verified.kid, "bundle accepted");
         self.state.serial = Some(m.serial);
@@ -288,24 +267,14 @@ pub async fn reload_on_change(
 }
 
 /// Loads, validates and compiles the config; on success swaps it in. Returns whether it did.
-pub fn reload(
-    path: &Path,
-    flags: Flags,
-    allow_unsupported: bool,
-    shared: &Shared,
-    listen: &Service,
-) -> bool {
+pub fn reload(path: &Path, flags: Flags, allow_unsupported: bool, shared: &Shared, listen: &Service) -> bool {
     let checked = config::load(path);
     let report = &checked.report;
     if !report.is_runnable(false, allow_unsupported) {
         for e in &report.errors {
             tracing::error!(problem = %e, "config reload refused");
         }
-        for u in report
-            .unsupported
-            .iter()
-            .filter(|u| u.blocking && !allow_unsupported)
-        {
+        for u in report.unsupported.iter().filter(|u| u.blocking && !allow_unsupported) {
             tracing::error!(problem = %u, "config reload refused");
         }
         return false;
@@ -321,9 +290,7 @@ pub fn reload(
                 || service.listen_ip != listen.listen_ip
                 || service.tls.is_some() != listen.tls.is_some()
             {
-                tracing::warn!(
-                    "listener settings (port, listen_ip, tls) changed: they take effect on restart"
-                );
+                tracing::warn!("listener settings (port, listen_ip, tls) changed: they take effect on restart");
             }
             tracing::info!(endpoints = service.endpoints.len(), "config reloaded");
             true

@@ -50,12 +50,7 @@ pub struct Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        Self {
-            error,
-            status: None,
-            body: Bytes::new(),
-            content_type: None,
-        }
+        Self { error, status: None, body: Bytes::new(), content_type: None }
     }
 }
 
@@ -102,68 +97,41 @@ pub struct BackendCall {
 }
 
 /// Intersection of the endpoint's and the backend's allow-lists.
-fn intersect(
-    endpoint: &NameFilter,
-    backend: Option<&NameFilter>,
-    case_insensitive: bool,
-) -> NameFilter {
+fn intersect(endpoint: &NameFilter, backend: Option<&NameFilter>, case_insensitive: bool) -> NameFilter {
     match (endpoint, backend) {
         (e, None) => e.clone(),
         (NameFilter::All, Some(b)) => b.clone(),
-        (NameFilter::Only(e), Some(b)) => NameFilter::Only(
-            e.iter()
-                .filter(|n| b.allows(n, case_insensitive))
-                .cloned()
-                .collect(),
-        ),
+        (NameFilter::Only(e), Some(b)) => {
+            NameFilter::Only(e.iter().filter(|n| b.allows(n, case_insensitive)).cloned().collect())
+        }
     }
 }
 
 impl BackendCall {
     /// Compiles a backend; `default_hosts` is the service `host` list. Hosts were
     /// validated with the config, so a host that does not parse is skipped.
-    pub fn compile(
-        endpoint: &Endpoint,
-        b: &Backend,
-        default_hosts: &[String],
-        max_response_bytes: usize,
-    ) -> Self {
-        let hosts = if b.host.is_empty() {
-            default_hosts
-        } else {
-            &b.host
-        };
+    pub fn compile(endpoint: &Endpoint, b: &Backend, default_hosts: &[String], max_response_bytes: usize) -> Self {
+        let hosts = if b.host.is_empty() { default_hosts } else { &b.host };
         let hosts = hosts
             .iter()
             .filter_map(|h| {
                 let uri: Uri = h.parse().ok()?;
-                Some(Host {
-                    scheme: uri.scheme()?.clone(),
-                    authority: uri.authority()?.clone(),
-                })
+                Some(Host { scheme: uri.scheme()?.clone(), authority: uri.authority()?.clone() })
             })
             .collect();
         let header_filter = intersect(&endpoint.input_headers, b.input_headers.as_ref(), true);
         let (headers, forwards_user_agent) = match header_filter {
             NameFilter::All => (HeaderRule::All, true),
             NameFilter::Only(names) => {
-                let names: Vec<HeaderName> = names
-                    .iter()
-                    .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
-                    .collect();
+                let names: Vec<HeaderName> =
+                    names.iter().filter_map(|n| HeaderName::try_from(n.as_str()).ok()).collect();
                 let ua = names.contains(&header::USER_AGENT);
                 (HeaderRule::Only(names.into()), ua)
             }
         };
-        let query = match intersect(
-            &endpoint.input_query_strings,
-            b.input_query_strings.as_ref(),
-            false,
-        ) {
+        let query = match intersect(&endpoint.input_query_strings, b.input_query_strings.as_ref(), false) {
             NameFilter::All => QueryRule::All,
-            NameFilter::Only(names) => {
-                QueryRule::Only(names.iter().map(|n| Box::from(n.as_str())).collect())
-            }
+            NameFilter::Only(names) => QueryRule::Only(names.iter().map(|n| Box::from(n.as_str())).collect()),
         };
         Self {
             hosts,
@@ -177,17 +145,11 @@ impl BackendCall {
             is_collection: b.is_collection,
             shape: Shape::compile(b),
             return_error_code: b.return_error_code,
-            error_details_key: b
-                .return_error_details
-                .as_ref()
-                .map(|n| format!("error_{n}").into()),
+            error_details_key: b.return_error_details.as_ref().map(|n| format!("error_{n}").into()),
             follow_redirects: b.follow_redirects,
             max_response_bytes,
             concurrent_calls: endpoint.concurrent_calls,
-            user_agent: HeaderValue::from_static(concat!(
-                "Weir Version ",
-                env!("CARGO_PKG_VERSION")
-            )),
+            user_agent: HeaderValue::from_static(concat!("Weir Version ", env!("CARGO_PKG_VERSION"))),
         }
     }
 
@@ -202,9 +164,8 @@ impl BackendCall {
         if self.concurrent_calls <= 1 {
             return self.call_once(client, inbound, responses).await;
         }
-        let mut calls: FuturesUnordered<_> = (0..self.concurrent_calls)
-            .map(|_| self.call_once(client, inbound, responses))
-            .collect();
+        let mut calls: FuturesUnordered<_> =
+            (0..self.concurrent_calls).map(|_| self.call_once(client, inbound, responses)).collect();
         let mut last = None;
         while let Some(result) = calls.next().await {
             match result {
@@ -228,37 +189,26 @@ impl BackendCall {
         // Only 200 and 201 count as success, as in KrakenD.
         if status != StatusCode::OK && status != StatusCode::CREATED {
             return Err(Failure {
-                error: Error::upstream(ErrorKind::Status, "invalid status code")
-                    .with_detail(status.as_u16()),
+                error: Error::upstream(ErrorKind::Status, "invalid status code").with_detail(status.as_u16()),
                 status: Some(status),
                 body: body.unwrap_or_default(),
                 content_type,
             });
         }
         let body = body?;
-        let data = decode(self.encoding, self.is_collection, &body).map_err(|e| {
-            Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e)
-        })?;
-        Ok(if self.shape.is_identity() {
-            data
-        } else {
-            self.shape.apply(data)
-        })
+        let data = decode(self.encoding, self.is_collection, &body)
+            .map_err(|e| Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e))?;
+        Ok(if self.shape.is_identity() { data } else { self.shape.apply(data) })
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Failure> {
         match Limited::new(body, self.max_response_bytes).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::upstream(
-                ErrorKind::TooLarge,
-                "backend response larger than max_backend_response_bytes",
-            )
-            .into()),
-            Err(e) => Err(
-                Error::upstream(ErrorKind::Io, "reading the backend response failed")
-                    .with_detail(e)
-                    .into(),
-            ),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(Error::upstream(ErrorKind::TooLarge, "backend response larger than max_backend_response_bytes")
+                    .into())
+            }
+            Err(e) => Err(Error::upstream(ErrorKind::Io, "reading the backend response failed").with_detail(e).into()),
         }
     }
 
@@ -276,28 +226,16 @@ impl BackendCall {
         let origin = uri.authority().cloned();
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = uri.authority() == origin.as_ref();
-            let request = self.request(
-                inbound,
-                method.clone(),
-                uri.clone(),
-                body.clone(),
-                same_origin,
-            );
-            let response = client.request(request).await.map_err(|e| {
-                Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
-            })?;
+            let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e))?;
             let status = response.status();
-            if !self.follow_redirects
-                || !status.is_redirection()
-                || status == StatusCode::NOT_MODIFIED
-            {
+            if !self.follow_redirects || !status.is_redirection() || status == StatusCode::NOT_MODIFIED {
                 return Ok(response);
             }
-            let Some(next) = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|l| resolve(&uri, l))
-            else {
+            let Some(next) = response.headers().get(header::LOCATION).and_then(|l| resolve(&uri, l)) else {
                 return Ok(response);
             };
             // Like Go: 303, and 301/302 after anything but GET/HEAD, become a GET without body.
@@ -314,41 +252,25 @@ impl BackendCall {
         Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
     }
 
-    fn uri(
-        &self,
-        inbound: &Inbound<'_>,
-        responses: &[Option<Map<String, Value>>],
-    ) -> Result<Uri, Failure> {
+    fn uri(&self, inbound: &Inbound<'_>, responses: &[Option<Map<String, Value>>]) -> Result<Uri, Failure> {
         let host = match self.hosts.len() {
             0 => return Err(Error::upstream(ErrorKind::Connect, "backend has no host").into()),
             1 => &self.hosts[0],
             n => &self.hosts[self.next_host.fetch_add(1, Ordering::Relaxed) % n],
         };
-        let mut path =
-            String::with_capacity(self.url.len_hint() + inbound.query.map_or(0, str::len));
-        self.url.render_into(
-            &mut path,
-            &Values {
-                params: inbound.params,
-                responses,
-            },
-        );
+        let mut path = String::with_capacity(self.url.len_hint() + inbound.query.map_or(0, str::len));
+        self.url.render_into(&mut path, &Values { params: inbound.params, responses });
         if let Some(query) = inbound.query.filter(|q| !q.is_empty()) {
             self.append_query(&mut path, query);
         }
-        let path = PathAndQuery::try_from(path).map_err(|e| {
-            Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e)
-        })?;
+        let path = PathAndQuery::try_from(path)
+            .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e))?;
         Uri::builder()
             .scheme(host.scheme.clone())
             .authority(host.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| {
-                Error::upstream(ErrorKind::Connect, "invalid backend URL")
-                    .with_detail(e)
-                    .into()
-            })
+            .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e).into())
     }
 
     /// Appends the allowed client query parameters after the pattern's own, sorted by
@@ -360,9 +282,7 @@ impl BackendCall {
             .map(|p| (p.split('=').next().unwrap_or(p), p))
             .filter(|(name, _)| match &self.query {
                 QueryRule::All => true,
-                QueryRule::Only(allowed) => {
-                    allowed.iter().any(|a| **a == **name || decoded_eq(name, a))
-                }
+                QueryRule::Only(allowed) => allowed.iter().any(|a| **a == **name || decoded_eq(name, a)),
             })
             .collect();
         if pairs.is_empty() {
@@ -393,10 +313,7 @@ impl BackendCall {
         match &self.headers {
             HeaderRule::All => {
                 for (name, value) in inbound.headers {
-                    if !is_hop_by_hop(name)
-                        && name != header::HOST
-                        && name != header::CONTENT_LENGTH
-                    {
+                    if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
                         headers.append(name.clone(), value.clone());
                     }
                 }
@@ -431,9 +348,7 @@ impl BackendCall {
 
 fn decoded_eq(raw: &str, name: &str) -> bool {
     raw.contains(['%', '+'])
-        && percent_encoding::percent_decode_str(&raw.replace('+', " "))
-            .decode_utf8()
-            .is_ok_and(|d| d == name)
+        && percent_encoding::percent_decode_str(&raw.replace('+', " ")).decode_utf8().is_ok_and(|d| d == name)
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110, section 7.6.1).
@@ -467,10 +382,5 @@ fn resolve(base: &Uri, location: &HeaderValue) -> Option<Uri> {
         let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
         format!("{dir}{loc}")
     };
-    Uri::builder()
-        .scheme(base.scheme()?.clone())
-        .authority(base.authority()?.clone())
-        .path_and_query(path)
-        .build()
-        .ok()
+    Uri::builder().scheme(base.scheme()?.clone()).authority(base.authority()?.clone()).path_and_query(path).build().ok()
 }

@@ -23,11 +23,7 @@ pub enum DecodeError {
 }
 
 /// Decodes a body into the object that manipulation works on.
-pub fn decode(
-    encoding: BackendEncoding,
-    is_collection: bool,
-    body: &[u8],
-) -> Result<Map<String, Value>, DecodeError> {
+pub fn decode(encoding: BackendEncoding, is_collection: bool, body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     match encoding {
         BackendEncoding::Json if is_collection => match serde_json::from_slice(body)? {
             Value::Array(items) => Ok(single("collection", Value::Array(items))),
@@ -44,16 +40,13 @@ pub fn decode(
         }
         BackendEncoding::Yaml => {
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::NotUtf8)?;
-            let v: Value =
-                serde_saphyr::from_str(text).map_err(|e| DecodeError::Yaml(e.to_string()))?;
+            let v: Value = serde_saphyr::from_str(text).map_err(|e| DecodeError::Yaml(e.to_string()))?;
             Ok(safe(v))
         }
         BackendEncoding::Xml => {
             let v = xml_to_value(body)?;
             Ok(match v {
-                Value::Object(m) if is_collection => {
-                    single("collection", Value::Array(vec![Value::Object(m)]))
-                }
+                Value::Object(m) if is_collection => single("collection", Value::Array(vec![Value::Object(m)])),
                 Value::Object(m) => m,
                 other => single("content", other),
             })
@@ -104,9 +97,7 @@ fn xml_to_value(body: &[u8]) -> Result<Value, DecodeError> {
     let mut root: Option<(String, Value)> = None;
     let mut buf = Vec::new();
     loop {
-        let event = reader
-            .read_event_into(&mut buf)
-            .map_err(|e| DecodeError::Xml(e.to_string()))?;
+        let event = reader.read_event_into(&mut buf).map_err(|e| DecodeError::Xml(e.to_string()))?;
         match event {
             Event::Start(ref start) | Event::Empty(ref start) if root.is_none() => {
                 let mut el = Element {
@@ -117,10 +108,7 @@ fn xml_to_value(body: &[u8]) -> Result<Value, DecodeError> {
                 for attr in start.attributes() {
                     let attr = attr.map_err(|e| DecodeError::Xml(e.to_string()))?;
                     let key = format!("-{}", String::from_utf8_lossy(attr.key.as_ref()));
-                    let value = attr
-                        .unescape_value()
-                        .map_err(|e| DecodeError::Xml(e.to_string()))?
-                        .into_owned();
+                    let value = attr.unescape_value().map_err(|e| DecodeError::Xml(e.to_string()))?.into_owned();
                     el.fields.insert(key, Value::String(value));
                 }
                 if matches!(event, Event::Empty(_)) {
@@ -138,8 +126,7 @@ fn xml_to_value(body: &[u8]) -> Result<Value, DecodeError> {
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
                     let text = t.decode().map_err(|e| DecodeError::Xml(e.to_string()))?;
-                    let text = quick_xml::escape::unescape(&text)
-                        .map_err(|e| DecodeError::Xml(e.to_string()))?;
+                    let text = quick_xml::escape::unescape(&text).map_err(|e| DecodeError::Xml(e.to_string()))?;
                     top.text.push_str(&text);
                 }
             }
@@ -152,8 +139,7 @@ fn xml_to_value(body: &[u8]) -> Result<Value, DecodeError> {
                 if let Some(top) = stack.last_mut() {
                     let name = String::from_utf8_lossy(&r);
                     let entity = format!("&{name};");
-                    let text = quick_xml::escape::unescape(&entity)
-                        .map_err(|e| DecodeError::Xml(e.to_string()))?;
+                    let text = quick_xml::escape::unescape(&entity).map_err(|e| DecodeError::Xml(e.to_string()))?;
                     top.text.push_str(&text);
                 }
             }
@@ -215,42 +201,25 @@ mod tests {
 
     #[test]
     fn json_object_array_and_collection() {
-        assert_eq!(
-            Value::Object(decode(BackendEncoding::Json, false, br#"{"a":1}"#).unwrap()),
-            json!({"a":1})
-        );
+        assert_eq!(Value::Object(decode(BackendEncoding::Json, false, br#"{"a":1}"#).unwrap()), json!({"a":1}));
         assert!(decode(BackendEncoding::Json, false, b"[1]").is_err());
-        assert_eq!(
-            Value::Object(decode(BackendEncoding::Json, true, b"[1]").unwrap()),
-            json!({"collection":[1]})
-        );
+        assert_eq!(Value::Object(decode(BackendEncoding::Json, true, b"[1]").unwrap()), json!({"collection":[1]}));
         assert!(decode(BackendEncoding::Json, false, b"{nope").is_err());
     }
 
     #[test]
     fn safejson_and_string() {
-        assert_eq!(
-            Value::Object(decode(BackendEncoding::SafeJson, false, b"[1]").unwrap()),
-            json!({"collection":[1]})
-        );
-        assert_eq!(
-            Value::Object(decode(BackendEncoding::SafeJson, false, b"true").unwrap()),
-            json!({"result":true})
-        );
-        assert_eq!(
-            Value::Object(decode(BackendEncoding::String, false, b"hi").unwrap()),
-            json!({"content":"hi"})
-        );
+        assert_eq!(Value::Object(decode(BackendEncoding::SafeJson, false, b"[1]").unwrap()), json!({"collection":[1]}));
+        assert_eq!(Value::Object(decode(BackendEncoding::SafeJson, false, b"true").unwrap()), json!({"result":true}));
+        assert_eq!(Value::Object(decode(BackendEncoding::String, false, b"hi").unwrap()), json!({"content":"hi"}));
     }
 
     #[test]
     fn xml_like_mxj() {
-        let body = br#"<?xml version="1.0"?><user id="7"><name>Ada &amp; co</name><tag>a</tag><tag>b</tag><empty/></user>"#;
+        let body =
+            br#"<?xml version="1.0"?><user id="7"><name>Ada &amp; co</name><tag>a</tag><tag>b</tag><empty/></user>"#;
         let v = Value::Object(decode(BackendEncoding::Xml, false, body).unwrap());
-        assert_eq!(
-            v,
-            json!({"user":{"-id":"7","name":"Ada & co","tag":["a","b"],"empty":""}})
-        );
+        assert_eq!(v, json!({"user":{"-id":"7","name":"Ada & co","tag":["a","b"],"empty":""}}));
         assert!(decode(BackendEncoding::Xml, false, b"<a><b></a>").is_err());
     }
 }

@@ -101,12 +101,7 @@ fn remove_matches(root: &mut Value, path: &[Box<str>]) -> Vec<(Vec<usize>, Value
     out
 }
 
-fn remove_rec(
-    v: &mut Value,
-    path: &[Box<str>],
-    bindings: &mut Vec<usize>,
-    out: &mut Vec<(Vec<usize>, Value)>,
-) {
+fn remove_rec(v: &mut Value, path: &[Box<str>], bindings: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, Value)>) {
     let Some((seg, rest)) = path.split_first() else {
         return;
     };
@@ -154,13 +149,7 @@ fn remove_rec(
 fn substitute(path: &[Box<str>], bindings: &[usize]) -> Option<Vec<Box<str>>> {
     let mut next = bindings.iter();
     path.iter()
-        .map(|seg| {
-            if is_wildcard(seg) {
-                next.next().map(|i| Box::from(i.to_string()))
-            } else {
-                Some(seg.clone())
-            }
-        })
+        .map(|seg| if is_wildcard(seg) { next.next().map(|i| Box::from(i.to_string())) } else { Some(seg.clone()) })
         .collect()
 }
 
@@ -202,19 +191,13 @@ mod tests {
     }
 
     fn mv(a: &str, b: &str) -> FlatmapOp {
-        FlatmapOp::Move {
-            from: a.into(),
-            to: b.into(),
-        }
+        FlatmapOp::Move { from: a.into(), to: b.into() }
     }
 
     #[test]
     fn move_renames_inside_every_item() {
         let v = json!({"a":[{"b":1,"x":0},{"b":2}]});
-        assert_eq!(
-            run(&[mv("a.*.b", "a.*.c")], v),
-            json!({"a":[{"c":1,"x":0},{"c":2}]})
-        );
+        assert_eq!(run(&[mv("a.*.b", "a.*.c")], v), json!({"a":[{"c":1,"x":0},{"c":2}]}));
     }
 
     #[test]
@@ -227,15 +210,7 @@ mod tests {
     #[test]
     fn del_with_index_and_wildcard() {
         let v = json!({"a":[{"b":1,"c":2},{"b":3,"c":4}],"d":[1,2,3]});
-        let out = run(
-            &[
-                FlatmapOp::Del {
-                    path: "a.*.c".into(),
-                },
-                FlatmapOp::Del { path: "d.0".into() },
-            ],
-            v,
-        );
+        let out = run(&[FlatmapOp::Del { path: "a.*.c".into() }, FlatmapOp::Del { path: "d.0".into() }], v);
         assert_eq!(out, json!({"a":[{"b":1},{"b":3}],"d":[2,3]}));
     }
 
@@ -244,14 +219,8 @@ mod tests {
         let v = json!({"x":[1,2],"y":[3],"n":1});
         let out = run(
             &[
-                FlatmapOp::Append {
-                    from: "y".into(),
-                    to: "x".into(),
-                },
-                FlatmapOp::Append {
-                    from: "n".into(),
-                    to: "x".into(),
-                },
+                FlatmapOp::Append { from: "y".into(), to: "x".into() },
+                FlatmapOp::Append { from: "n".into(), to: "x".into() },
             ],
             v,
         );

@@ -60,24 +60,18 @@ struct Merged {
 
 impl Pipeline {
     pub fn compile(e: &Endpoint, default_hosts: &[String], common: Common) -> Self {
-        let backends = e
-            .backends
-            .iter()
-            .map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes))
-            .collect();
+        let backends =
+            e.backends.iter().map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes)).collect();
         let secs = e.cache_ttl.as_secs();
         Self {
             encoding: e.output_encoding,
             timeout: e.timeout,
-            cache_control: (secs > 0)
-                .then(|| HeaderValue::try_from(format!("public, max-age={secs}")).ok())
-                .flatten(),
+            cache_control: (secs > 0).then(|| HeaderValue::try_from(format!("public, max-age={secs}")).ok()).flatten(),
             backends,
             sequential: e.sequential,
             static_response: e.static_response.clone(),
             // KrakenD runs the endpoint-level flatmap only where there is something merged.
-            flatmap: (e.backends.len() > 1 && !e.flatmap.is_empty())
-                .then(|| Flatmap::compile(&e.flatmap)),
+            flatmap: (e.backends.len() > 1 && !e.flatmap.is_empty()).then(|| Flatmap::compile(&e.flatmap)),
             common,
         }
     }
@@ -88,12 +82,7 @@ impl Pipeline {
     }
 
     /// Runs the pipeline for one request.
-    pub async fn serve(
-        &self,
-        client: &Client,
-        inbound: &Inbound<'_>,
-        accept: Option<&HeaderValue>,
-    ) -> Response<Body> {
+    pub async fn serve(&self, client: &Client, inbound: &Inbound<'_>, accept: Option<&HeaderValue>) -> Response<Body> {
         if self.encoding == OutputEncoding::NoOp {
             return self.passthrough(client, inbound).await;
         }
@@ -109,16 +98,11 @@ impl Pipeline {
 
     async fn single(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
         let backend = &self.backends[0];
-        let result =
-            match tokio::time::timeout(self.timeout, backend.call(client, inbound, &[])).await {
-                Ok(r) => r,
-                Err(_) => Err(timeout()),
-            };
-        let mut merged = Merged {
-            data: Map::new(),
-            has_response: false,
-            failures: Vec::new(),
+        let result = match tokio::time::timeout(self.timeout, backend.call(client, inbound, &[])).await {
+            Ok(r) => r,
+            Err(_) => Err(timeout()),
         };
+        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
         self.fold(&mut merged, 0, result);
         merged
     }
@@ -146,11 +130,7 @@ impl Pipeline {
         }
         // Merge in declaration order, so that on a key collision the later backend
         // wins every time instead of whichever happened to answer last.
-        let mut merged = Merged {
-            data: Map::new(),
-            has_response: false,
-            failures: Vec::new(),
-        };
+        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
         for (i, r) in results.into_iter().enumerate() {
             self.fold(&mut merged, i, r.unwrap_or_else(|| Err(timeout())));
         }
@@ -158,8 +138,7 @@ impl Pipeline {
     }
 
     async fn sequential(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
-        let mut responses: Vec<Option<Map<String, Value>>> =
-            Vec::with_capacity(self.backends.len());
+        let mut responses: Vec<Option<Map<String, Value>>> = Vec::with_capacity(self.backends.len());
         let mut failure = None;
         let chain = async {
             for backend in self.backends.iter() {
@@ -175,11 +154,7 @@ impl Pipeline {
         if tokio::time::timeout(self.timeout, chain).await.is_err() {
             failure = Some(timeout());
         }
-        let mut merged = Merged {
-            data: Map::new(),
-            has_response: false,
-            failures: Vec::new(),
-        };
+        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
         let answered = responses.len();
         for (i, data) in responses.into_iter().flatten().enumerate() {
             self.fold(&mut merged, i, Ok(data));
@@ -199,11 +174,7 @@ impl Pipeline {
                 merged.data.extend(data);
             }
             Err(failure) => {
-                if let Some(key) = self
-                    .backends
-                    .get(index)
-                    .and_then(|b| b.error_details_key.as_deref())
-                {
+                if let Some(key) = self.backends.get(index).and_then(|b| b.error_details_key.as_deref()) {
                     merged.has_response = true;
                     merged.data.insert(key.to_owned(), details(&failure));
                 }
@@ -232,9 +203,7 @@ impl Pipeline {
                 StaticStrategy::Incomplete => !complete || !merged.has_response,
             };
             if applies {
-                merged
-                    .data
-                    .extend(s.data.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged.data.extend(s.data.iter().map(|(k, v)| (k.clone(), v.clone())));
                 merged.has_response = true;
             }
         }
@@ -272,17 +241,13 @@ impl Pipeline {
                 Some(f) if passthrough && f.status.is_some() => {
                     *response.body_mut() = full(f.body.clone());
                     if let Some(ct) = &f.content_type {
-                        response
-                            .headers_mut()
-                            .insert(header::CONTENT_TYPE, ct.clone());
+                        response.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
                     }
                 }
                 _ => {
                     let text: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
                     *response.body_mut() = full(Bytes::from(text.join("\n")));
-                    response
-                        .headers_mut()
-                        .insert(header::CONTENT_TYPE, super::render::TEXT);
+                    response.headers_mut().insert(header::CONTENT_TYPE, super::render::TEXT);
                 }
             }
         }
@@ -333,10 +298,7 @@ fn details(f: &Failure) -> Value {
     let status = f.status.map_or(0, |s| s.as_u16());
     m.insert("http_status_code".into(), Value::from(status));
     if !f.body.is_empty() {
-        m.insert(
-            "http_body".into(),
-            Value::String(String::from_utf8_lossy(&f.body).into_owned()),
-        );
+        m.insert("http_body".into(), Value::String(String::from_utf8_lossy(&f.body).into_owned()));
     }
     if let Some(ct) = f.content_type.as_ref().and_then(|c| c.to_str().ok()) {
         m.insert("http_body_encoding".into(), Value::String(ct.to_owned()));

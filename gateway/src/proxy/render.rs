@@ -21,9 +21,7 @@ pub fn render(
         OutputEncoding::Json | OutputEncoding::NoOp => (json(data), JSON),
         OutputEncoding::JsonCollection => {
             let body = match data.get("collection") {
-                Some(v @ Value::Array(_)) => {
-                    serde_json::to_vec(v).map(Bytes::from).unwrap_or_default()
-                }
+                Some(v @ Value::Array(_)) => serde_json::to_vec(v).map(Bytes::from).unwrap_or_default(),
                 _ => Bytes::from_static(b"[]"),
             };
             (body, JSON)
@@ -50,15 +48,11 @@ pub fn render(
 
 fn json(data: &Map<String, Value>) -> Bytes {
     // Serialising a map of JSON values cannot fail; an empty object is the safe fallback.
-    serde_json::to_vec(data)
-        .map(Bytes::from)
-        .unwrap_or_else(|_| Bytes::from_static(b"{}"))
+    serde_json::to_vec(data).map(Bytes::from).unwrap_or_else(|_| Bytes::from_static(b"{}"))
 }
 
 fn yaml(data: &Map<String, Value>) -> Bytes {
-    serde_saphyr::to_string(data)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    serde_saphyr::to_string(data).map(Bytes::from).unwrap_or_default()
 }
 
 /// Picks an encoding from `Accept` by q-value: XML, YAML (also for `text/plain`, as
@@ -68,19 +62,11 @@ fn negotiate(accept: &str) -> OutputEncoding {
     for part in accept.split(',') {
         let mut pieces = part.split(';');
         let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = pieces
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .unwrap_or(1.0);
+        let q = pieces.find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok())).unwrap_or(1.0);
         let enc = match media.as_str() {
             "application/json" => OutputEncoding::Json,
             "application/xml" | "text/xml" => OutputEncoding::Xml,
-            "application/x-yaml" | "application/yaml" | "text/yaml" | "text/plain" => {
-                OutputEncoding::Yaml
-            }
+            "application/x-yaml" | "application/yaml" | "text/yaml" | "text/plain" => OutputEncoding::Yaml,
             _ => continue,
         };
         if q > best.1 {
@@ -169,16 +155,8 @@ fn scalar(v: &Value) -> String {
 
 /// Keys that are not valid XML names have their invalid characters replaced.
 fn xml_name(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut s: String =
+        name.chars().map(|c| if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' }).collect();
     if s.is_empty() || !s.starts_with(|c: char| c.is_alphabetic() || c == '_') {
         s.insert(0, '_');
     }
@@ -213,29 +191,16 @@ mod tests {
     #[test]
     fn json_sorts_keys_and_collection_unwraps() {
         let d = obj(json!({"b":1,"a":[1],"collection":[{"x":1}]}));
-        assert_eq!(
-            &render(OutputEncoding::Json, None, &d).0[..],
-            br#"{"a":[1],"b":1,"collection":[{"x":1}]}"#
-        );
-        assert_eq!(
-            &render(OutputEncoding::JsonCollection, None, &d).0[..],
-            br#"[{"x":1}]"#
-        );
-        assert_eq!(
-            &render(OutputEncoding::JsonCollection, None, &Map::new()).0[..],
-            b"[]"
-        );
+        assert_eq!(&render(OutputEncoding::Json, None, &d).0[..], br#"{"a":[1],"b":1,"collection":[{"x":1}]}"#);
+        assert_eq!(&render(OutputEncoding::JsonCollection, None, &d).0[..], br#"[{"x":1}]"#);
+        assert_eq!(&render(OutputEncoding::JsonCollection, None, &Map::new()).0[..], b"[]");
     }
 
     #[test]
     fn xml_and_negotiation() {
         let d = obj(json!({"user":{"-id":"7","name":"A&B","tags":["x","y"]}}));
-        assert_eq!(
-            &xml(&d)[..],
-            br#"<user id="7"><name>A&amp;B</name><tags>x</tags><tags>y</tags></user>"#
-        );
-        let accept =
-            HeaderValue::from_static("text/html, application/xml;q=0.9, application/json;q=0.8");
+        assert_eq!(&xml(&d)[..], br#"<user id="7"><name>A&amp;B</name><tags>x</tags><tags>y</tags></user>"#);
+        let accept = HeaderValue::from_static("text/html, application/xml;q=0.9, application/json;q=0.8");
         assert_eq!(render(OutputEncoding::Negotiate, Some(&accept), &d).1, XML);
         assert_eq!(render(OutputEncoding::Negotiate, None, &d).1, JSON);
     }

@@ -102,11 +102,7 @@ impl Shape {
         Self {
             target: b.target.as_deref().map(split),
             filter,
-            mapping: b
-                .mapping
-                .iter()
-                .map(|(a, b)| (a.as_str().into(), b.as_str().into()))
-                .collect(),
+            mapping: b.mapping.iter().map(|(a, b)| (a.as_str().into(), b.as_str().into())).collect(),
             flatmap,
             group: b.group.as_deref().map(Box::from),
         }
@@ -205,9 +201,7 @@ mod tests {
         let text = format!(
             r#"{{"version":3,"host":["http://b"],"endpoints":[{{"endpoint":"/a","backend":[{backend_json}]}}]}}"#
         );
-        let s = parse(&text, Format::Json, |_| None)
-            .service
-            .expect("valid config");
+        let s = parse(&text, Format::Json, |_| None).service.expect("valid config");
         Shape::compile(&s.endpoints[0].backends[0])
     }
 
@@ -223,9 +217,8 @@ mod tests {
         let s = shape(
             r#"{"url_pattern":"/","target":"data","allow":["id","name","address.city"],"mapping":{"name":"full_name"},"group":"user"}"#,
         );
-        let input = obj(
-            json!({"data":{"id":1,"name":"Ada","secret":"x","address":{"city":"London","zip":"N1"}},"meta":{}}),
-        );
+        let input =
+            obj(json!({"data":{"id":1,"name":"Ada","secret":"x","address":{"city":"London","zip":"N1"}},"meta":{}}));
         assert_eq!(
             Value::Object(s.apply(input)),
             json!({"user":{"id":1,"full_name":"Ada","address":{"city":"London"}}})
@@ -236,10 +229,7 @@ mod tests {
     fn deny_nested_and_through_arrays() {
         let s = shape(r#"{"url_pattern":"/","deny":["a.b","items.secret"]}"#);
         let input = obj(json!({"a":{"b":1,"c":2},"items":[{"secret":1,"ok":2},{"ok":3}]}));
-        assert_eq!(
-            Value::Object(s.apply(input)),
-            json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]})
-        );
+        assert_eq!(Value::Object(s.apply(input)), json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]}));
     }
 
     #[test]
@@ -274,32 +264,26 @@ mod properties {
         leaf.prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-d]", inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map("[a-d]", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
 
     fn object() -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::btree_map("[a-d]", json_value(), 0..5)
-            .prop_map(|m| m.into_iter().collect())
+        prop::collection::btree_map("[a-d]", json_value(), 0..5).prop_map(|m| m.into_iter().collect())
     }
 
     fn path() -> impl Strategy<Value = String> {
-        prop::collection::vec(
-            prop_oneof!["[a-d]", Just("*".to_owned()), Just("0".to_owned())],
-            1..4,
-        )
-        .prop_map(|p| p.join("."))
+        prop::collection::vec(prop_oneof!["[a-d]", Just("*".to_owned()), Just("0".to_owned())], 1..4)
+            .prop_map(|p| p.join("."))
     }
 
     fn shape_with(backend: serde_json::Value) -> Shape {
         let mut b = backend;
         b["url_pattern"] = "/".into();
-        let text = serde_json::json!({"version": 3, "host": ["http://b"], "endpoints": [{"endpoint": "/", "backend": [b]}]});
-        let s = parse(&text.to_string(), Format::Json, |_| None)
-            .service
-            .expect("valid");
+        let text =
+            serde_json::json!({"version": 3, "host": ["http://b"], "endpoints": [{"endpoint": "/", "backend": [b]}]});
+        let s = parse(&text.to_string(), Format::Json, |_| None).service.expect("valid");
         Shape::compile(&s.endpoints[0].backends[0])
     }
 

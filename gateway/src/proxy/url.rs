@@ -82,17 +82,12 @@ impl UrlTemplate {
         if !rest.is_empty() {
             pieces.push(Piece::Literal(rest.into()));
         }
-        Self {
-            len_hint: pattern.len() + 16,
-            pieces: pieces.into(),
-        }
+        Self { len_hint: pattern.len() + 16, pieces: pieces.into() }
     }
 
     /// Whether the pattern has a query string of its own.
     pub fn has_query(&self) -> bool {
-        self.pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Literal(l) if l.contains('?')))
+        self.pieces.iter().any(|p| matches!(p, Piece::Literal(l) if l.contains('?')))
     }
 
     pub fn len_hint(&self) -> usize {
@@ -106,12 +101,7 @@ impl UrlTemplate {
                 Piece::Literal(s) => out.push_str(s),
                 Piece::Param(i) => out.push_str(values.params.get(*i).copied().unwrap_or("")),
                 Piece::Resp { backend, path, raw } => {
-                    match values
-                        .responses
-                        .get(*backend)
-                        .and_then(Option::as_ref)
-                        .and_then(|m| lookup(m, path))
-                    {
+                    match values.responses.get(*backend).and_then(Option::as_ref).and_then(|m| lookup(m, path)) {
                         Some(v) => {
                             let text = format_value(v);
                             out.extend(utf8_percent_encode(&text, UNSAFE_IN_SEGMENT));
@@ -154,30 +144,15 @@ mod tests {
     fn renders_params_query_and_responses() {
         let t = UrlTemplate::compile("/u/{id}/posts?limit=5&s={slug}", "/users/{id}/{slug}");
         let mut out = String::new();
-        t.render_into(
-            &mut out,
-            &Values {
-                params: &["7", "a-b"],
-                responses: &[],
-            },
-        );
+        t.render_into(&mut out, &Values { params: &["7", "a-b"], responses: &[] });
         assert_eq!(out, "/u/7/posts?limit=5&s=a-b");
         assert!(t.has_query());
 
-        let t = UrlTemplate::compile(
-            "/x/{resp0_user.id}/{resp0_tags}/{resp0_missing}/{JWT.sub}",
-            "/a",
-        );
+        let t = UrlTemplate::compile("/x/{resp0_user.id}/{resp0_tags}/{resp0_missing}/{JWT.sub}", "/a");
         let resp = json!({"user":{"id":42},"tags":["a","b c"]});
         let responses = [resp.as_object().cloned()];
         let mut out = String::new();
-        t.render_into(
-            &mut out,
-            &Values {
-                params: &[],
-                responses: &responses,
-            },
-        );
+        t.render_into(&mut out, &Values { params: &[], responses: &responses });
         assert_eq!(out, "/x/42/a,b%20c/{resp0_missing}/{JWT.sub}");
     }
 }

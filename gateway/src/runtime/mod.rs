@@ -58,22 +58,13 @@ impl Runtime {
 
     /// Compiles a config that replaces `previous`, keeping its backend connection pool
     /// when the pool settings did not change, so a reload does not reconnect.
-    pub fn compile_after(
-        service: &Service,
-        flags: Flags,
-        previous: Option<&Runtime>,
-    ) -> Result<Self, CompileError> {
+    pub fn compile_after(service: &Service, flags: Flags, previous: Option<&Runtime>) -> Result<Self, CompileError> {
         let client = match previous {
-            Some(p) if p.max_idle_per_host == service.max_idle_connections_per_host => {
-                p.client.clone()
-            }
+            Some(p) if p.max_idle_per_host == service.max_idle_connections_per_host => p.client.clone(),
             _ => client::build(service.max_idle_connections_per_host)?,
         };
         let version_header = (!service.router.hide_version_header).then(|| {
-            (
-                VERSION_HEADER.clone(),
-                HeaderValue::from_static(concat!("Version ", env!("CARGO_PKG_VERSION"))),
-            )
+            (VERSION_HEADER.clone(), HeaderValue::from_static(concat!("Version ", env!("CARGO_PKG_VERSION"))))
         });
         let common = Common {
             return_error_msg: service.router.return_error_msg,
@@ -119,12 +110,11 @@ impl Runtime {
                     Ok(b) => b,
                     Err(status) => return self.error_page(status, None),
                 };
-                let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-                    parts
-                        .uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                });
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .cloned()
+                    .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
                 let inbound = Inbound {
                     method: &parts.method,
                     params: &route.params,
@@ -134,9 +124,7 @@ impl Runtime {
                     body,
                     client_ip: remote.ip(),
                 };
-                pipeline
-                    .serve(&self.client, &inbound, parts.headers.get(header::ACCEPT))
-                    .await
+                pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await
             }
         }
     }
@@ -152,16 +140,12 @@ impl Runtime {
         }
         let read = Limited::new(body, self.max_body_bytes).collect();
         let result = match self.read_timeout {
-            Some(limit) => tokio::time::timeout(limit, read)
-                .await
-                .map_err(|_| StatusCode::REQUEST_TIMEOUT)?,
+            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| StatusCode::REQUEST_TIMEOUT)?,
             None => read.await,
         };
         match result {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(StatusCode::PAYLOAD_TOO_LARGE)
-            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
             Err(_) => Err(StatusCode::BAD_REQUEST),
         }
     }
@@ -183,10 +167,7 @@ impl Runtime {
                     StatusCode::REQUEST_TIMEOUT => "408 request timeout",
                     _ => "400 bad request",
                 };
-                (
-                    Bytes::from_static(text.as_bytes()),
-                    HeaderValue::from_static("text/plain"),
-                )
+                (Bytes::from_static(text.as_bytes()), HeaderValue::from_static("text/plain"))
             }
         };
         let mut response = Response::new(full(body));
@@ -211,27 +192,16 @@ impl Runtime {
             location.push_str(q);
         }
         let get = request.method == Method::GET;
-        let status = if get {
-            StatusCode::MOVED_PERMANENTLY
-        } else {
-            StatusCode::TEMPORARY_REDIRECT
-        };
+        let status = if get { StatusCode::MOVED_PERMANENTLY } else { StatusCode::TEMPORARY_REDIRECT };
         let Ok(value) = HeaderValue::try_from(location.as_str()) else {
             return self.error_page(StatusCode::NOT_FOUND, None);
         };
-        let body = if get {
-            format!("<a href=\"{location}\">Moved Permanently</a>.\n\n")
-        } else {
-            String::new()
-        };
+        let body = if get { format!("<a href=\"{location}\">Moved Permanently</a>.\n\n") } else { String::new() };
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
         response.headers_mut().insert(header::LOCATION, value);
         if get {
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         }
         response
     }

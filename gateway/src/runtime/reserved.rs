@@ -21,9 +21,7 @@ fn json_response(v: &Value) -> Response<Body> {
 /// A managed node listens only once a verified bundle is active, so a health check
 /// that answers at all means the node is ready.
 pub fn health() -> Response<Body> {
-    json_response(
-        &json!({"agents": {}, "now": crate::time::go_string(SystemTime::now()), "status": "ok"}),
-    )
+    json_response(&json!({"agents": {}, "now": crate::time::go_string(SystemTime::now()), "status": "ok"}))
 }
 
 pub fn debug() -> Response<Body> {
@@ -40,29 +38,18 @@ pub fn echo(parts: &Parts, body: &Bytes) -> Response<Body> {
         .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     let mut query: Map<String, Value> = Map::new();
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let entry = query
-            .entry(decode(k))
-            .or_insert_with(|| Value::Array(Vec::new()));
+        let entry = query.entry(decode(k)).or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(items) = entry {
             items.push(Value::String(decode(v)));
         }
     }
     let mut headers: Map<String, Value> = Map::new();
     for (name, value) in &parts.headers {
-        let entry = headers
-            .entry(canonical(name.as_str()))
-            .or_insert_with(|| Value::Array(Vec::new()));
+        let entry = headers.entry(canonical(name.as_str())).or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(items) = entry {
-            items.push(Value::String(
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ));
+            items.push(Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
         }
     }
     json_response(&json!({
@@ -83,9 +70,7 @@ pub fn echo(parts: &Parts, body: &Bytes) -> Response<Body> {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// Go's canonical header form: `x-forwarded-for` -> `X-Forwarded-For`.

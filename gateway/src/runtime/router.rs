@@ -12,10 +12,7 @@ use crate::proxy::pipeline::{Common, Pipeline};
 
 /// What a path leads to.
 enum RouteTarget {
-    Endpoints {
-        methods: Vec<(Method, Pipeline)>,
-        allow: HeaderValue,
-    },
+    Endpoints { methods: Vec<(Method, Pipeline)>, allow: HeaderValue },
     Health,
     Debug,
     Echo,
@@ -69,10 +66,7 @@ impl Router {
     pub fn compile(service: &Service, flags: Flags, common: &Common) -> Result<Self, CompileError> {
         let mut routes: Vec<Route> = Vec::new();
         let add = |routes: &mut Vec<Route>, path: &str, target: RouteTarget| {
-            routes.push(Route {
-                template: path.to_owned(),
-                target,
-            });
+            routes.push(Route { template: path.to_owned(), target });
         };
         let opts = &service.router;
         if !opts.disable_health {
@@ -89,15 +83,11 @@ impl Router {
         for e in &service.endpoints {
             let pipeline = Pipeline::compile(e, &service.host, common.clone());
             match routes.iter_mut().find(|r| r.template == e.path) {
-                Some(Route {
-                    target: RouteTarget::Endpoints { methods, .. },
-                    ..
-                }) => methods.push((e.method.clone(), pipeline)),
+                Some(Route { target: RouteTarget::Endpoints { methods, .. }, .. }) => {
+                    methods.push((e.method.clone(), pipeline))
+                }
                 Some(_) => {
-                    return Err(CompileError::Route {
-                        path: e.path.clone(),
-                        reason: "reserved by the gateway".into(),
-                    });
+                    return Err(CompileError::Route { path: e.path.clone(), reason: "reserved by the gateway".into() });
                 }
                 None => add(
                     &mut routes,
@@ -117,24 +107,16 @@ impl Router {
                 if opts.auto_options && !names.contains(&"OPTIONS") {
                     names.push("OPTIONS");
                 }
-                *allow = HeaderValue::from_str(&names.join(", "))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *allow = HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""));
             }
             exact
                 .insert(route.template.clone(), i)
-                .map_err(|e| CompileError::Route {
-                    path: route.template.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| CompileError::Route { path: route.template.clone(), reason: e.to_string() })?;
             // Two paths differing only in case cannot both be found case-insensitively;
             // the first keeps the folded slot, the other is still routed exactly.
             let _ = folded.insert(fold_template(&route.template), i);
         }
-        let json = |v: &Option<Value>| {
-            v.as_ref()
-                .and_then(|v| serde_json::to_vec(v).ok())
-                .map(bytes::Bytes::from)
-        };
+        let json = |v: &Option<Value>| v.as_ref().and_then(|v| serde_json::to_vec(v).ok()).map(bytes::Bytes::from);
         Ok(Self {
             exact,
             folded,
@@ -153,23 +135,19 @@ impl Router {
             let route = &self.routes[*m.value];
             let params: Vec<&'a str> = m.params.iter().map(|(_, v)| v).collect();
             let target = match &route.target {
-                RouteTarget::Health if method == Method::GET || method == Method::HEAD => {
-                    Target::Health
-                }
+                RouteTarget::Health if method == Method::GET || method == Method::HEAD => Target::Health,
                 RouteTarget::Health => {
                     return self.not_allowed(HeaderValue::from_static("GET, HEAD"));
                 }
                 RouteTarget::Debug => Target::Debug,
                 RouteTarget::Echo => Target::Echo,
-                RouteTarget::Endpoints { methods, allow } => {
-                    match methods.iter().find(|(m, _)| m == method) {
-                        Some((_, p)) => Target::Endpoint(p),
-                        None if self.auto_options && method == Method::OPTIONS => {
-                            return Lookup::Options(allow.clone());
-                        }
-                        None => return self.not_allowed(allow.clone()),
+                RouteTarget::Endpoints { methods, allow } => match methods.iter().find(|(m, _)| m == method) {
+                    Some((_, p)) => Target::Endpoint(p),
+                    None if self.auto_options && method == Method::OPTIONS => {
+                        return Lookup::Options(allow.clone());
                     }
-                }
+                    None => return self.not_allowed(allow.clone()),
+                },
             };
             return Lookup::Found(Found { target, params });
         }
@@ -195,11 +173,7 @@ impl Router {
     }
 
     fn not_allowed(&self, allow: HeaderValue) -> Lookup<'_> {
-        if self.method_not_allowed {
-            Lookup::MethodNotAllowed(allow)
-        } else {
-            Lookup::NotFound
-        }
+        if self.method_not_allowed { Lookup::MethodNotAllowed(allow) } else { Lookup::NotFound }
     }
 
     /// The declared path a cleaned, case-insensitive match of `path` leads to, with
@@ -294,10 +268,7 @@ mod tests {
     fn clean_and_rebuild() {
         assert_eq!(clean("/a//b/./c/../d/"), "/a/b/d/");
         assert_eq!(clean("/.."), "/");
-        assert_eq!(
-            rebuild("/Users/{id}/Posts", "/users/AbC/posts"),
-            "/Users/AbC/Posts"
-        );
+        assert_eq!(rebuild("/Users/{id}/Posts", "/users/AbC/posts"), "/Users/AbC/Posts");
         assert_eq!(fold_template("/Users/{Id}"), "/users/{Id}");
     }
 }
