@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
