@@ -1,0 +1,610 @@
+//! `auth/validator`: JWT validation with keys from a local JWK set or a JWK URL.
+//!
+//! Verified tokens are cached until they expire (bounded, a minute at most), so a
+//! client repeating its token costs a hash lookup instead of a signature check.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::{Problems, problem};
+use crate::proxy::client::{self, Client};
+
+/// Claims of a verified token, shared by every backend call of a request.
+pub type Claims = Arc<Map<String, Value>>;
+
+/// KrakenD's default `leeway`.
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(1);
+/// KrakenD's default `cache_duration` for downloaded JWKs (15 minutes).
+const DEFAULT_JWK_TTL: Duration = Duration::from_secs(900);
+/// After a failed JWK download or an unknown `kid`, wait this long before asking again,
+/// so that tokens with made-up key ids cannot make the gateway hammer the key server.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10);
+/// Verified tokens kept per validator; beyond it the oldest shard is emptied.
+const TOKEN_CACHE_ENTRIES: usize = 16_384;
+/// A verified token is re-checked at least this often, even if it expires later.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+const SHARDS: usize = 16;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or one that is invalid or expired: 401.
+    Unauthorized,
+    /// A valid token without the required roles or scopes: 403.
+    Forbidden,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matcher {
+    Any,
+    All,
+}
+
+/// Settings read from the namespace, without I/O.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    alg: Algorithm,
+    jwk_url: Option<Uri>,
+    jwk_local_path: Option<PathBuf>,
+    jwk_ttl: Duration,
+    cooldown: Duration,
+    audience: Vec<String>,
+    issuer: Option<String>,
+    roles_key: Vec<String>,
+    roles: Vec<String>,
+    scopes_key: Vec<String>,
+    scopes: Vec<String>,
+    matcher: Matcher,
+    propagate: Vec<(Vec<String>, HeaderName)>,
+    cookie_key: Option<String>,
+    header_name: HeaderName,
+    leeway: Duration,
+}
+
+fn strings(obj: &Map<String, Value>, key: &str, path: &str, problems: &mut Problems) -> Vec<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                Value::String(s) => Some(s.clone()),
+                _ => {
+                    problems.push(problem(&format!("{path}.{key}[{i}]"), "must be a string"));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            problems.push(problem(&format!("{path}.{key}"), "must be an array of strings"));
+            Vec::new()
+        }
+    }
+}
+
+fn string<'a>(obj: &'a Map<String, Value>, key: &str, path: &str, problems: &mut Problems) -> Option<&'a str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            problems.push(problem(&format!("{path}.{key}"), "must be a string"));
+            None
+        }
+    }
+}
+
+fn duration(obj: &Map<String, Value>, key: &str, path: &str, problems: &mut Problems) -> Option<Duration> {
+    let s = string(obj, key, path, problems)?;
+    crate::config::parse_duration(s).map_err(|e| problems.push(problem(&format!("{path}.{key}"), e))).ok()
+}
+
+impl JwtSettings {
+    /// Reads `auth/validator` settings; reports every problem.
+    pub fn parse(v: &Value, path: &str) -> Result<Self, Problems> {
+        let mut p = Problems::new();
+        let Value::Object(obj) = v else {
+            return Err(vec![problem(path, "must be an object")]);
+        };
+        let alg = match string(obj, "alg", path, &mut p).unwrap_or("RS256") {
+            "ES512" => {
+                p.push(problem(&format!("{path}.alg"), "ES512 is not supported yet (ES256 and ES384 are)"));
+                Algorithm::RS256
+            }
+            other => other.parse().unwrap_or_else(|_| {
+                p.push(problem(&format!("{path}.alg"), format!("{other:?} is not a JWT algorithm")));
+                Algorithm::RS256
+            }),
+        };
+        let insecure = obj.get("disable_jwk_security").and_then(Value::as_bool).unwrap_or(false);
+        let jwk_url = string(obj, "jwk_url", path, &mut p).and_then(|u| match u.parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") || (insecure && uri.scheme_str() == Some("http")) => Some(uri),
+            Ok(_) => {
+                p.push(problem(
+                    &format!("{path}.jwk_url"),
+                    "must be https (set disable_jwk_security to allow http, for local tests only)",
+                ));
+                None
+            }
+            Err(e) => {
+                p.push(problem(&format!("{path}.jwk_url"), e.to_string()));
+                None
+            }
+        });
+        let jwk_local_path = string(obj, "jwk_local_path", path, &mut p).map(PathBuf::from);
+        if jwk_url.is_none() && jwk_local_path.is_none() && !p.iter().any(|x| x.path.ends_with(".jwk_url")) {
+            p.push(problem(path, "needs jwk_url or jwk_local_path to find the keys tokens are signed with"));
+        }
+        let cache = obj.get("cache").and_then(Value::as_bool).unwrap_or(false);
+        let jwk_ttl = match obj.get("cache_duration").and_then(Value::as_u64) {
+            Some(secs) if cache => Duration::from_secs(secs.max(1)),
+            // Without `cache`, KrakenD downloads keys per request; Weir still caches them,
+            // for a minute, and refreshes on unknown key ids.
+            _ if !cache => Duration::from_secs(60),
+            _ => DEFAULT_JWK_TTL,
+        };
+        let matcher = match string(obj, "scopes_matcher", path, &mut p) {
+            None | Some("any") => Matcher::Any,
+            Some("all") => Matcher::All,
+            Some(other) => {
+                p.push(problem(&format!("{path}.scopes_matcher"), format!("{other:?} is not any or all")));
+                Matcher::Any
+            }
+        };
+        let nested = obj.get("roles_key_is_nested").and_then(Value::as_bool).unwrap_or(false);
+        let roles_key = string(obj, "roles_key", path, &mut p).unwrap_or("roles");
+        let roles_key = if nested { roles_key.split('.').map(str::to_owned).collect() } else { vec![roles_key.to_owned()] };
+        let scopes_key = string(obj, "scopes_key", path, &mut p).unwrap_or("scope").split('.').map(str::to_owned).collect();
+        let mut propagate = Vec::new();
+        match obj.get("propagate_claims") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(pairs)) => {
+                for (i, pair) in pairs.iter().enumerate() {
+                    let at = format!("{path}.propagate_claims[{i}]");
+                    match pair.as_array().map(Vec::as_slice) {
+                        Some([Value::String(claim), Value::String(name)]) => match HeaderName::try_from(name.as_str()) {
+                            Ok(h) => propagate.push((claim.split('.').map(str::to_owned).collect(), h)),
+                            Err(_) => p.push(problem(&at, format!("{name:?} is not a header name"))),
+                        },
+                        _ => p.push(problem(&at, "must be a [claim, header] pair of strings")),
+                    }
+                }
+            }
+            Some(_) => p.push(problem(&format!("{path}.propagate_claims"), "must be a list of [claim, header] pairs")),
+        }
+        let header_name = match string(obj, "auth_header_name", path, &mut p) {
+            None => header::AUTHORIZATION,
+            Some(n) => HeaderName::try_from(n).unwrap_or_else(|_| {
+                p.push(problem(&format!("{path}.auth_header_name"), format!("{n:?} is not a header name")));
+                header::AUTHORIZATION
+            }),
+        };
+        let settings = Self {
+            alg,
+            jwk_url,
+            jwk_local_path,
+            jwk_ttl,
+            cooldown: duration(obj, "failed_jwk_key_cooldown", path, &mut p).unwrap_or(DEFAULT_COOLDOWN),
+            audience: strings(obj, "audience", path, &mut p),
+            issuer: string(obj, "issuer", path, &mut p).map(str::to_owned),
+            roles_key,
+            roles: strings(obj, "roles", path, &mut p),
+            scopes_key,
+            scopes: strings(obj, "scopes", path, &mut p),
+            matcher,
+            propagate,
+            cookie_key: string(obj, "cookie_key", path, &mut p).map(str::to_owned),
+            header_name,
+            leeway: duration(obj, "leeway", path, &mut p).unwrap_or(DEFAULT_LEEWAY),
+        };
+        if p.is_empty() { Ok(settings) } else { Err(p) }
+    }
+}
+
+/// Where the verification keys come from.
+enum Keys {
+    Local(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>),
+    Remote(Arc<RemoteKeys>),
+}
+
+/// A JWK URL's keys, refreshed in the background and on unknown key ids.
+struct RemoteKeys {
+    url: Uri,
+    client: Client,
+    ttl: Duration,
+    cooldown: Duration,
+    keys: ArcSwap<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>)>,
+    /// When the last download was attempted; one download at a time.
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    refresher: std::sync::Once,
+}
+
+/// Parses a JWK set into keys by id, plus all keys for tokens without `kid`.
+fn parse_jwks(bytes: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>), String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut by_kid = HashMap::new();
+    let mut all = Vec::new();
+    for jwk in &set.keys {
+        let key = Arc::new(DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?);
+        if let Some(kid) = &jwk.common.key_id {
+            by_kid.insert(kid.clone(), key.clone());
+        }
+        all.push(key);
+    }
+    Ok((by_kid, all))
+}
+
+impl RemoteKeys {
+    async fn download(&self) -> Result<(), String> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = self.url.clone();
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let keys = parse_jwks(&body)?;
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Downloads the keys unless a download was tried within the cool-down.
+    async fn refresh(&self, force: bool) {
+        let mut last = self.last_attempt.lock().await;
+        if !force && last.is_some_and(|t| t.elapsed() < self.cooldown) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(e) = self.download().await {
+            tracing::warn!(url = %self.url, error = %e, "JWK download failed");
+        }
+    }
+
+    async fn key(self: &Arc<Self>, kid: Option<&str>) -> Vec<Arc<DecodingKey>> {
+        self.refresher.call_once(|| {
+            let me = Arc::downgrade(self);
+            let ttl = self.ttl;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl).await;
+                    let Some(me) = me.upgrade() else { return };
+                    me.refresh(true).await;
+                }
+            });
+        });
+        let lookup = |keys: &(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>)| match kid {
+            Some(k) => keys.0.get(k).cloned().into_iter().collect::<Vec<_>>(),
+            None => keys.1.clone(),
+        };
+        let found = lookup(&self.keys.load());
+        if !found.is_empty() {
+            return found;
+        }
+        self.refresh(false).await;
+        lookup(&self.keys.load())
+    }
+}
+
+/// A compiled `auth/validator`.
+pub struct JwtValidator {
+    settings: JwtSettings,
+    keys: Keys,
+    validation: Validation,
+    verified: [Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl JwtValidator {
+    /// Builds the validator; reads `jwk_local_path` if set.
+    pub fn build(settings: JwtSettings) -> Result<Self, String> {
+        let keys = match (&settings.jwk_local_path, &settings.jwk_url) {
+            (Some(path), _) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let (by_kid, all) = parse_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                Keys::Local(by_kid, all)
+            }
+            (None, Some(url)) => Keys::Remote(Arc::new(RemoteKeys {
+                url: url.clone(),
+                client: client::build(4).map_err(|e| e.to_string())?,
+                ttl: settings.jwk_ttl,
+                cooldown: settings.cooldown,
+                keys: ArcSwap::from_pointee((HashMap::new(), Vec::new())),
+                last_attempt: tokio::sync::Mutex::new(None),
+                refresher: std::sync::Once::new(),
+            })),
+            (None, None) => return Err("no key source".into()),
+        };
+        let mut validation = Validation::new(settings.alg);
+        // Audiences are checked below (KrakenD wants all of them); exp and nbf are
+        // checked when present, as KrakenD does.
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.validate_nbf = true;
+        validation.leeway = settings.leeway.as_secs();
+        if let Some(iss) = &settings.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Self {
+            settings,
+            keys,
+            validation,
+            verified: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            hasher: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    /// Claims to send to backends as headers (`propagate_claims`).
+    pub fn propagated(&self, claims: &Map<String, Value>) -> Vec<(HeaderName, HeaderValue)> {
+        self.settings
+            .propagate
+            .iter()
+            .filter_map(|(path, name)| {
+                let v = lookup(claims, path)?;
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(","),
+                    other => plain(other),
+                };
+                Some((name.clone(), HeaderValue::try_from(text).ok()?))
+            })
+            .collect()
+    }
+
+    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        if let Some(v) = headers.get(&self.settings.header_name).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            return match v.get(..7) {
+                Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => Some(v[7..].trim()),
+                _ if self.settings.header_name != header::AUTHORIZATION => Some(v),
+                _ => None,
+            };
+        }
+        let name = self.settings.cookie_key.as_deref()?;
+        headers.get_all(header::COOKIE).iter().filter_map(|c| c.to_str().ok()).flat_map(|c| c.split(';')).find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+    }
+
+    /// Validates the request's token: its claims, or why it is refused.
+    pub async fn validate(&self, headers: &HeaderMap) -> Result<Claims, Denied> {
+        let token = self.token(headers).ok_or(Denied::Unauthorized)?;
+        let claims = match self.cached(token) {
+            Some(c) => c,
+            None => {
+                let claims = Arc::new(self.verify(token).await?);
+                self.remember(token, &claims);
+                claims
+            }
+        };
+        self.authorize(&claims)?;
+        Ok(claims)
+    }
+
+    fn shard(&self, token: &str) -> (u64, &Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>) {
+        let mut h = self.hasher.build_hasher();
+        token.hash(&mut h);
+        let hash = h.finish();
+        (hash, &self.verified[(hash as usize) % SHARDS])
+    }
+
+    fn cached(&self, token: &str) -> Option<Claims> {
+        let (hash, shard) = self.shard(token);
+        let map = shard.lock().ok()?;
+        let (stored, claims, until) = map.get(&hash)?;
+        (**stored == *token && Instant::now() < *until).then(|| claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let ttl = match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                Duration::from_secs_f64((exp - now).clamp(0.0, TOKEN_CACHE_TTL.as_secs_f64()))
+            }
+            None => TOKEN_CACHE_TTL,
+        };
+        let (hash, shard) = self.shard(token);
+        if let Ok(mut map) = shard.lock() {
+            if map.len() >= TOKEN_CACHE_ENTRIES / SHARDS {
+                map.clear();
+            }
+            map.insert(hash, (token.into(), claims.clone(), Instant::now() + ttl));
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Map<String, Value>, Denied> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::Unauthorized)?;
+        if header.alg != self.settings.alg {
+            return Err(Denied::Unauthorized);
+        }
+        let candidates = match &self.keys {
+            Keys::Local(by_kid, all) => match &header.kid {
+                Some(kid) => by_kid.get(kid).cloned().into_iter().collect(),
+                None => all.clone(),
+            },
+            Keys::Remote(remote) => remote.key(header.kid.as_deref()).await,
+        };
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation) {
+                Ok(data) => {
+                    if !self.audience_ok(&data.claims) {
+                        return Err(Denied::Unauthorized);
+                    }
+                    return Ok(data.claims);
+                }
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => continue,
+                Err(_) => return Err(Denied::Unauthorized),
+            }
+        }
+        Err(Denied::Unauthorized)
+    }
+
+    fn audience_ok(&self, claims: &Map<String, Value>) -> bool {
+        if self.settings.audience.is_empty() {
+            return true;
+        }
+        let aud: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => return false,
+        };
+        self.settings.audience.iter().all(|want| aud.contains(&want.as_str()))
+    }
+
+    fn authorize(&self, claims: &Map<String, Value>) -> Result<(), Denied> {
+        if !self.settings.roles.is_empty() {
+            let have = words(lookup(claims, &self.settings.roles_key));
+            if !self.settings.roles.iter().any(|r| have.contains(&r.as_str())) {
+                return Err(Denied::Forbidden);
+            }
+        }
+        if !self.settings.scopes.is_empty() {
+            let have = words(lookup(claims, &self.settings.scopes_key));
+            let ok = match self.settings.matcher {
+                Matcher::Any => self.settings.scopes.iter().any(|s| have.contains(&s.as_str())),
+                Matcher::All => self.settings.scopes.iter().all(|s| have.contains(&s.as_str())),
+            };
+            if !ok {
+                return Err(Denied::Forbidden);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A claim at a dot path.
+pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &[impl AsRef<str>]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first.as_ref())?;
+    for key in rest {
+        v = v.as_object()?.get(key.as_ref())?;
+    }
+    Some(v)
+}
+
+/// Roles and scopes: an array of strings or a space-separated string.
+fn words(v: Option<&Value>) -> Vec<&str> {
+    match v {
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn validator(extra: Value) -> (JwtValidator, tempfile_path::TempJwks) {
+        let jwks = tempfile_path::TempJwks::new(r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg","alg":"HS256"}]}"#);
+        let mut cfg = json!({"alg": "HS256", "jwk_local_path": jwks.path});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            cfg[k] = v;
+        }
+        let settings = JwtSettings::parse(&cfg, "auth").expect("valid settings");
+        (JwtValidator::build(settings).expect("builds"), jwks)
+    }
+
+    fn token(claims: Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        encode(&h, &claims, &EncodingKey::from_secret(b"secret-secret-secret-secret-32b")).expect("signs")
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::try_from(format!("Bearer {t}")).unwrap());
+        h
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[tokio::test]
+    async fn validates_roles_scopes_audience_and_expiry() {
+        let (v, _f) = validator(json!({"roles": ["admin"], "scopes": ["read", "write"], "scopes_matcher": "all",
+            "audience": ["api", "web"], "issuer": "me"}));
+        let good = token(json!({"sub": "u", "roles": ["user", "admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() + 60}));
+        assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u");
+        assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u", "served from the cache");
+        let cases = [
+            (json!({"roles": ["user"], "scope": "read write", "aud": ["api", "web"], "iss": "me"}), Denied::Forbidden),
+            (json!({"roles": ["admin"], "scope": "read", "aud": ["api", "web"], "iss": "me"}), Denied::Forbidden),
+            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api"], "iss": "me"}), Denied::Unauthorized),
+            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "you"}), Denied::Unauthorized),
+            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() - 30}), Denied::Unauthorized),
+            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "nbf": now() + 30}), Denied::Unauthorized),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(v.validate(&bearer(&token(claims.clone()))).await.unwrap_err(), want, "{claims}");
+        }
+        assert_eq!(v.validate(&HeaderMap::new()).await.unwrap_err(), Denied::Unauthorized);
+        assert_eq!(v.validate(&bearer("not.a.token")).await.unwrap_err(), Denied::Unauthorized);
+    }
+
+    #[tokio::test]
+    async fn cookie_nested_roles_and_propagation() {
+        let (v, _f) = validator(json!({"cookie_key": "session", "roles_key": "realm.roles", "roles_key_is_nested": true,
+            "roles": ["a"], "propagate_claims": [["sub", "x-user"], ["realm.roles", "x-roles"]]}));
+        let t = token(json!({"sub": "u1", "realm": {"roles": ["a", "b"]}}));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::try_from(format!("other=1; session={t}")).unwrap());
+        let claims = v.validate(&h).await.unwrap();
+        let headers = v.propagated(&claims);
+        assert_eq!(headers[0], (HeaderName::from_static("x-user"), HeaderValue::from_static("u1")));
+        assert_eq!(headers[1], (HeaderName::from_static("x-roles"), HeaderValue::from_static("a,b")));
+    }
+
+    #[test]
+    fn settings_problems_have_paths() {
+        let err = JwtSettings::parse(&json!({"alg": "XX1", "jwk_url": "http://keys", "roles": [1]}), "endpoints[0].extra_config.auth/validator").unwrap_err();
+        let text: Vec<String> = err.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.starts_with("endpoints[0].extra_config.auth/validator.alg: ")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains(".jwk_url: must be https")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains(".roles[0]: must be a string")), "{text:?}");
+    }
+
+    /// A JWK set written to a temporary file for the duration of a test.
+    mod tempfile_path {
+        pub struct TempJwks {
+            pub path: String,
+        }
+        impl TempJwks {
+            pub fn new(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("weir-jwks-{}-{:?}.json", std::process::id(), std::thread::current().id()));
+                std::fs::write(&path, text).unwrap();
+                Self { path: path.display().to_string() }
+            }
+        }
+        impl Drop for TempJwks {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
