@@ -165,8 +165,10 @@ impl JwtSettings {
         };
         let nested = obj.get("roles_key_is_nested").and_then(Value::as_bool).unwrap_or(false);
         let roles_key = string(obj, "roles_key", path, &mut p).unwrap_or("roles");
-        let roles_key = if nested { roles_key.split('.').map(str::to_owned).collect() } else { vec![roles_key.to_owned()] };
-        let scopes_key = string(obj, "scopes_key", path, &mut p).unwrap_or("scope").split('.').map(str::to_owned).collect();
+        let roles_key =
+            if nested { roles_key.split('.').map(str::to_owned).collect() } else { vec![roles_key.to_owned()] };
+        let scopes_key =
+            string(obj, "scopes_key", path, &mut p).unwrap_or("scope").split('.').map(str::to_owned).collect();
         let mut propagate = Vec::new();
         match obj.get("propagate_claims") {
             None | Some(Value::Null) => {}
@@ -174,10 +176,12 @@ impl JwtSettings {
                 for (i, pair) in pairs.iter().enumerate() {
                     let at = format!("{path}.propagate_claims[{i}]");
                     match pair.as_array().map(Vec::as_slice) {
-                        Some([Value::String(claim), Value::String(name)]) => match HeaderName::try_from(name.as_str()) {
-                            Ok(h) => propagate.push((claim.split('.').map(str::to_owned).collect(), h)),
-                            Err(_) => p.push(problem(&at, format!("{name:?} is not a header name"))),
-                        },
+                        Some([Value::String(claim), Value::String(name)]) => {
+                            match HeaderName::try_from(name.as_str()) {
+                                Ok(h) => propagate.push((claim.split('.').map(str::to_owned).collect(), h)),
+                                Err(_) => p.push(problem(&at, format!("{name:?} is not a header name"))),
+                            }
+                        }
                         _ => p.push(problem(&at, "must be a [claim, header] pair of strings")),
                     }
                 }
@@ -257,7 +261,8 @@ impl RemoteKeys {
         if response.status() != StatusCode::OK {
             return Err(format!("status {}", response.status()));
         }
-        let body = Limited::new(response.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body =
+            Limited::new(response.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?.to_bytes();
         let keys = parse_jwks(&body)?;
         self.keys.store(Arc::new(keys));
         Ok(())
@@ -375,10 +380,12 @@ impl JwtValidator {
             };
         }
         let name = self.settings.cookie_key.as_deref()?;
-        headers.get_all(header::COOKIE).iter().filter_map(|c| c.to_str().ok()).flat_map(|c| c.split(';')).find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
+        headers.get_all(header::COOKIE).iter().filter_map(|c| c.to_str().ok()).flat_map(|c| c.split(';')).find_map(
+            |pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then_some(v)
+            },
+        )
     }
 
     /// Validates the request's token: its claims, or why it is refused.
@@ -520,7 +527,9 @@ mod tests {
     use serde_json::json;
 
     fn validator(extra: Value) -> (JwtValidator, tempfile_path::TempJwks) {
-        let jwks = tempfile_path::TempJwks::new(r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg","alg":"HS256"}]}"#);
+        let jwks = tempfile_path::TempJwks::new(
+            r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg","alg":"HS256"}]}"#,
+        );
         let mut cfg = json!({"alg": "HS256", "jwk_local_path": jwks.path});
         for (k, v) in extra.as_object().cloned().unwrap_or_default() {
             cfg[k] = v;
@@ -549,16 +558,27 @@ mod tests {
     async fn validates_roles_scopes_audience_and_expiry() {
         let (v, _f) = validator(json!({"roles": ["admin"], "scopes": ["read", "write"], "scopes_matcher": "all",
             "audience": ["api", "web"], "issuer": "me"}));
-        let good = token(json!({"sub": "u", "roles": ["user", "admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() + 60}));
+        let good = token(
+            json!({"sub": "u", "roles": ["user", "admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() + 60}),
+        );
         assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u");
         assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u", "served from the cache");
         let cases = [
             (json!({"roles": ["user"], "scope": "read write", "aud": ["api", "web"], "iss": "me"}), Denied::Forbidden),
             (json!({"roles": ["admin"], "scope": "read", "aud": ["api", "web"], "iss": "me"}), Denied::Forbidden),
             (json!({"roles": ["admin"], "scope": "read write", "aud": ["api"], "iss": "me"}), Denied::Unauthorized),
-            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "you"}), Denied::Unauthorized),
-            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() - 30}), Denied::Unauthorized),
-            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "nbf": now() + 30}), Denied::Unauthorized),
+            (
+                json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "you"}),
+                Denied::Unauthorized,
+            ),
+            (
+                json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() - 30}),
+                Denied::Unauthorized,
+            ),
+            (
+                json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "nbf": now() + 30}),
+                Denied::Unauthorized,
+            ),
         ];
         for (claims, want) in cases {
             assert_eq!(v.validate(&bearer(&token(claims.clone()))).await.unwrap_err(), want, "{claims}");
@@ -569,7 +589,8 @@ mod tests {
 
     #[tokio::test]
     async fn cookie_nested_roles_and_propagation() {
-        let (v, _f) = validator(json!({"cookie_key": "session", "roles_key": "realm.roles", "roles_key_is_nested": true,
+        let (v, _f) =
+            validator(json!({"cookie_key": "session", "roles_key": "realm.roles", "roles_key_is_nested": true,
             "roles": ["a"], "propagate_claims": [["sub", "x-user"], ["realm.roles", "x-roles"]]}));
         let t = token(json!({"sub": "u1", "realm": {"roles": ["a", "b"]}}));
         let mut h = HeaderMap::new();
@@ -582,7 +603,11 @@ mod tests {
 
     #[test]
     fn settings_problems_have_paths() {
-        let err = JwtSettings::parse(&json!({"alg": "XX1", "jwk_url": "http://keys", "roles": [1]}), "endpoints[0].extra_config.auth/validator").unwrap_err();
+        let err = JwtSettings::parse(
+            &json!({"alg": "XX1", "jwk_url": "http://keys", "roles": [1]}),
+            "endpoints[0].extra_config.auth/validator",
+        )
+        .unwrap_err();
         let text: Vec<String> = err.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|t| t.starts_with("endpoints[0].extra_config.auth/validator.alg: ")), "{text:?}");
         assert!(text.iter().any(|t| t.contains(".jwk_url: must be https")), "{text:?}");
@@ -596,7 +621,11 @@ mod tests {
         }
         impl TempJwks {
             pub fn new(text: &str) -> Self {
-                let path = std::env::temp_dir().join(format!("weir-jwks-{}-{:?}.json", std::process::id(), std::thread::current().id()));
+                let path = std::env::temp_dir().join(format!(
+                    "weir-jwks-{}-{:?}.json",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
                 std::fs::write(&path, text).unwrap();
                 Self { path: path.display().to_string() }
             }

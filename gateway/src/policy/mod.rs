@@ -7,6 +7,7 @@
 //! path, so `weir check` shows them together with the rest of the config.
 
 pub mod jwt;
+pub mod ratelimit;
 
 use crate::config::Problem;
 
