@@ -6,6 +6,8 @@
 //! component's `compile` reports every problem of its settings with the config
 //! path, so `weir check` shows them together with the rest of the config.
 
+pub mod apikeys;
+pub mod basic;
 pub mod jwt;
 pub mod ratelimit;
 
