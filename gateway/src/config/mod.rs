@@ -158,7 +158,7 @@ mod tests {
     fn unknown_keys_and_unsupported_components_are_reported_apart() {
         let c = check(
             r#"{"version":3,"$schema":"x","@comment":"y","colour":"red","host":["http://b"],"endpoints":[
-                {"endpoint":"/a","extra_config":{"auth/validator":{}},"backend":[{"url_pattern":"/"}]}]}"#,
+                {"endpoint":"/a","extra_config":{"modifier/lua-endpoint":{}},"backend":[{"url_pattern":"/"}]}]}"#,
         );
         assert!(c.report.errors.is_empty(), "{:?}", c.report.errors);
         assert_eq!(c.report.unknown_keys.len(), 1);

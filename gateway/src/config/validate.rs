@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::duration;
 use super::model::*;
 use super::report::{Problem, Report, Unsupported};
+use crate::policy;
 
 type Obj = Map<String, Value>;
 
@@ -443,9 +444,13 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
         }
     }
     let router = extra.get("router").map(|v| router(v, "extra_config.router", r.report)).unwrap_or_default();
-    namespaces(&extra, "extra_config", Scope::Service, r.report);
+    let declares = policy::ServiceDeclares {
+        api_keys: extra.contains_key("auth/api-keys"),
+        basic: extra.contains_key("auth/basic"),
+    };
+    namespaces(&extra, "extra_config", Scope::Service, declares, r.report);
 
-    let defaults = EndpointDefaults { timeout, cache_ttl, output_encoding, has_host: !host.is_empty() };
+    let defaults = EndpointDefaults { timeout, cache_ttl, output_encoding, has_host: !host.is_empty(), declares };
     let mut endpoints = Vec::new();
     match r.get("endpoints") {
         None => {}
@@ -496,6 +501,7 @@ struct EndpointDefaults {
     cache_ttl: Duration,
     output_encoding: OutputEncoding,
     has_host: bool,
+    declares: policy::ServiceDeclares,
 }
 
 fn hosts(r: &mut Reader<'_, '_>, key: &str) -> Vec<String> {
@@ -640,17 +646,27 @@ fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
 }
 
 /// Sorts `extra_config` namespaces into supported, unsupported and unknown.
-fn namespaces(extra: &Obj, path: &str, scope: Scope, report: &mut Report) {
+fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: policy::ServiceDeclares, report: &mut Report) {
     for ns in extra.keys() {
         if is_comment_key(ns) {
             continue;
         }
-        let supported = match scope {
+        let core = match scope {
             Scope::Service => matches!(ns.as_str(), "router" | LIMITS_NAMESPACE),
             Scope::Endpoint => ns == "proxy",
             Scope::Backend => matches!(ns.as_str(), "proxy" | "backend/http" | "backend/http/client"),
         };
-        if supported {
+        if core {
+            continue;
+        }
+        let policy_scope = match scope {
+            Scope::Service => policy::Scope::Service,
+            Scope::Endpoint => policy::Scope::Endpoint,
+            Scope::Backend => policy::Scope::Backend,
+        };
+        if policy::supports(policy_scope, ns) {
+            let at = join(path, ns);
+            report.errors.extend(policy::validate(policy_scope, ns, &extra[ns], &at, declares));
             continue;
         }
         let known = match scope {
@@ -734,7 +750,7 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
     let input_query_strings = name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
-    namespaces(&extra, &extra_path, Scope::Endpoint, r.report);
+    namespaces(&extra, &extra_path, Scope::Endpoint, defaults.declares, r.report);
     let (sequential, static_response, flatmap) = endpoint_proxy(&extra, &extra_path, r.report);
 
     let params = path_params(&route);
@@ -1002,7 +1018,7 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
 
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
-    namespaces(&extra, &extra_path, Scope::Backend, r.report);
+    namespaces(&extra, &extra_path, Scope::Backend, cx.defaults.declares, r.report);
     let mut flatmap_ops = Vec::new();
     if let Some(v) = extra.get("proxy") {
         let ppath = join(&extra_path, "proxy");

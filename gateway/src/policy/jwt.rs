@@ -230,8 +230,9 @@ struct RemoteKeys {
     ttl: Duration,
     cooldown: Duration,
     keys: ArcSwap<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>)>,
-    /// When the last download was attempted; one download at a time.
-    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// Until when unknown key ids do not trigger downloads; the lock also makes
+    /// downloads one at a time.
+    cooldown_until: tokio::sync::Mutex<Option<Instant>>,
     refresher: std::sync::Once,
 }
 
@@ -268,18 +269,6 @@ impl RemoteKeys {
         Ok(())
     }
 
-    /// Downloads the keys unless a download was tried within the cool-down.
-    async fn refresh(&self, force: bool) {
-        let mut last = self.last_attempt.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < self.cooldown) {
-            return;
-        }
-        *last = Some(Instant::now());
-        if let Err(e) = self.download().await {
-            tracing::warn!(url = %self.url, error = %e, "JWK download failed");
-        }
-    }
-
     async fn key(self: &Arc<Self>, kid: Option<&str>) -> Vec<Arc<DecodingKey>> {
         self.refresher.call_once(|| {
             let me = Arc::downgrade(self);
@@ -288,7 +277,9 @@ impl RemoteKeys {
                 loop {
                     tokio::time::sleep(ttl).await;
                     let Some(me) = me.upgrade() else { return };
-                    me.refresh(true).await;
+                    if let Err(e) = me.download().await {
+                        tracing::warn!(url = %me.url, error = %e, "JWK refresh failed; keeping the keys already loaded");
+                    }
                 }
             });
         });
@@ -300,8 +291,24 @@ impl RemoteKeys {
         if !found.is_empty() {
             return found;
         }
-        self.refresh(false).await;
-        lookup(&self.keys.load())
+        // Unknown key id: download again (one download at a time), unless a download
+        // recently failed or did not bring the key either.
+        let mut cooling = self.cooldown_until.lock().await;
+        if cooling.is_some_and(|until| Instant::now() < until) {
+            return Vec::new();
+        }
+        let found = lookup(&self.keys.load());
+        if !found.is_empty() {
+            return found;
+        }
+        if let Err(e) = self.download().await {
+            tracing::warn!(url = %self.url, error = %e, "JWK download failed");
+        }
+        let found = lookup(&self.keys.load());
+        if found.is_empty() {
+            *cooling = Some(Instant::now() + self.cooldown);
+        }
+        found
     }
 }
 
@@ -329,7 +336,7 @@ impl JwtValidator {
                 ttl: settings.jwk_ttl,
                 cooldown: settings.cooldown,
                 keys: ArcSwap::from_pointee((HashMap::new(), Vec::new())),
-                last_attempt: tokio::sync::Mutex::new(None),
+                cooldown_until: tokio::sync::Mutex::new(None),
                 refresher: std::sync::Once::new(),
             })),
             (None, None) => return Err("no key source".into()),

@@ -11,7 +11,16 @@ pub mod basic;
 pub mod jwt;
 pub mod ratelimit;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::{Map, Value};
+
 use crate::config::Problem;
+use crate::proxy::{Body, full};
 
 /// Problems found while compiling a component's settings.
 pub type Problems = Vec<Problem>;
@@ -19,4 +28,209 @@ pub type Problems = Vec<Problem>;
 /// A problem at `path` (the namespace path plus the key).
 pub fn problem(path: &str, message: impl Into<String>) -> Problem {
     Problem { path: path.to_owned(), message: message.into() }
+}
+
+/// Where a namespace appears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Service,
+    Endpoint,
+    Backend,
+}
+
+/// Whether Weir implements a namespace at a scope.
+pub fn supports(scope: Scope, ns: &str) -> bool {
+    match scope {
+        Scope::Service => matches!(ns, "auth/api-keys" | "auth/basic"),
+        Scope::Endpoint => matches!(ns, "auth/validator" | "auth/api-keys" | "auth/basic" | "qos/ratelimit/router"),
+        Scope::Backend => matches!(ns, "qos/ratelimit/proxy"),
+    }
+}
+
+/// What the service declares that endpoints may refer to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServiceDeclares {
+    pub api_keys: bool,
+    pub basic: bool,
+}
+
+/// Checks a supported namespace's settings without I/O: what `weir check` reports.
+pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, declares: ServiceDeclares) -> Problems {
+    let result = match (scope, ns) {
+        (_, "auth/validator") => jwt::JwtSettings::parse(v, path).map(drop),
+        (Scope::Service, "auth/api-keys") => apikeys::ApiKeys::compile(v, path).map(drop),
+        (_, "auth/api-keys") if !declares.api_keys => {
+            Err(vec![problem(path, "needs the keys declared in the service extra_config \"auth/api-keys\"")])
+        }
+        (_, "auth/api-keys") => Ok(()),
+        (Scope::Endpoint, "auth/basic")
+            if declares.basic && v.get("users").is_none() && v.get("htpasswd_path").is_none() =>
+        {
+            Ok(())
+        }
+        (_, "auth/basic") => basic::BasicSettings::parse(v, path).map(drop),
+        (_, "qos/ratelimit/router") => ratelimit::RouterLimit::compile(v, path).map(drop),
+        (_, "qos/ratelimit/proxy") => ratelimit::BackendLimit::compile(v, path).map(drop),
+        _ => Ok(()),
+    };
+    result.err().unwrap_or_default()
+}
+
+/// Service-level components that endpoints refer to.
+#[derive(Default)]
+pub struct ServicePolicies {
+    api_keys: Option<Arc<apikeys::ApiKeys>>,
+    basic: Option<Arc<basic::BasicAuth>>,
+}
+
+fn joined(problems: Problems) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl ServicePolicies {
+    /// Builds the service-level components (reads htpasswd files).
+    pub fn build(extra: &Map<String, Value>) -> Result<Self, String> {
+        let api_keys = match extra.get("auth/api-keys") {
+            Some(v) => Some(Arc::new(apikeys::ApiKeys::compile(v, "extra_config.auth/api-keys").map_err(joined)?)),
+            None => None,
+        };
+        let basic = match extra.get("auth/basic") {
+            Some(v) => {
+                let settings = basic::BasicSettings::parse(v, "extra_config.auth/basic").map_err(joined)?;
+                Some(Arc::new(basic::BasicAuth::build(settings)?))
+            }
+            None => None,
+        };
+        Ok(Self { api_keys, basic })
+    }
+}
+
+/// An endpoint's admission checks, run in KrakenD's order before its body is read:
+/// authentication (JWT, API key, basic), then rate limits.
+pub struct Guards {
+    jwt: Option<jwt::JwtValidator>,
+    api_keys: Option<apikeys::ApiKeyGuard>,
+    basic: Option<Arc<basic::BasicAuth>>,
+    rate_limit: Option<ratelimit::RouterLimit>,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guards")
+            .field("jwt", &self.jwt.is_some())
+            .field("api_keys", &self.api_keys.is_some())
+            .field("basic", &self.basic.is_some())
+            .field("rate_limit", &self.rate_limit.is_some())
+            .finish()
+    }
+}
+
+/// What admission learned about a request.
+#[derive(Default)]
+pub struct Admitted {
+    pub claims: Option<jwt::Claims>,
+    /// Headers for every backend request (propagated claims and roles).
+    pub backend_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers for the client's response (rate-limit state).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The request facts admission looks at.
+pub struct Request<'a> {
+    pub parts: &'a http::request::Parts,
+    pub client_ip: IpAddr,
+    pub params: &'a [(&'a str, &'a str)],
+}
+
+impl Guards {
+    /// Compiles an endpoint's guards; `None` when it has none.
+    pub fn build(extra: &Map<String, Value>, path: &str, service: &ServicePolicies) -> Result<Option<Self>, String> {
+        let at = |ns: &str| format!("{path}.extra_config.{ns}");
+        let jwt = match extra.get("auth/validator") {
+            Some(v) => {
+                Some(jwt::JwtValidator::build(jwt::JwtSettings::parse(v, &at("auth/validator")).map_err(joined)?)?)
+            }
+            None => None,
+        };
+        let api_keys = match extra.get("auth/api-keys") {
+            Some(v) => Some(
+                apikeys::ApiKeyGuard::compile(v, &at("auth/api-keys"), service.api_keys.as_ref()).map_err(joined)?,
+            ),
+            None => None,
+        };
+        let basic = match extra.get("auth/basic") {
+            Some(v) if v.get("users").is_some() || v.get("htpasswd_path").is_some() => {
+                let settings = basic::BasicSettings::parse(v, &at("auth/basic")).map_err(joined)?;
+                Some(Arc::new(basic::BasicAuth::build(settings)?))
+            }
+            Some(_) => Some(service.basic.clone().ok_or_else(|| format!("{}: no users declared", at("auth/basic")))?),
+            None => None,
+        };
+        let rate_limit = match extra.get("qos/ratelimit/router") {
+            Some(v) => Some(ratelimit::RouterLimit::compile(v, &at("qos/ratelimit/router")).map_err(joined)?),
+            None => None,
+        };
+        if jwt.is_none() && api_keys.is_none() && basic.is_none() && rate_limit.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self { jwt, api_keys, basic, rate_limit }))
+    }
+
+    /// Admits a request, or answers it with the refusal.
+    pub async fn admit(&self, req: &Request<'_>) -> Result<Admitted, Response<Body>> {
+        let headers = &req.parts.headers;
+        let mut admitted = Admitted::default();
+        if let Some(jwt) = &self.jwt {
+            let claims = jwt.validate(headers).await.map_err(|d| denied(d, "Bearer"))?;
+            admitted.backend_headers.extend(jwt.propagated(&claims));
+            admitted.claims = Some(claims);
+        }
+        if let Some(keys) = &self.api_keys {
+            admitted
+                .backend_headers
+                .extend(keys.check(headers, req.parts.uri.query()).map_err(|d| denied(d, "ApiKey"))?);
+        }
+        if let Some(basic) = &self.basic {
+            basic.check(headers).await.map_err(|d| denied(d, "Basic realm=\"weir\""))?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            let who =
+                ratelimit::Who { ip: req.client_ip, headers, params: req.params, claims: admitted.claims.as_deref() };
+            match limit.check(&who) {
+                Ok(h) => admitted.response_headers.extend(h),
+                Err(refusal) => {
+                    let body = if refusal.status == StatusCode::TOO_MANY_REQUESTS {
+                        r#"{"error":"too many requests"}"#
+                    } else {
+                        r#"{"error":"endpoint rate limit exceeded"}"#
+                    };
+                    let mut r = json_error(refusal.status, body);
+                    for (name, value) in refusal.headers {
+                        r.headers_mut().insert(name, value);
+                    }
+                    return Err(r);
+                }
+            }
+        }
+        Ok(admitted)
+    }
+}
+
+fn json_error(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, crate::proxy::render::JSON);
+    r
+}
+
+/// 401 with a challenge, or 403; the body never says which check failed or why.
+fn denied(d: jwt::Denied, scheme: &'static str) -> Response<Body> {
+    match d {
+        jwt::Denied::Unauthorized => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+            r
+        }
+        jwt::Denied::Forbidden => json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#),
+    }
 }

@@ -296,6 +296,12 @@ pub struct BackendLimit {
     limiter: Direct,
 }
 
+impl std::fmt::Debug for BackendLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendLimit")
+    }
+}
+
 impl BackendLimit {
     pub fn compile(v: &Value, path: &str) -> Result<Self, Problems> {
         let Value::Object(obj) = v else { return Err(vec![problem(path, "must be an object")]) };

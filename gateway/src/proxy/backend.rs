@@ -20,6 +20,7 @@ use super::shape::Shape;
 use super::url::{UrlTemplate, Values};
 use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
 use crate::error::{Error, ErrorKind};
+use crate::policy::ratelimit::BackendLimit;
 
 /// Go's client gives up after ten redirects; so do we.
 const MAX_REDIRECTS: usize = 10;
@@ -37,6 +38,10 @@ pub struct Inbound<'a> {
     pub host: Option<&'a HeaderValue>,
     pub body: Bytes,
     pub client_ip: IpAddr,
+    /// Claims of the validated JWT, for `{JWT.x}` placeholders.
+    pub claims: Option<&'a Map<String, Value>>,
+    /// Headers every backend request carries (propagated claims, roles).
+    pub extra_headers: &'a [(HeaderName, HeaderValue)],
 }
 
 /// A backend that failed, with what it answered when it answered at all.
@@ -94,6 +99,8 @@ pub struct BackendCall {
     max_response_bytes: usize,
     concurrent_calls: usize,
     user_agent: HeaderValue,
+    /// `qos/ratelimit/proxy`: calls beyond it fail without reaching the backend.
+    limit: Option<BackendLimit>,
 }
 
 /// Intersection of the endpoint's and the backend's allow-lists.
@@ -150,6 +157,7 @@ impl BackendCall {
             max_response_bytes,
             concurrent_calls: endpoint.concurrent_calls,
             user_agent: HeaderValue::from_static(concat!("Weir Version ", env!("CARGO_PKG_VERSION"))),
+            limit: b.extra_config.get("qos/ratelimit/proxy").and_then(|v| BackendLimit::compile(v, "").ok()),
         }
     }
 
@@ -220,6 +228,16 @@ impl BackendCall {
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Response<Incoming>, Failure> {
+        if let Some(limit) = &self.limit
+            && !limit.allow()
+        {
+            return Err(Failure {
+                error: Error::upstream(ErrorKind::Status, "backend rate limit exceeded"),
+                status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                body: Bytes::new(),
+                content_type: None,
+            });
+        }
         let mut uri = self.uri(inbound, responses)?;
         let mut method = self.method.clone();
         let mut body = inbound.body.clone();
@@ -259,7 +277,7 @@ impl BackendCall {
             n => &self.hosts[self.next_host.fetch_add(1, Ordering::Relaxed) % n],
         };
         let mut path = String::with_capacity(self.url.len_hint() + inbound.query.map_or(0, str::len));
-        self.url.render_into(&mut path, &Values { params: inbound.params, responses });
+        self.url.render_into(&mut path, &Values { params: inbound.params, responses, claims: inbound.claims });
         if let Some(query) = inbound.query.filter(|q| !q.is_empty()) {
             self.append_query(&mut path, query);
         }
@@ -341,6 +359,9 @@ impl BackendCall {
         }
         if let Some(host) = inbound.host {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        for (name, value) in inbound.extra_headers {
+            headers.insert(name.clone(), value.clone());
         }
         request
     }

@@ -23,6 +23,7 @@ use super::render::render;
 use super::{Body, full};
 use crate::config::{Endpoint, OutputEncoding, StaticResponse, StaticStrategy};
 use crate::error::{Error, ErrorKind};
+use crate::policy::{Admitted, Guards};
 
 pub static COMPLETED: HeaderName = HeaderName::from_static("x-krakend-completed");
 const TRUE: HeaderValue = HeaderValue::from_static("true");
@@ -48,6 +49,8 @@ pub struct Pipeline {
     static_response: Option<StaticResponse>,
     flatmap: Option<Flatmap>,
     common: Common,
+    guards: Option<Guards>,
+    param_names: Box<[Box<str>]>,
 }
 
 /// What the backends produced together.
@@ -59,7 +62,7 @@ struct Merged {
 }
 
 impl Pipeline {
-    pub fn compile(e: &Endpoint, default_hosts: &[String], common: Common) -> Self {
+    pub fn compile(e: &Endpoint, default_hosts: &[String], common: Common, guards: Option<Guards>) -> Self {
         let backends =
             e.backends.iter().map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes)).collect();
         let secs = e.cache_ttl.as_secs();
@@ -73,12 +76,25 @@ impl Pipeline {
             // KrakenD runs the endpoint-level flatmap only where there is something merged.
             flatmap: (e.backends.len() > 1 && !e.flatmap.is_empty()).then(|| Flatmap::compile(&e.flatmap)),
             common,
+            guards,
+            param_names: crate::config::path_params(&e.path).into_iter().map(Box::from).collect(),
         }
     }
 
-    /// Whether the request body must be read before calling backends.
-    pub fn is_passthrough(&self) -> bool {
-        self.encoding == OutputEncoding::NoOp
+    /// Runs the endpoint's admission checks (auth, rate limits); a refusal comes
+    /// back as the response to send, with the gateway's usual headers.
+    pub async fn admit(
+        &self,
+        parts: &http::request::Parts,
+        client_ip: std::net::IpAddr,
+        params: &[&str],
+    ) -> Result<Admitted, Response<Body>> {
+        let Some(guards) = &self.guards else { return Ok(Admitted::default()) };
+        let named: Vec<(&str, &str)> = self.param_names.iter().map(|n| &**n).zip(params.iter().copied()).collect();
+        guards.admit(&crate::policy::Request { parts, client_ip, params: &named }).await.map_err(|mut r| {
+            self.common_headers(r.headers_mut(), false);
+            r
+        })
     }
 
     /// Runs the pipeline for one request.

@@ -32,8 +32,11 @@ enum Piece {
         path: Box<[Box<str>]>,
         raw: Box<str>,
     },
-    /// `{JWT.claim}`: sent literally until a JWT validator provides claims.
-    Jwt(Box<str>),
+    /// `{JWT.claim.path}`: a claim of the validated token; sent literally without one.
+    Jwt {
+        path: Box<[Box<str>]>,
+        raw: Box<str>,
+    },
 }
 
 /// A compiled `url_pattern`.
@@ -49,6 +52,8 @@ pub struct Values<'a> {
     pub params: &'a [&'a str],
     /// Responses of earlier backends, for sequential endpoints.
     pub responses: &'a [Option<Map<String, Value>>],
+    /// Claims of the request's validated JWT.
+    pub claims: Option<&'a Map<String, Value>>,
 }
 
 impl UrlTemplate {
@@ -74,7 +79,8 @@ impl UrlTemplate {
                     raw: rest[start..=start + len].into(),
                 }
             } else {
-                Piece::Jwt(rest[start..=start + len].into())
+                let claim = name.strip_prefix("JWT.").unwrap_or(name);
+                Piece::Jwt { path: claim.split('.').map(Box::from).collect(), raw: rest[start..=start + len].into() }
             };
             pieces.push(piece);
             rest = &rest[start + len + 1..];
@@ -109,7 +115,10 @@ impl UrlTemplate {
                         None => out.push_str(raw),
                     }
                 }
-                Piece::Jwt(raw) => out.push_str(raw),
+                Piece::Jwt { path, raw } => match values.claims.and_then(|c| lookup(c, path)) {
+                    Some(v) => out.extend(utf8_percent_encode(&format_value(v), UNSAFE_IN_SEGMENT)),
+                    None => out.push_str(raw),
+                },
             }
         }
     }
@@ -144,7 +153,7 @@ mod tests {
     fn renders_params_query_and_responses() {
         let t = UrlTemplate::compile("/u/{id}/posts?limit=5&s={slug}", "/users/{id}/{slug}");
         let mut out = String::new();
-        t.render_into(&mut out, &Values { params: &["7", "a-b"], responses: &[] });
+        t.render_into(&mut out, &Values { params: &["7", "a-b"], responses: &[], claims: None });
         assert_eq!(out, "/u/7/posts?limit=5&s=a-b");
         assert!(t.has_query());
 
@@ -152,7 +161,11 @@ mod tests {
         let resp = json!({"user":{"id":42},"tags":["a","b c"]});
         let responses = [resp.as_object().cloned()];
         let mut out = String::new();
-        t.render_into(&mut out, &Values { params: &[], responses: &responses });
+        t.render_into(&mut out, &Values { params: &[], responses: &responses, claims: None });
         assert_eq!(out, "/x/42/a,b%20c/{resp0_missing}/{JWT.sub}");
+        let claims = json!({"sub": "user/1"});
+        let mut out = String::new();
+        t.render_into(&mut out, &Values { params: &[], responses: &responses, claims: claims.as_object() });
+        assert_eq!(out, "/x/42/a,b%20c/{resp0_missing}/user%2F1");
     }
 }

@@ -31,6 +31,8 @@ pub enum CompileError {
     Route { path: String, reason: String },
     #[error("cannot set up the backend client: {0}")]
     Client(#[from] rustls::Error),
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// Switches chosen on the command line rather than in the config.
@@ -71,7 +73,8 @@ impl Runtime {
             version_header,
             max_response_bytes: service.server.max_backend_response_bytes,
         };
-        let router = Router::compile(service, flags, &common)?;
+        let policies = crate::policy::ServicePolicies::build(&service.extra_config).map_err(CompileError::Policy)?;
+        let router = Router::compile(service, flags, &common, &policies)?;
         Ok(Self {
             router,
             client,
@@ -106,6 +109,10 @@ impl Runtime {
                 Err(status) => self.error_page(status, None),
             },
             Target::Endpoint(pipeline) => {
+                let admitted = match pipeline.admit(&parts, remote.ip(), &route.params).await {
+                    Ok(a) => a,
+                    Err(refusal) => return refusal,
+                };
                 let body = match self.read_body(body).await {
                     Ok(b) => b,
                     Err(status) => return self.error_page(status, None),
@@ -123,8 +130,14 @@ impl Runtime {
                     host: host.as_ref(),
                     body,
                     client_ip: remote.ip(),
+                    claims: admitted.claims.as_deref(),
+                    extra_headers: &admitted.backend_headers,
                 };
-                pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await
+                let mut response = pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await;
+                for (name, value) in admitted.response_headers {
+                    response.headers_mut().insert(name, value);
+                }
+                response
             }
         }
     }

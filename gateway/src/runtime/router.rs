@@ -63,7 +63,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn compile(service: &Service, flags: Flags, common: &Common) -> Result<Self, CompileError> {
+    pub fn compile(
+        service: &Service,
+        flags: Flags,
+        common: &Common,
+        policies: &crate::policy::ServicePolicies,
+    ) -> Result<Self, CompileError> {
         let mut routes: Vec<Route> = Vec::new();
         let add = |routes: &mut Vec<Route>, path: &str, target: RouteTarget| {
             routes.push(Route { template: path.to_owned(), target });
@@ -80,8 +85,10 @@ impl Router {
             add(&mut routes, "/__echo/", RouteTarget::Echo);
             add(&mut routes, "/__echo/{*rest}", RouteTarget::Echo);
         }
-        for e in &service.endpoints {
-            let pipeline = Pipeline::compile(e, &service.host, common.clone());
+        for (i, e) in service.endpoints.iter().enumerate() {
+            let guards = crate::policy::Guards::build(&e.extra_config, &format!("endpoints[{i}]"), policies)
+                .map_err(CompileError::Policy)?;
+            let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards);
             match routes.iter_mut().find(|r| r.template == e.path) {
                 Some(Route { target: RouteTarget::Endpoints { methods, .. }, .. }) => {
                     methods.push((e.method.clone(), pipeline))

@@ -1,0 +1,294 @@
+//! Security and traffic policies through real gateways: JWT, API keys, basic auth,
+//! rate limits.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use crate::support::{Backend, Gateway, Reply, config};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt").join(name)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token for `alg`, signed with the fixture key of `kid`.
+fn token(alg: Algorithm, kid: &str, claims: Value) -> String {
+    signed(alg, kid, kid, claims)
+}
+
+/// A token signed with the fixture key `key` that names `kid` in its header.
+fn signed(alg: Algorithm, key: &str, kid: &str, claims: Value) -> String {
+    let pem = |f: &str| std::fs::read(fixture(f)).unwrap();
+    let key = match key {
+        "rsa" => EncodingKey::from_rsa_pem(&pem("rsa.pem")).unwrap(),
+        "rotated" => EncodingKey::from_rsa_pem(&pem("rsa2.pem")).unwrap(),
+        "ec256" => EncodingKey::from_ec_pem(&pem("ec256.pem")).unwrap(),
+        "ec384" => EncodingKey::from_ec_pem(&pem("ec384.pem")).unwrap(),
+        "ed" => EncodingKey::from_ed_pem(&pem("ed25519.pem")).unwrap(),
+        _ => EncodingKey::from_secret(b"a-shared-secret-of-at-least-64-bytes-for-hs512-0123456789abcdef"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    encode(&header, &claims, &key).unwrap()
+}
+
+fn bearer(t: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {t}"))
+}
+
+#[tokio::test]
+async fn jwt_every_algorithm_roles_and_claims_to_backends() {
+    let b = Backend::start(|s| {
+        Reply::json(json!({"path": s.uri, "user": s.headers.get("x-user").map(|v| v.to_str().unwrap().to_owned())}))
+    })
+    .await;
+    let algs = [
+        ("RS256", "rsa"),
+        ("RS384", "rsa"),
+        ("RS512", "rsa"),
+        ("PS256", "rsa"),
+        ("PS384", "rsa"),
+        ("PS512", "rsa"),
+        ("ES256", "ec256"),
+        ("ES384", "ec384"),
+        ("EdDSA", "ed"),
+        ("HS256", "hmac"),
+        ("HS384", "hmac"),
+        ("HS512", "hmac"),
+    ];
+    let jwks = fixture("jwks.json");
+    let mut endpoints: Vec<Value> = algs
+        .iter()
+        .map(|(alg, _)| {
+            json!({"endpoint": format!("/alg/{alg}"), "backend": [{"host": [b.url], "url_pattern": "/x"}],
+                "extra_config": {"auth/validator": {"alg": alg, "jwk_local_path": jwks}}})
+        })
+        .collect();
+    endpoints.push(json!({"endpoint": "/admin/{id}", "backend": [{"host": [b.url], "url_pattern": "/users/{JWT.sub}/items/{id}"}],
+        "extra_config": {"auth/validator": {"alg": "RS256", "jwk_local_path": jwks, "roles_key": "roles", "roles": ["admin"],
+            "audience": ["shop"], "issuer": "https://issuer", "propagate_claims": [["sub", "x-user"]]}}}));
+    let gw = Gateway::start(config(json!(endpoints))).await;
+
+    for (alg, kid) in algs {
+        let t = token(alg.parse().unwrap(), kid, json!({"sub": "u", "exp": now() + 60}));
+        let r = gw.send(Method::GET, &format!("/alg/{alg}"), &[(bearer(&t).0, &bearer(&t).1)], "").await;
+        assert_eq!(r.status, 200, "{alg}: {}", r.text());
+        // A token signed for another algorithm is refused.
+        let other = if alg == "RS256" {
+            token(Algorithm::HS256, "hmac", json!({"sub": "u"}))
+        } else {
+            token(Algorithm::RS256, "rsa", json!({"sub": "u"}))
+        };
+        assert_eq!(
+            gw.send(Method::GET, &format!("/alg/{alg}"), &[(bearer(&other).0, &bearer(&other).1)], "").await.status,
+            401,
+            "{alg}"
+        );
+    }
+
+    let claims = |roles: Value, exp: i64| json!({"sub": "ada", "roles": roles, "aud": "shop", "iss": "https://issuer", "exp": now() as i64 + exp});
+    let admin = token(Algorithm::RS256, "rsa", claims(json!(["admin"]), 60));
+    let r = gw.send(Method::GET, "/admin/7", &[(bearer(&admin).0, &bearer(&admin).1)], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"path": "/users/ada/items/7", "user": "ada"}));
+
+    let user = token(Algorithm::RS256, "rsa", claims(json!(["user"]), 60));
+    let r = gw.send(Method::GET, "/admin/7", &[(bearer(&user).0, &bearer(&user).1)], "").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json(), json!({"error": "forbidden"}));
+
+    let expired = token(Algorithm::RS256, "rsa", claims(json!(["admin"]), -30));
+    let r = gw.send(Method::GET, "/admin/7", &[(bearer(&expired).0, &bearer(&expired).1)], "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.json(), json!({"error": "unauthorized"}), "no hint about what failed");
+
+    let r = gw.get("/admin/7").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        b.seen().iter().filter(|s| s.uri.starts_with("/users/")).count(),
+        1,
+        "refused requests never reach the backend"
+    );
+}
+
+#[tokio::test]
+async fn jwt_keys_from_a_rotating_jwks_url() {
+    let keys = Arc::new(Mutex::new(std::fs::read_to_string(fixture("jwks.json")).unwrap()));
+    let k = keys.clone();
+    let jwks = Backend::start(move |_| Reply::raw(200, "application/json", k.lock().unwrap().clone())).await;
+    let b = Backend::json(json!({"ok": true})).await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/p", "backend": [{"host": [b.url], "url_pattern": "/"}],
+        "extra_config": {"auth/validator": {"alg": "RS256", "jwk_url": format!("{}/jwks.json", jwks.url),
+            "disable_jwk_security": true, "cache": true, "failed_jwk_key_cooldown": "300ms"}}}])))
+    .await;
+    let first = token(Algorithm::RS256, "rsa", json!({"sub": "a"}));
+    let send = |t: String| {
+        let gw = &gw;
+        async move { gw.send(Method::GET, "/p", &[("Authorization", &format!("Bearer {t}"))], "").await.status }
+    };
+    assert_eq!(send(first.clone()).await, 200);
+    assert_eq!(send(first.clone()).await, 200);
+    assert_eq!(jwks.hits(), 1, "keys are cached");
+
+    // The issuer rotates to a new key: unknown at first, picked up after the cool-down.
+    *keys.lock().unwrap() = std::fs::read_to_string(fixture("jwks-rotated.json")).unwrap();
+    let rotated = token(Algorithm::RS256, "rotated", json!({"sub": "b"}));
+    assert_eq!(send(rotated.clone()).await, 200, "an unknown kid triggers a refresh");
+    let hits = jwks.hits();
+    let bogus = signed(Algorithm::RS256, "rsa", "nope", json!({"sub": "b"}));
+    for _ in 0..5 {
+        assert_eq!(send(bogus.clone()).await, 401);
+    }
+    assert!(jwks.hits() <= hits + 1, "unknown kids do not hammer the key server: {} -> {}", hits, jwks.hits());
+}
+
+#[tokio::test]
+async fn api_keys_in_header_and_query_with_roles() {
+    let b = Backend::start(|s| {
+        Reply::json(json!({"role": s.headers.get("x-role").map(|v| v.to_str().unwrap().to_owned())}))
+    })
+    .await;
+    let mut c = config(json!([
+        {"endpoint": "/admin", "backend": [{"host": [b.url], "url_pattern": "/"}], "extra_config": {"auth/api-keys": {"roles": ["admin"]}}},
+        {"endpoint": "/any", "backend": [{"host": [b.url], "url_pattern": "/"}],
+         "extra_config": {"auth/api-keys": {"strategy": "query_string", "identifier": "api_key"}}},
+        {"endpoint": "/public", "backend": [{"host": [b.url], "url_pattern": "/"}]}
+    ]));
+    // sha256("salt" + "secret-admin-key") and ("salt" + "secret-user-key"), lower-case hex.
+    let hash = |k: &str| {
+        use std::fmt::Write;
+        let digest = <sha2_free::Sha256Hex>::of(&format!("salt{k}"));
+        let mut s = String::new();
+        let _ = write!(s, "{digest}");
+        s
+    };
+    c["extra_config"] = json!({"auth/api-keys": {"hash": "sha256", "salt": "salt", "propagate_role": "X-Role", "keys": [
+        {"key": hash("secret-admin-key"), "roles": ["admin", "user"]}, {"key": hash("secret-user-key"), "roles": ["user"]}]}});
+    let gw = Gateway::start(c).await;
+    let r = gw.send(Method::GET, "/admin", &[("Authorization", "Bearer secret-admin-key")], "").await;
+    assert_eq!((r.status, r.json()), (200, json!({"role": "admin"})));
+    assert_eq!(gw.send(Method::GET, "/admin", &[("Authorization", "Bearer secret-user-key")], "").await.status, 403);
+    assert_eq!(gw.send(Method::GET, "/admin", &[("Authorization", "Bearer secret-admin-kez")], "").await.status, 401);
+    assert_eq!(gw.get("/any?api_key=secret-user-key").await.status, 200);
+    assert_eq!(gw.get("/any?api_key=wrong").await.status, 401);
+    assert_eq!(gw.get("/public").await.status, 200);
+}
+
+/// SHA-256 in hex via the `sha256sum` tool, so the test does not share the gateway's code.
+mod sha2_free {
+    pub struct Sha256Hex(String);
+    impl Sha256Hex {
+        pub fn of(text: &str) -> Self {
+            use std::io::Write;
+            let mut child = std::process::Command::new("sha256sum")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            Self(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned())
+        }
+    }
+    impl std::fmt::Display for Sha256Hex {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_with_bcrypt_users() {
+    let b = Backend::json(json!({"ok": true})).await;
+    let hash = bcrypt_hash("s3cret");
+    let mut c = config(
+        json!([{"endpoint": "/b", "backend": [{"host": [b.url], "url_pattern": "/"}], "extra_config": {"auth/basic": {}}}]),
+    );
+    c["extra_config"] = json!({"auth/basic": {"users": {"ada": hash}}});
+    let gw = Gateway::start(c).await;
+    use base64::Engine as _;
+    let cred =
+        |u: &str, p: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+    assert_eq!(gw.send(Method::GET, "/b", &[("Authorization", &cred("ada", "s3cret"))], "").await.status, 200);
+    let r = gw.send(Method::GET, "/b", &[("Authorization", &cred("ada", "nope"))], "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"weir\""));
+    assert_eq!(gw.get("/b").await.status, 401);
+}
+
+/// A bcrypt hash from the system's crypt(3) through Python, independent of the gateway's code.
+fn bcrypt_hash(password: &str) -> String {
+    let script = "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))";
+    let out = std::process::Command::new("python3").args(["-W", "ignore", "-c", script, password]).output().unwrap();
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(hash.starts_with("$2b$"), "{hash} {}", String::from_utf8_lossy(&out.stderr));
+    hash
+}
+
+#[tokio::test]
+async fn rate_limits_hit_exactly_at_the_burst() {
+    let b = Backend::json(json!({"ok": true})).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/client", "backend": [{"host": [b.url], "url_pattern": "/"}],
+         "extra_config": {"qos/ratelimit/router": {"client_max_rate": 3, "every": "1h", "strategy": "header", "key": "X-User"}}},
+        {"endpoint": "/all", "backend": [{"host": [b.url], "url_pattern": "/"}],
+         "extra_config": {"qos/ratelimit/router": {"max_rate": 2, "every": "1h"}}},
+        {"endpoint": "/backend", "backend": [{"host": [b.url], "url_pattern": "/",
+            "extra_config": {"qos/ratelimit/proxy": {"max_rate": 1, "capacity": 1, "every": "1h"}}}]}
+    ])))
+    .await;
+    for i in 0..3 {
+        let r = gw.send(Method::GET, "/client", &[("X-User", "ada")], "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-policy"), Some("\"client\";q=3;w=3600"));
+        assert!(r.header("ratelimit").unwrap().starts_with(&format!("\"client\";r={};", 2 - i)));
+    }
+    let r = gw.send(Method::GET, "/client", &[("X-User", "ada")], "").await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(r.json(), json!({"error": "too many requests"}));
+    assert_eq!(gw.send(Method::GET, "/client", &[("X-User", "bob")], "").await.status, 200);
+
+    assert_eq!(gw.get("/all").await.status, 200);
+    assert_eq!(gw.get("/all").await.status, 200);
+    assert_eq!(gw.get("/all").await.status, 503);
+
+    assert_eq!(gw.get("/backend").await.status, 200);
+    assert_eq!(gw.get("/backend").await.status, 500, "a limited backend counts as failed");
+}
+
+#[test]
+fn check_reports_policy_problems_with_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.json");
+    std::fs::write(
+        &cfg,
+        json!({"version": 3, "host": ["http://b"], "endpoints": [
+        {"endpoint": "/a", "backend": [{"url_pattern": "/"}], "extra_config": {
+            "auth/validator": {"alg": "RS999", "jwk_url": "http://insecure"},
+            "auth/api-keys": {"roles": ["x"]},
+            "qos/ratelimit/router": {"client_max_rate": 5, "strategy": "header"}}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = crate::support::weir(&["check", "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    for want in [
+        "error: endpoints[0].extra_config.auth/validator.alg: \"RS999\" is not a JWT algorithm",
+        "error: endpoints[0].extra_config.auth/validator.jwk_url: must be https",
+        "error: endpoints[0].extra_config.auth/api-keys: needs the keys declared in the service",
+        "error: endpoints[0].extra_config.qos/ratelimit/router.key: strategy header needs the key",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}
