@@ -135,7 +135,7 @@ fn url(c: &mut Criterion) {
         b.iter(|| {
             let mut out = String::with_capacity(host.len() + template.len_hint());
             out.push_str(host);
-            template.render_into(&mut out, &Values { params: black_box(&params), responses: &[] });
+            template.render_into(&mut out, &Values { params: black_box(&params), responses: &[], claims: None });
             out
         })
     });
