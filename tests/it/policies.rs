@@ -292,3 +292,38 @@ fn check_reports_policy_problems_with_paths() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+/// Two gateways drawing from one Redis bucket (the machine's Redis on 127.0.0.1:6379).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rate_limit_is_shared_through_redis() {
+    let b = Backend::json(json!({"ok": true})).await;
+    // A path of its own per run, so the Redis keys of earlier runs do not count.
+    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let path = format!("/shared-{nonce}");
+    let gateway_config = |redis_port: u16, allow: bool| {
+        let mut c = config(json!([{"endpoint": path, "backend": [{"host": [b.url], "url_pattern": "/"}],
+            "extra_config": {"qos/ratelimit/router/redis": {"connection_pool": "shared", "client_max_rate": 4,
+                "every": "1h", "strategy": "header", "key": "X-User", "on_failure_allow": allow}}}]));
+        c["extra_config"] =
+            json!({"redis": {"connection_pools": [{"name": "shared", "address": format!("127.0.0.1:{redis_port}")}]}});
+        c
+    };
+    let one = Gateway::start(gateway_config(6379, false)).await;
+    let two = Gateway::start(gateway_config(6379, false)).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        statuses.push(gw.send(Method::GET, &path, &[("X-User", "ada")], "").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four tokens in total across both nodes");
+    let r = two.send(Method::GET, &path, &[("X-User", "ada")], "").await;
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(one.send(Method::GET, &path, &[("X-User", "bob")], "").await.status, 200);
+
+    // Redis unreachable: refused by default, let through with on_failure_allow.
+    let closed = crate::support::free_port();
+    let strict = Gateway::start(gateway_config(closed, false)).await;
+    assert_eq!(strict.send(Method::GET, &path, &[("X-User", "x")], "").await.status, 503);
+    let lenient = Gateway::start(gateway_config(closed, true)).await;
+    assert_eq!(lenient.send(Method::GET, &path, &[("X-User", "x")], "").await.status, 200);
+}

@@ -447,8 +447,14 @@ fn service(obj: &Obj, report: &mut Report) -> Service {
     let declares = policy::ServiceDeclares {
         api_keys: extra.contains_key("auth/api-keys"),
         basic: extra.contains_key("auth/basic"),
+        redis_pools: extra
+            .get("redis")
+            .and_then(|r| r.get("connection_pools"))
+            .and_then(Value::as_array)
+            .map(|pools| pools.iter().filter_map(|p| p.get("name")?.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
     };
-    namespaces(&extra, "extra_config", Scope::Service, declares, r.report);
+    namespaces(&extra, "extra_config", Scope::Service, &declares, r.report);
 
     let defaults = EndpointDefaults { timeout, cache_ttl, output_encoding, has_host: !host.is_empty(), declares };
     let mut endpoints = Vec::new();
@@ -646,7 +652,7 @@ fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
 }
 
 /// Sorts `extra_config` namespaces into supported, unsupported and unknown.
-fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: policy::ServiceDeclares, report: &mut Report) {
+fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: &policy::ServiceDeclares, report: &mut Report) {
     for ns in extra.keys() {
         if is_comment_key(ns) {
             continue;
@@ -750,7 +756,7 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
     let input_query_strings = name_filter(&mut r, "input_query_strings").unwrap_or(NameFilter::Only(Vec::new()));
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
-    namespaces(&extra, &extra_path, Scope::Endpoint, defaults.declares, r.report);
+    namespaces(&extra, &extra_path, Scope::Endpoint, &defaults.declares, r.report);
     let (sequential, static_response, flatmap) = endpoint_proxy(&extra, &extra_path, r.report);
 
     let params = path_params(&route);
@@ -1018,7 +1024,7 @@ fn backend(obj: &Obj, path: &str, cx: &BackendContext<'_>, report: &mut Report) 
 
     let extra = r.object("extra_config").cloned().unwrap_or_default();
     let extra_path = r.at("extra_config");
-    namespaces(&extra, &extra_path, Scope::Backend, cx.defaults.declares, r.report);
+    namespaces(&extra, &extra_path, Scope::Backend, &cx.defaults.declares, r.report);
     let mut flatmap_ops = Vec::new();
     if let Some(v) = extra.get("proxy") {
         let ppath = join(&extra_path, "proxy");

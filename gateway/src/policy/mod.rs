@@ -10,6 +10,7 @@ pub mod apikeys;
 pub mod basic;
 pub mod jwt;
 pub mod ratelimit;
+pub mod redis_limit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -41,21 +42,26 @@ pub enum Scope {
 /// Whether Weir implements a namespace at a scope.
 pub fn supports(scope: Scope, ns: &str) -> bool {
     match scope {
-        Scope::Service => matches!(ns, "auth/api-keys" | "auth/basic"),
-        Scope::Endpoint => matches!(ns, "auth/validator" | "auth/api-keys" | "auth/basic" | "qos/ratelimit/router"),
+        Scope::Service => matches!(ns, "auth/api-keys" | "auth/basic" | "redis"),
+        Scope::Endpoint => matches!(
+            ns,
+            "auth/validator" | "auth/api-keys" | "auth/basic" | "qos/ratelimit/router" | "qos/ratelimit/router/redis"
+        ),
         Scope::Backend => matches!(ns, "qos/ratelimit/proxy"),
     }
 }
 
 /// What the service declares that endpoints may refer to.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServiceDeclares {
     pub api_keys: bool,
     pub basic: bool,
+    /// Names of `redis.connection_pools`.
+    pub redis_pools: Vec<String>,
 }
 
 /// Checks a supported namespace's settings without I/O: what `weir check` reports.
-pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, declares: ServiceDeclares) -> Problems {
+pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, declares: &ServiceDeclares) -> Problems {
     let result = match (scope, ns) {
         (_, "auth/validator") => jwt::JwtSettings::parse(v, path).map(drop),
         (Scope::Service, "auth/api-keys") => apikeys::ApiKeys::compile(v, path).map(drop),
@@ -71,6 +77,14 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "auth/basic") => basic::BasicSettings::parse(v, path).map(drop),
         (_, "qos/ratelimit/router") => ratelimit::RouterLimit::compile(v, path).map(drop),
         (_, "qos/ratelimit/proxy") => ratelimit::BackendLimit::compile(v, path).map(drop),
+        (_, "redis") => redis_limit::Pools::compile(v, path).map(drop),
+        (_, "qos/ratelimit/router/redis") => {
+            // Only the pool names matter here: clients are created but never connected.
+            let pools = serde_json::json!({"connection_pools": declares.redis_pools.iter()
+                .map(|n| serde_json::json!({"name": n, "address": "127.0.0.1:6379"})).collect::<Vec<_>>()});
+            let pools = redis_limit::Pools::compile(&pools, path).unwrap_or_default();
+            redis_limit::RedisLimit::compile(v, path, "check", &pools).map(drop)
+        }
         _ => Ok(()),
     };
     result.err().unwrap_or_default()
@@ -81,6 +95,7 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
 pub struct ServicePolicies {
     api_keys: Option<Arc<apikeys::ApiKeys>>,
     basic: Option<Arc<basic::BasicAuth>>,
+    redis: redis_limit::Pools,
 }
 
 fn joined(problems: Problems) -> String {
@@ -101,7 +116,11 @@ impl ServicePolicies {
             }
             None => None,
         };
-        Ok(Self { api_keys, basic })
+        let redis = match extra.get("redis") {
+            Some(v) => redis_limit::Pools::compile(v, "extra_config.redis").map_err(joined)?,
+            None => redis_limit::Pools::default(),
+        };
+        Ok(Self { api_keys, basic, redis })
     }
 }
 
@@ -112,6 +131,7 @@ pub struct Guards {
     api_keys: Option<apikeys::ApiKeyGuard>,
     basic: Option<Arc<basic::BasicAuth>>,
     rate_limit: Option<ratelimit::RouterLimit>,
+    cluster_limit: Option<redis_limit::RedisLimit>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -121,6 +141,7 @@ impl std::fmt::Debug for Guards {
             .field("api_keys", &self.api_keys.is_some())
             .field("basic", &self.basic.is_some())
             .field("rate_limit", &self.rate_limit.is_some())
+            .field("cluster_limit", &self.cluster_limit.is_some())
             .finish()
     }
 }
@@ -144,7 +165,13 @@ pub struct Request<'a> {
 
 impl Guards {
     /// Compiles an endpoint's guards; `None` when it has none.
-    pub fn build(extra: &Map<String, Value>, path: &str, service: &ServicePolicies) -> Result<Option<Self>, String> {
+    /// `id` names the endpoint in shared (Redis) state: method and path.
+    pub fn build(
+        extra: &Map<String, Value>,
+        path: &str,
+        id: &str,
+        service: &ServicePolicies,
+    ) -> Result<Option<Self>, String> {
         let at = |ns: &str| format!("{path}.extra_config.{ns}");
         let jwt = match extra.get("auth/validator") {
             Some(v) => {
@@ -170,10 +197,17 @@ impl Guards {
             Some(v) => Some(ratelimit::RouterLimit::compile(v, &at("qos/ratelimit/router")).map_err(joined)?),
             None => None,
         };
-        if jwt.is_none() && api_keys.is_none() && basic.is_none() && rate_limit.is_none() {
+        let cluster_limit = match extra.get("qos/ratelimit/router/redis") {
+            Some(v) => Some(
+                redis_limit::RedisLimit::compile(v, &at("qos/ratelimit/router/redis"), id, &service.redis)
+                    .map_err(joined)?,
+            ),
+            None => None,
+        };
+        if jwt.is_none() && api_keys.is_none() && basic.is_none() && rate_limit.is_none() && cluster_limit.is_none() {
             return Ok(None);
         }
-        Ok(Some(Self { jwt, api_keys, basic, rate_limit }))
+        Ok(Some(Self { jwt, api_keys, basic, rate_limit, cluster_limit }))
     }
 
     /// Admits a request, or answers it with the refusal.
@@ -193,27 +227,31 @@ impl Guards {
         if let Some(basic) = &self.basic {
             basic.check(headers).await.map_err(|d| denied(d, "Basic realm=\"weir\""))?;
         }
+        let who = ratelimit::Who { ip: req.client_ip, headers, params: req.params, claims: admitted.claims.as_deref() };
         if let Some(limit) = &self.rate_limit {
-            let who =
-                ratelimit::Who { ip: req.client_ip, headers, params: req.params, claims: admitted.claims.as_deref() };
-            match limit.check(&who) {
-                Ok(h) => admitted.response_headers.extend(h),
-                Err(refusal) => {
-                    let body = if refusal.status == StatusCode::TOO_MANY_REQUESTS {
-                        r#"{"error":"too many requests"}"#
-                    } else {
-                        r#"{"error":"endpoint rate limit exceeded"}"#
-                    };
-                    let mut r = json_error(refusal.status, body);
-                    for (name, value) in refusal.headers {
-                        r.headers_mut().insert(name, value);
-                    }
-                    return Err(r);
-                }
+            admitted.response_headers.extend(limit.check(&who).map_err(limited)?);
+        }
+        if let Some(limit) = &self.cluster_limit {
+            let h = limit.check(&who).await.map_err(limited)?;
+            if admitted.response_headers.is_empty() {
+                admitted.response_headers.extend(h);
             }
         }
         Ok(admitted)
     }
+}
+
+fn limited(refusal: ratelimit::Refusal) -> Response<Body> {
+    let body = match refusal.status {
+        StatusCode::TOO_MANY_REQUESTS => r#"{"error":"too many requests"}"#,
+        _ if refusal.headers.is_empty() => r#"{"error":"rate limit unavailable"}"#,
+        _ => r#"{"error":"endpoint rate limit exceeded"}"#,
+    };
+    let mut r = json_error(refusal.status, body);
+    for (name, value) in refusal.headers {
+        r.headers_mut().insert(name, value);
+    }
+    r
 }
 
 fn json_error(status: StatusCode, body: &'static str) -> Response<Body> {

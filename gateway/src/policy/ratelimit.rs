@@ -28,10 +28,10 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 /// What a bucket is: `rate` tokens every `every`, holding at most `capacity`.
 #[derive(Debug, Clone, Copy)]
-struct Rate {
-    rate: f64,
-    every: Duration,
-    capacity: u32,
+pub(super) struct Rate {
+    pub(super) rate: f64,
+    pub(super) every: Duration,
+    pub(super) capacity: u32,
 }
 
 impl Rate {
@@ -41,7 +41,7 @@ impl Rate {
     }
 
     /// `RateLimit-Policy: "name";q=<rate>;w=<seconds>`.
-    fn policy(self, name: &str) -> HeaderValue {
+    pub(super) fn policy(self, name: &str) -> HeaderValue {
         let q = self.rate.round().max(1.0) as u64;
         let w = self.every.as_secs().max(1);
         HeaderValue::try_from(format!("\"{name}\";q={q};w={w}")).unwrap_or(HeaderValue::from_static(""))
@@ -49,7 +49,7 @@ impl Rate {
 }
 
 /// `every`, the period rates refer to (default 1 s).
-fn every(obj: &Map<String, Value>, path: &str, p: &mut Problems) -> Option<Duration> {
+pub(super) fn every(obj: &Map<String, Value>, path: &str, p: &mut Problems) -> Option<Duration> {
     match obj.get("every").and_then(Value::as_str) {
         None => Some(Duration::from_secs(1)),
         Some(s) => match crate::config::parse_duration(s) {
@@ -66,7 +66,7 @@ fn every(obj: &Map<String, Value>, path: &str, p: &mut Problems) -> Option<Durat
     }
 }
 
-fn rate(
+pub(super) fn rate(
     obj: &Map<String, Value>,
     every: Option<Duration>,
     rate_key: &str,
@@ -100,7 +100,7 @@ fn rate(
 
 /// How a client is told apart for `client_max_rate`.
 #[derive(Debug, Clone)]
-enum ClientKey {
+pub(super) enum ClientKey {
     Ip,
     Header(HeaderName),
     Param(String),
@@ -144,7 +144,12 @@ pub struct RouterLimit {
     client: Option<ClientBuckets>,
 }
 
-fn remaining_headers(policy: &HeaderValue, name: &str, rate: Rate, remaining: u32) -> [(HeaderName, HeaderValue); 2] {
+pub(super) fn remaining_headers(
+    policy: &HeaderValue,
+    name: &str,
+    rate: Rate,
+    remaining: u32,
+) -> [(HeaderName, HeaderValue); 2] {
     // Seconds until the bucket is full again: each missing token takes one period.
     let missing = rate.capacity.saturating_sub(remaining);
     let reset = rate.every.div_f64(rate.rate).mul_f64(f64::from(missing)).as_secs_f64().ceil() as u64;
@@ -153,7 +158,7 @@ fn remaining_headers(policy: &HeaderValue, name: &str, rate: Rate, remaining: u3
     [(RATELIMIT_POLICY.clone(), policy.clone()), (RATELIMIT.clone(), value)]
 }
 
-fn refusal(status: StatusCode, policy: &HeaderValue, name: &str, wait: Duration) -> Refusal {
+pub(super) fn refusal(status: StatusCode, policy: &HeaderValue, name: &str, wait: Duration) -> Refusal {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     Refusal {
         status,
@@ -180,32 +185,7 @@ impl RouterLimit {
                 policy: r.policy("endpoint"),
             })
         });
-        let key = match obj.get("strategy").and_then(Value::as_str) {
-            None | Some("ip") => Some(ClientKey::Ip),
-            Some(s @ ("header" | "param" | "jwt")) => {
-                match obj.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()) {
-                    None => {
-                        p.push(problem(
-                            &format!("{path}.key"),
-                            format!("strategy {s} needs the key (header name, parameter or claim)"),
-                        ));
-                        None
-                    }
-                    Some(k) => match s {
-                        "header" => HeaderName::try_from(k)
-                            .map(ClientKey::Header)
-                            .map_err(|_| p.push(problem(&format!("{path}.key"), format!("{k:?} is not a header name"))))
-                            .ok(),
-                        "param" => Some(ClientKey::Param(k.to_owned())),
-                        _ => Some(ClientKey::Claim(k.split('.').map(str::to_owned).collect())),
-                    },
-                }
-            }
-            Some(other) => {
-                p.push(problem(&format!("{path}.strategy"), format!("{other:?} is not ip, header, param or jwt")));
-                None
-            }
-        };
+        let key = client_key_setting(obj, path, &mut p);
         let client = rate(obj, period, "client_max_rate", "client_capacity", path, &mut p).and_then(|r| {
             Some(ClientBuckets {
                 limiter: RateLimiter::dashmap(r.quota()?).with_middleware(),
@@ -276,7 +256,7 @@ impl RouterLimit {
     }
 }
 
-fn client_key(key: &ClientKey, who: &Who<'_>) -> Option<String> {
+pub(super) fn client_key(key: &ClientKey, who: &Who<'_>) -> Option<String> {
     match key {
         ClientKey::Ip => Some(who.ip.to_string()),
         ClientKey::Header(h) => who.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_owned),
@@ -287,6 +267,36 @@ fn client_key(key: &ClientKey, who: &Who<'_>) -> Option<String> {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
+        }
+    }
+}
+
+/// `strategy` and `key`: how clients are told apart.
+pub(super) fn client_key_setting(obj: &Map<String, Value>, path: &str, p: &mut Problems) -> Option<ClientKey> {
+    match obj.get("strategy").and_then(Value::as_str) {
+        None | Some("ip") => Some(ClientKey::Ip),
+        Some(s @ ("header" | "param" | "jwt")) => {
+            match obj.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+                None => {
+                    p.push(problem(
+                        &format!("{path}.key"),
+                        format!("strategy {s} needs the key (header name, parameter or claim)"),
+                    ));
+                    None
+                }
+                Some(k) => match s {
+                    "header" => HeaderName::try_from(k)
+                        .map(ClientKey::Header)
+                        .map_err(|_| p.push(problem(&format!("{path}.key"), format!("{k:?} is not a header name"))))
+                        .ok(),
+                    "param" => Some(ClientKey::Param(k.to_owned())),
+                    _ => Some(ClientKey::Claim(k.split('.').map(str::to_owned).collect())),
+                },
+            }
+        }
+        Some(other) => {
+            p.push(problem(&format!("{path}.strategy"), format!("{other:?} is not ip, header, param or jwt")));
+            None
         }
     }
 }

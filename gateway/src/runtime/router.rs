@@ -86,7 +86,8 @@ impl Router {
             add(&mut routes, "/__echo/{*rest}", RouteTarget::Echo);
         }
         for (i, e) in service.endpoints.iter().enumerate() {
-            let guards = crate::policy::Guards::build(&e.extra_config, &format!("endpoints[{i}]"), policies)
+            let id = format!("{} {}", e.method, e.path);
+            let guards = crate::policy::Guards::build(&e.extra_config, &format!("endpoints[{i}]"), &id, policies)
                 .map_err(CompileError::Policy)?;
             let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards);
             match routes.iter_mut().find(|r| r.template == e.path) {
