@@ -11,6 +11,7 @@ pub mod basic;
 pub mod jwt;
 pub mod ratelimit;
 pub mod redis_limit;
+pub mod signer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
