@@ -6,6 +6,9 @@
 //! component's `compile` reports every problem of its settings with the config
 //! path, so `weir check` shows them together with the rest of the config.
 
+pub mod cors;
+mod settings;
+
 use crate::config::Problem;
 
 /// Problems found while compiling a component's settings.
