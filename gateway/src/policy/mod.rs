@@ -7,6 +7,7 @@
 //! path, so `weir check` shows them together with the rest of the config.
 
 pub mod cors;
+pub mod security;
 mod settings;
 
 use crate::config::Problem;

@@ -68,6 +68,17 @@ impl<'a> Settings<'a> {
         }
     }
 
+    pub(crate) fn string(&mut self, key: &str) -> Option<&'a str> {
+        match self.get(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                let k = kind(other);
+                self.error(key, format!("must be a string, found {k}"));
+                None
+            }
+        }
+    }
+
     /// A list of strings with each item's index, for problems about single items.
     /// Items that are not strings are reported and left out.
     pub(crate) fn strings(&mut self, key: &str) -> Option<Vec<(usize, &'a str)>> {
@@ -119,6 +130,17 @@ impl<'a> Settings<'a> {
             other => {
                 let k = kind(other);
                 self.error(key, format!("must be a duration string like \"12h\", found {k}"));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn object(&mut self, key: &str) -> Option<&'a Map<String, Value>> {
+        match self.get(key)? {
+            Value::Object(m) => Some(m),
+            other => {
+                let k = kind(other);
+                self.error(key, format!("must be an object, found {k}"));
                 None
             }
         }
