@@ -6,6 +6,7 @@
 //! component's `compile` reports every problem of its settings with the config
 //! path, so `weir check` shows them together with the rest of the config.
 
+pub mod bot;
 pub mod cors;
 pub mod security;
 mod settings;
