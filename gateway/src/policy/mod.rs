@@ -8,6 +8,7 @@
 
 pub mod bot;
 pub mod cors;
+pub mod ip;
 pub mod security;
 mod settings;
 
