@@ -7,6 +7,7 @@
 //! path, so `weir check` shows them together with the rest of the config.
 
 pub mod bot;
+pub mod compress;
 pub mod cors;
 pub mod ip;
 pub mod security;
