@@ -8,10 +8,16 @@
 
 pub mod apikeys;
 pub mod basic;
+pub mod bot;
+pub mod compress;
+pub mod cors;
+pub mod ip;
 pub mod jwt;
 pub mod ratelimit;
 pub mod redis_limit;
+pub mod security;
 pub mod signer;
+mod settings;
 
 use std::net::IpAddr;
 use std::sync::Arc;
