@@ -5,24 +5,27 @@
 #   tests/bench/run.sh                      # defaults: 10 s per scenario, 64 connections
 #   DURATION=30 tests/bench/run.sh          # longer runs
 #   WEIR_BIN=/path/to/weir tests/bench/run.sh
-#   OTHER_GATEWAY_CMD='krakend run -c /tmp/k.json -p {port}' tests/bench/run.sh
+#   OTHER_GATEWAY_CMD='./my-krakend.sh {port} {upstream}' tests/bench/run.sh
 #
 # Environment:
 #   DURATION            seconds per measured scenario (default 10)
 #   WARMUP              seconds of warm-up load before each measurement (default 2)
 #   CONNECTIONS         keep-alive connections of wrk (default 64)
 #   WEIR_BIN            use this weir binary instead of building target/release/weir
-#   OTHER_GATEWAY_CMD   another gateway to measure under the same pinning; `{port}` is the
-#                       port it must listen on (127.0.0.1), `{upstream}` the upstream base URL
-#                       (http://127.0.0.1:N). It must proxy GET $OTHER_GATEWAY_PATH
-#                       (default /user) to {upstream}/user.
+#   OTHER_GATEWAY_CMD   another gateway to measure under the same pinning: one command,
+#                       exec'd (a wrapper script should end with `exec`, so that the RSS
+#                       measured is the gateway's); `{port}` is the port it must listen on
+#                       (127.0.0.1), `{upstream}` the upstream base URL (http://127.0.0.1:N).
+#                       It must proxy GET $OTHER_GATEWAY_PATH (default /user) to
+#                       {upstream}/user.
 #   OTHER_GATEWAY_NAME  its label in the table (default "other gateway")
 #   KEEP_TMP=1          keep the generated configs, logs and wrk outputs
 #
 # Layout: the proxy under test runs alone on one CPU; the upstream (nginx serving two JSON
 # documents from memory) and wrk share another, so the proxy's numbers are not disturbed by
 # the load generator. Only loopback addresses are used.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "run.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -146,14 +149,28 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")
 PIDS=()
 
+# child_pids PID: its direct children.
+child_pids() {
+    if command -v pgrep >/dev/null 2>&1; then
+        pgrep -P "$1" || true
+    else
+        ps -o pid= --ppid "$1" 2>/dev/null || true
+    fi
+}
+
+# stop_pid PID: TERM, then KILL after 5 s; children too (an nginx master's workers).
 stop_pid() {
-    local pid=$1 i
+    local pid=$1 i children
+    children=$(child_pids "$pid")
     kill -TERM "$pid" 2>/dev/null || return 0
     for ((i = 0; i < 50; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        # shellcheck disable=SC2086 # a list of pids
+        kill -KILL "$pid" $children 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
 }
 
@@ -187,13 +204,18 @@ stop_and_forget() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# alloc_port VAR: a free loopback port, never handed out twice in this run.
-NEXT_PORT=$((20000 + RANDOM % 20000))
+# alloc_port VAR: a free loopback port, never handed out twice in this run. Taken below the
+# ephemeral range: thousands of client connections use local ports there, and one of them
+# would make a later listener fail with "address in use".
+PORT_LOW=10000
+PORT_HIGH=$(awk '{print $1 - 1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32767)
+((PORT_HIGH > PORT_LOW + 1000)) || PORT_HIGH=$((PORT_LOW + 1000))
+NEXT_PORT=$((PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW - 200)))
 alloc_port() {
     local i
     for ((i = 0; i < 500; i++)); do
         NEXT_PORT=$((NEXT_PORT + 1))
-        ((NEXT_PORT < 60000)) || NEXT_PORT=20000
+        ((NEXT_PORT <= PORT_HIGH)) || NEXT_PORT=$PORT_LOW
         if ! port_in_use "$NEXT_PORT"; then
             printf -v "$1" '%s' "$NEXT_PORT"
             return 0
@@ -227,13 +249,39 @@ vmhwm_kb() {
     echo "${kb:-0}"
 }
 
-child_pids() {
-    if command -v pgrep >/dev/null 2>&1; then
-        pgrep -P "$1" || true
-    else
-        ps -o pid= --ppid "$1" 2>/dev/null || true
-    fi
+# Other processes' CPU use during a measurement, to flag numbers that are not comparable:
+# all busy CPU time (/proc/stat, with (soft)irq time, which the kernel mostly charges to the
+# task it interrupted, and steal time, which a hypervisor takes away) minus the time of the
+# proxy, the upstream and wrk (a waited-for child, so counted by `times`).
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+NCPU_ALL=$(grep -c '^cpu[0-9]' /proc/stat)
+NOISY_CPUS=0.10
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+proc_ticks() {
+    local t=0 p v
+    for p in "$@"; do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
 }
+# cpu_sample VAR PIDS...: "busy total ours" now, into VAR. Not to be called in a subshell,
+# whose `times` would not count this shell's children.
+cpu_sample() {
+    local var=$1 children
+    shift
+    times >"$TMP/times"
+    children=$(awk -v hz="$CLK_TCK" 'function sec(v, a) { split(v, a, "m"); return a[1] * 60 + a[2] }
+        NR == 2 { printf "%.0f", (sec($1) + sec($2)) * hz }' "$TMP/times")
+    printf -v "$var" '%s %s' "$(machine_ticks)" "$(($(proc_ticks "$@") + ${children:-0}))"
+}
+# other_cpus BEFORE AFTER: CPUs' worth of time used by other processes in between.
+other_cpus() {
+    awk -v a="$1" -v b="$2" -v n="$NCPU_ALL" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        wall = (y[2] - x[2]) / n; other = (y[1] - x[1]) - (y[3] - x[3]);
+        printf "%.2f", ((wall > 0 && other > 0) ? other / wall : 0) }'
+}
+is_noisy() { awk -v v="$1" -v t="$NOISY_CPUS" 'BEGIN { exit !(v > t) }'; }
 
 # ---------------------------------------------------------------------------------------
 # Upstream: nginx serving two JSON documents from memory
@@ -244,7 +292,8 @@ child_pids() {
 USER_JSON='{"id":48213,"username":"jdoe","email":"jane.doe@example.com","first_name":"Jane","last_name":"Doe","phone":"+1-202-555-0143","locale":"en-US","timezone":"America/New_York","status":"active","email_verified":true,"created_at":"2021-03-14T09:26:53Z","updated_at":"2024-11-02T17:45:10Z","last_login_at":"2025-01-20T08:12:44Z","login_count":1287,"plan":"premium","avatar_url":"https://cdn.example.com/avatars/48213.png","bio":"Backend engineer, coffee drinker and occasional cyclist.","newsletter":false}'
 PROFILE_JSON='{"profile_id":"p-48213","display_name":"Jane D.","company":"Acme Corp","job_title":"Staff Engineer","address":{"street":"1600 Pennsylvania Ave NW","city":"Washington","state":"DC","postal_code":"20500","country":"US","geo":{"lat":38.8977,"lng":-77.0365}},"roles":["admin","editor","billing"],"preferences":{"theme":"dark","language":"en","notifications":{"email":true,"sms":false}},"social":[{"network":"github","handle":"janedoe"},{"network":"mastodon","handle":"@jane@example.social"}],"score":4.87}'
 
-# nginx_common NAME: main-context and http-context lines shared by both nginx instances.
+# nginx_main NAME / nginx_http_common NAME: main- and http-context lines shared by every
+# nginx instance, with its pid file, logs and temp paths under $TMP/NAME.
 nginx_main() {
     local name=$1
     mkdir -p "$TMP/$name"
@@ -363,11 +412,13 @@ EP_MERGE='{"endpoint": "/merged", "output_encoding": "json",
 # Measurements
 # ---------------------------------------------------------------------------------------
 
-ROW_NAME=() ROW_RPS=() ROW_P50=() ROW_P99=() ROW_RSS=() ROW_ERR=() ROW_NOTE=()
+ROW_NAME=() ROW_RPS=() ROW_P50=() ROW_P99=() ROW_RSS=() ROW_ERR=() ROW_NOTE=() ROW_OTHER=() ROW_PCPU=()
 NOTES=()
+NOISY=0
 
-add_row() { # name rps p50 p99 rss_mb errors note
+add_row() { # name rps p50 p99 rss_mb errors note [other_cpus proxy_cpu]
     ROW_NAME+=("$1") ROW_RPS+=("$2") ROW_P50+=("$3") ROW_P99+=("$4") ROW_RSS+=("$5") ROW_ERR+=("$6") ROW_NOTE+=("$7")
+    ROW_OTHER+=("${8:--}") ROW_PCPU+=("${9:--}")
 }
 
 # run_wrk OUT CONNECTIONS SECONDS URL [wrk args...]
@@ -410,18 +461,33 @@ measure() {
     fi
     log "  $name: warm-up ${WARMUP}s, measuring ${DURATION}s"
     if ((WARMUP > 0)); then
-        run_wrk "$TMP/$name.warmup.txt" "$CONNECTIONS" "$WARMUP" "$url" "$@"
+        run_wrk "$TMP/warmup-${#ROW_NAME[@]}.txt" "$CONNECTIONS" "$WARMUP" "$url" "$@"
     fi
-    local out="$TMP/wrk-${#ROW_NAME[@]}.txt"
+    local out="$TMP/wrk-${#ROW_NAME[@]}.txt" ours before after other note=""
+    ours="$UPSTREAM_PID $(child_pids "$UPSTREAM_PID") $pid $(child_pids "$pid")"
+    local proxy_pids proxy0 proxy1 t0 t1 proxy_cpu
+    proxy_pids="$pid $(child_pids "$pid")"
+    cpu_sample before $ours
+    proxy0=$(proc_ticks $proxy_pids) t0=$(date +%s%N)
     run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url" "$@"
+    proxy1=$(proc_ticks $proxy_pids) t1=$(date +%s%N)
+    cpu_sample after $ours
+    other=$(other_cpus "$before" "$after")
+    # Near 1.00 (with pinning) the proxy was the bottleneck, as intended; well below, the
+    # load side was.
+    proxy_cpu=$(awk -v d="$((proxy1 - proxy0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" 'BEGIN { printf "%.2f", (ns > 0 ? d / hz / (ns / 1e9) : 0) }')
     parse_wrk "$out"
     local kb=0 p
     for p in $rss_pids; do kb=$((kb + $(vmhwm_kb "$p"))); done
     if ! kill -0 "$pid" 2>/dev/null; then
         W_ERR="process exited during the run"
     fi
-    add_row "$name" "$W_RPS" "$W_P50" "$W_P99" "$(mb "$kb")" "$W_ERR" ""
-    log "    $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms, peak RSS $(mb "$kb") MB, errors: $W_ERR"
+    if is_noisy "$other"; then
+        note="noisy: other processes used $other CPU"
+        NOISY=1
+    fi
+    add_row "$name" "$W_RPS" "$W_P50" "$W_P99" "$(mb "$kb")" "$W_ERR" "$note" "$other" "$proxy_cpu"
+    log "    $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms, peak RSS $(mb "$kb") MB, errors: $W_ERR, proxy CPU $proxy_cpu, other CPU $other${note:+ (noisy)}"
 }
 
 # start_weir VAR CONFIG PORT: starts weir pinned, waits for /__health; returns 1 on failure.
@@ -451,9 +517,31 @@ weir_scenario() {
         add_row "$name" - - - - "did not start" "FAILED: weir did not start"
         return 0
     fi
+    local unauth=""
+    if [[ -n ${EXPECT_401:-} ]]; then
+        # Proof that the validator is in the path: no token, no entry.
+        unauth=$(http_status "http://127.0.0.1:$port$path")
+    fi
     measure "$name" "http://127.0.0.1:$port$path" "$pid" "$pid" "$@"
+    if [[ -n $unauth && $unauth != 401 ]]; then
+        ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }without a token: $unauth, not 401"
+    fi
     stop_and_forget "$pid"
 }
+
+# Other work on the machine skews everything; say so rather than publish noise.
+cpu_busy_pct() {
+    local a b
+    a=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2];
+        printf "%.0f", ((busy + idle > 0) ? 100 * busy / (busy + idle) : 0) }'
+}
+BUSY_BEFORE=$(cpu_busy_pct)
+if ((BUSY_BEFORE > 20)); then
+    log "warning: the CPUs were ${BUSY_BEFORE}% busy before the run (upstream idle); results will be noisy"
+fi
 
 log "weir:     $WEIR_BIN ($("$WEIR_BIN" version 2>/dev/null || echo '?'))"
 log "nginx:    $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
@@ -531,19 +619,45 @@ print(signing_input.decode() + "." + b64(sig))
 PY
 }
 
-POLICY_SKIP="skipped: needs auth/validator, qos/ratelimit/router (not implemented yet)"
-if check=$("$WEIR_BIN" check -c "$TMP/weir-policy.json" 2>&1) || ! grep -q '^unsupported:' <<<"$check"; then
-    if ! command -v openssl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
-        log "  $POLICY_NAME: skipped: needs openssl and python3 to make a JWT"
-        add_row "$POLICY_NAME" - - - - - "skipped: needs openssl and python3 to make a JWT"
-    elif ! TOKEN=$(make_jwt); then
-        add_row "$POLICY_NAME" - - - - - "skipped: could not make a JWT"
-    else
-        weir_scenario "$POLICY_NAME" "$TMP/weir-policy.json" "$P" /secure -H "Authorization: Bearer $TOKEN"
-    fi
-else
+# The scenario runs once weir implements the components: a first check, before any key
+# exists, looks only for the unsupported components `run` would refuse; the real check,
+# with the JWK in place, happens in weir_scenario.
+precheck=$("$WEIR_BIN" check -c "$TMP/weir-policy.json" 2>&1 || true)
+# e.g. `unsupported: endpoints[0].extra_config: "auth/validator" is not supported yet (run refuses ...)`
+# unsupported_list blocking|ignored: the namespaces of that kind, comma-separated.
+unsupported_list() {
+    local line ns out=()
+    while IFS= read -r line; do
+        [[ $line == unsupported:* ]] || continue
+        if [[ $line == *"(ignored)"* ]]; then
+            [[ $1 == ignored ]] || continue
+        else
+            [[ $1 == blocking ]] || continue
+        fi
+        ns=$(sed -n 's/^[^"]*"\([^"]*\)".*/\1/p' <<<"$line")
+        [[ -z $ns || " ${out[*]} " == *" $ns "* ]] || out+=("$ns")
+    done <<<"$precheck"
+    local joined
+    printf -v joined '%s, ' "${out[@]}"
+    [[ ${#out[@]} -eq 0 ]] || echo "${joined%, }"
+}
+BLOCKING=$(unsupported_list blocking)
+IGNORED=$(unsupported_list ignored)
+if [[ -n $BLOCKING ]]; then
+    POLICY_SKIP="skipped: needs $BLOCKING (not implemented yet)"
     log "  $POLICY_NAME: $POLICY_SKIP"
     add_row "$POLICY_NAME" - - - - - "$POLICY_SKIP"
+elif ! command -v openssl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
+    log "  $POLICY_NAME: skipped: needs openssl and python3 to make a JWT"
+    add_row "$POLICY_NAME" - - - - - "skipped: needs openssl and python3 to make a JWT"
+elif ! TOKEN=$(make_jwt); then
+    add_row "$POLICY_NAME" - - - - - "skipped: could not make a JWT"
+else
+    EXPECT_401=1 weir_scenario "$POLICY_NAME" "$TMP/weir-policy.json" "$P" /secure -H "Authorization: Bearer $TOKEN"
+    NOTES+=("$POLICY_NAME: every request carries the same RS256 token, so after the first one its verification may come from a cache; rate limits set high enough never to reject")
+    if [[ -n $IGNORED ]]; then
+        ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }$IGNORED ignored by weir (not implemented yet)"
+    fi
 fi
 
 # 6. Any other gateway, under the same pinning.
@@ -557,7 +671,7 @@ if [[ -n ${OTHER_GATEWAY_CMD:-} ]]; then
     start_bg OTHER_PID "$TMP/other.log" "${PIN_PROXY[@]}" bash -c "exec $cmd"
     if wait_ready "$url" "$OTHER_PID" 30; then
         measure "$OTHER_NAME" "$url" "$OTHER_PID" "$OTHER_PID"
-        ROW_NOTE[-1]="RSS of the started process only"
+        ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }RSS of the started process only"
     else
         tail -n 20 "$TMP/other.log" >&2 || true
         add_row "$OTHER_NAME" - - - - "did not start" "FAILED: no 200 from $url within 30 s"
@@ -569,11 +683,19 @@ fi
 log ""
 log "$MANY_CONNECTIONS concurrent connections (${MANY_DURATION}s):"
 many() { # NAME URL PID RSS_PIDS
-    local out="$TMP/many-$3.txt" kb=0 p
+    local out="$TMP/many-$3.txt" kb=0 p ours before after other
+    ours="$UPSTREAM_PID $(child_pids "$UPSTREAM_PID") $3 $(child_pids "$3")"
+    cpu_sample before $ours
     run_wrk "$out" "$MANY_CONNECTIONS" "$MANY_DURATION" "$2"
+    cpu_sample after $ours
+    other=$(other_cpus "$before" "$after")
     parse_wrk "$out"
     for p in $4; do kb=$((kb + $(vmhwm_kb "$p"))); done
     local line="$1 with $MANY_CONNECTIONS connections: peak RSS $(mb "$kb") MB, $W_RPS req/s, p99 $W_P99 ms, errors: $W_ERR"
+    if is_noisy "$other"; then
+        line+=" (noisy: other processes used $other CPU)"
+        NOISY=1
+    fi
     log "  $line"
     NOTES+=("$line")
 }
@@ -641,7 +763,7 @@ ratio() { # value reference
     awk -v v="$1" -v r="$2" 'BEGIN { if (v ~ /^[0-9.]+$/ && r ~ /^[0-9.]+$/ && r > 0) printf "%.2fx", v / r; else printf "-" }'
 }
 
-HEADERS=("scenario" "req/s" "p50 ms" "p99 ms" "peak RSS MB" "req/s vs nginx" "p99 vs nginx" "errors")
+HEADERS=("scenario" "req/s" "p50 ms" "p99 ms" "peak RSS MB" "req/s vs nginx" "p99 vs nginx" "proxy CPU" "other CPU" "errors")
 CELLS=()
 for i in "${!ROW_NAME[@]}"; do
     errors=${ROW_ERR[$i]}
@@ -651,15 +773,15 @@ for i in "${!ROW_NAME[@]}"; do
         *) errors="$errors; ${ROW_NOTE[$i]}" ;;
         esac
     fi
-    CELLS+=("${ROW_NAME[$i]}|${ROW_RPS[$i]}|${ROW_P50[$i]}|${ROW_P99[$i]}|${ROW_RSS[$i]}|$(ratio "${ROW_RPS[$i]}" "${ROW_RPS[0]}")|$(ratio "${ROW_P99[$i]}" "${ROW_P99[0]}")|$errors")
+    CELLS+=("${ROW_NAME[$i]}|${ROW_RPS[$i]}|${ROW_P50[$i]}|${ROW_P99[$i]}|${ROW_RSS[$i]}|$(ratio "${ROW_RPS[$i]}" "${ROW_RPS[0]}")|$(ratio "${ROW_P99[$i]}" "${ROW_P99[0]}")|${ROW_PCPU[$i]}|${ROW_OTHER[$i]}|$errors")
 done
 
 print_table() {
     local row
-    printf '%-30s %9s %7s %7s %12s %15s %13s  %s\n' "${HEADERS[@]}"
+    printf '%-30s %9s %7s %7s %12s %15s %13s %9s %9s  %s\n' "${HEADERS[@]}"
     for row in "${CELLS[@]}"; do
         IFS='|' read -ra c <<<"$row"
-        printf '%-30s %9s %7s %7s %12s %15s %13s  %s\n' "${c[@]}"
+        printf '%-30s %9s %7s %7s %12s %15s %13s %9s %9s  %s\n' "${c[@]}"
     done
 }
 
@@ -667,7 +789,7 @@ markdown_table() {
     local row
     printf '| %s |' "${HEADERS[0]}"
     printf ' %s |' "${HEADERS[@]:1}"
-    printf '\n|---|---:|---:|---:|---:|---:|---:|---|\n'
+    printf '\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
     for row in "${CELLS[@]}"; do
         printf '| %s |\n' "${row//|/ | }"
     done
@@ -685,7 +807,7 @@ echo
 print_table
 echo
 for n in "${NOTES[@]}"; do echo "* $n"; done
-echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV"
+echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV; other CPU use before the run ${BUSY_BEFORE}%"
 
 {
     echo "# Weir load benchmark"
@@ -695,11 +817,17 @@ echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV"
     echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, \`run --workers 1\`"
     echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
     echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
+    echo "* CPU use by other processes just before the run: ${BUSY_BEFORE}% (keep it near 0 for comparable numbers)"
+    echo "* proxy CPU: CPU time of the proxy per second of the measurement; near 1.00 (pinned) the proxy, not the load side, was the bottleneck."
+    echo "* other CPU: CPUs' worth of time used by processes other than the proxy, the upstream and wrk during the measurement; above $NOISY_CPUS the row is marked noisy."
     echo "* Ratios are to the nginx row of the same run; peak RSS is VmHWM (nginx: its worker)."
     echo
     markdown_table
     echo
     for n in "${NOTES[@]}"; do echo "* $n"; done
 } >"$RESULTS_MD"
+if ((NOISY)); then
+    log "warning: other processes used the CPUs during some measurements (see 'other CPU'); rerun on a quiet machine"
+fi
 log ""
 log "written to ${RESULTS_MD#"$ROOT"/}"
