@@ -327,3 +327,132 @@ async fn cluster_rate_limit_is_shared_through_redis() {
     let lenient = Gateway::start(gateway_config(closed, true)).await;
     assert_eq!(lenient.send(Method::GET, &path, &[("X-User", "x")], "").await.status, 200);
 }
+
+/// The gateway issues tokens from a login backend's answer and accepts them back.
+#[tokio::test]
+async fn signer_issues_tokens_the_validator_accepts() {
+    let login = Backend::json(json!({"access_token": {"sub": "ada", "roles": ["admin"], "exp": now() + 600}, "refresh_token": {"sub": "ada"}, "expires_in": 600})).await;
+    let b = Backend::json(json!({"secret": true})).await;
+    let private = fixture("private-jwks.json");
+    let public = fixture("jwks.json");
+    let mut endpoints = Vec::new();
+    for (alg, kid) in [("EdDSA", "ed"), ("ES256", "ec256"), ("RS256", "rsa"), ("HS256", "hmac")] {
+        endpoints.push(json!({"endpoint": format!("/login/{kid}"), "method": "POST", "backend": [{"host": [login.url], "url_pattern": "/"}],
+            "extra_config": {"auth/signer": {"alg": alg, "kid": kid, "keys_to_sign": ["access_token", "refresh_token"], "jwk_local_path": private}}}));
+        endpoints
+            .push(json!({"endpoint": format!("/private/{kid}"), "backend": [{"host": [b.url], "url_pattern": "/"}],
+            "extra_config": {"auth/validator": {"alg": alg, "jwk_local_path": public, "roles": ["admin"]}}}));
+    }
+    let gw = Gateway::start(config(json!(endpoints))).await;
+    for kid in ["ed", "ec256", "rsa", "hmac"] {
+        let r = gw.send(Method::POST, &format!("/login/{kid}"), &[], "").await;
+        assert_eq!(r.status, 200, "{kid}");
+        let v = r.json();
+        assert_eq!(v["expires_in"], 600);
+        let token = v["access_token"].as_str().unwrap_or_else(|| panic!("{kid}: {v}")).to_owned();
+        assert_eq!(token.split('.').count(), 3);
+        let r = gw
+            .send(Method::GET, &format!("/private/{kid}"), &[("Authorization", &format!("Bearer {token}"))], "")
+            .await;
+        assert_eq!(r.status, 200, "{kid}: a token the gateway signed is accepted");
+        let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+        let r = gw
+            .send(Method::GET, &format!("/private/{kid}"), &[("Authorization", &format!("Bearer {refresh}"))], "")
+            .await;
+        assert_eq!(r.status, 403, "{kid}: the refresh token has no roles");
+    }
+}
+
+#[tokio::test]
+async fn cors_security_headers_bots_and_ip_filter() {
+    let b = Backend::json(json!({"ok": true})).await;
+    let mut c =
+        config(json!([{"endpoint": "/api", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}]},
+        {"endpoint": "/api", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    c["extra_config"] = json!({
+        "security/cors": {"allow_origins": ["https://app.example"], "allow_methods": ["GET", "POST"], "allow_headers": ["Authorization"],
+            "expose_headers": ["X-Krakend-Completed"], "max_age": "12h", "allow_credentials": true},
+        "security/http": {"allowed_hosts": ["api.example"], "frame_deny": true, "content_type_nosniff": true, "sts_seconds": 3600},
+        "security/bot-detector": {"deny": ["BadBot/1.0"], "patterns": ["(?i)crawler"], "empty_user_agent_is_bot": false},
+        "weir/ip-filter": {"deny": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"], "client_ip_headers": ["X-Forwarded-For"]}
+    });
+    let gw = Gateway::start(c).await;
+    let host = ("Host", "api.example");
+
+    let pre = gw
+        .send(
+            Method::OPTIONS,
+            "/api",
+            &[
+                host,
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "Authorization"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(pre.header("access-control-max-age"), Some("43200"));
+    let refused = gw
+        .send(
+            Method::OPTIONS,
+            "/api",
+            &[host, ("Origin", "https://evil.example"), ("Access-Control-Request-Method", "POST")],
+            "",
+        )
+        .await;
+    assert_eq!(refused.status, 204);
+    assert_eq!(refused.header("access-control-allow-origin"), None, "a refused preflight carries no CORS headers");
+
+    let r = gw.send(Method::GET, "/api", &[host, ("Origin", "https://app.example")], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=3600"));
+
+    assert_eq!(
+        gw.send(Method::GET, "/api", &[("Host", "other.example")], "").await.status,
+        500,
+        "unknown host (Bad Host, as KrakenD)"
+    );
+    assert_eq!(gw.send(Method::GET, "/api", &[host, ("User-Agent", "BadBot/1.0")], "").await.status, 403);
+    assert_eq!(gw.send(Method::GET, "/api", &[host, ("User-Agent", "Mega Crawler 2")], "").await.status, 403);
+    assert_eq!(
+        gw.send(Method::GET, "/api", &[host, ("X-Forwarded-For", "10.1.2.3")], "").await.status,
+        403,
+        "denied network behind a trusted proxy"
+    );
+    assert_eq!(gw.send(Method::GET, "/api", &[host, ("X-Forwarded-For", "192.0.2.7")], "").await.status, 200);
+}
+
+#[tokio::test]
+async fn responses_are_compressed_for_clients_that_ask() {
+    let big: Vec<Value> = (0..200).map(|i| json!({"id": i, "name": format!("item number {i}")})).collect();
+    let b = Backend::json(json!({"items": big})).await;
+    let mut c = config(json!([{"endpoint": "/list", "backend": [{"host": [b.url], "url_pattern": "/"}]}]));
+    c["extra_config"] = json!({"weir/compression": {}});
+    let gw = Gateway::start(c).await;
+    let plain = gw.get("/list").await;
+    assert_eq!(plain.header("content-encoding"), None);
+    for (accept, want) in [("gzip", "gzip"), ("br;q=1, gzip;q=0.5", "br")] {
+        let r = gw.send(Method::GET, "/list", &[("Accept-Encoding", accept)], "").await;
+        assert_eq!(r.header("content-encoding"), Some(want));
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+        assert!(r.body.len() < plain.body.len() / 3, "{} vs {}", r.body.len(), plain.body.len());
+        if want == "gzip" {
+            use std::io::Write;
+            let mut gunzip = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            gunzip.stdin.take().unwrap().write_all(&r.body).unwrap();
+            assert_eq!(gunzip.wait_with_output().unwrap().stdout, plain.body, "gzip -d gives back the plain body");
+        }
+    }
+}

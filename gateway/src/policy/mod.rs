@@ -16,8 +16,8 @@ pub mod jwt;
 pub mod ratelimit;
 pub mod redis_limit;
 pub mod security;
-pub mod signer;
 mod settings;
+pub mod signer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,10 +49,26 @@ pub enum Scope {
 /// Whether Weir implements a namespace at a scope.
 pub fn supports(scope: Scope, ns: &str) -> bool {
     match scope {
-        Scope::Service => matches!(ns, "auth/api-keys" | "auth/basic" | "redis"),
+        Scope::Service => matches!(
+            ns,
+            "auth/api-keys"
+                | "auth/basic"
+                | "redis"
+                | "security/cors"
+                | "security/http"
+                | "security/bot-detector"
+                | "weir/ip-filter"
+                | "weir/compression"
+        ),
         Scope::Endpoint => matches!(
             ns,
-            "auth/validator" | "auth/api-keys" | "auth/basic" | "qos/ratelimit/router" | "qos/ratelimit/router/redis"
+            "auth/validator"
+                | "auth/api-keys"
+                | "auth/basic"
+                | "auth/signer"
+                | "qos/ratelimit/router"
+                | "qos/ratelimit/router/redis"
+                | "security/bot-detector"
         ),
         Scope::Backend => matches!(ns, "qos/ratelimit/proxy"),
     }
@@ -85,6 +101,12 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "qos/ratelimit/router") => ratelimit::RouterLimit::compile(v, path).map(drop),
         (_, "qos/ratelimit/proxy") => ratelimit::BackendLimit::compile(v, path).map(drop),
         (_, "redis") => redis_limit::Pools::compile(v, path).map(drop),
+        (_, "auth/signer") => signer::SignerSettings::parse(v, path).map(drop),
+        (_, "security/cors") => cors::Cors::compile(v, path).map(drop),
+        (_, "security/http") => security::HttpSecurity::compile(v, path).map(drop),
+        (_, "security/bot-detector") => bot::BotDetector::compile(v, path).map(drop),
+        (_, "weir/ip-filter") => ip::IpFilter::compile(v, path).map(drop),
+        (_, "weir/compression") => compress::Compression::compile(v, path).map(drop),
         (_, "qos/ratelimit/router/redis") => {
             // Only the pool names matter here: clients are created but never connected.
             let pools = serde_json::json!({"connection_pools": declares.redis_pools.iter()
@@ -131,6 +153,70 @@ impl ServicePolicies {
     }
 }
 
+/// Service-wide checks that run before routing, in KrakenD's order: CORS preflights,
+/// allowed hosts, bots, then client addresses; and the headers they add to every response.
+#[derive(Default)]
+pub struct Front {
+    cors: Option<cors::Cors>,
+    security: Option<security::HttpSecurity>,
+    bots: Option<bot::BotDetector>,
+    ip: Option<ip::IpFilter>,
+}
+
+impl Front {
+    pub fn build(extra: &Map<String, Value>) -> Result<Self, String> {
+        fn one<T>(
+            extra: &Map<String, Value>,
+            ns: &str,
+            compile: impl Fn(&Value, &str) -> Result<T, Problems>,
+        ) -> Result<Option<T>, String> {
+            extra.get(ns).map(|v| compile(v, &format!("extra_config.{ns}")).map_err(joined)).transpose()
+        }
+        Ok(Self {
+            cors: one(extra, "security/cors", cors::Cors::compile)?,
+            security: one(extra, "security/http", security::HttpSecurity::compile)?,
+            bots: one(extra, "security/bot-detector", bot::BotDetector::compile)?,
+            ip: one(extra, "weir/ip-filter", ip::IpFilter::compile)?,
+        })
+    }
+
+    /// The client's address: the peer, or a forwarded one from a trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        self.ip.as_ref().map_or(peer, |f| f.client_ip(peer, headers))
+    }
+
+    /// Answers requests the front policies decide alone (preflights, refusals).
+    pub fn intercept(&self, parts: &http::request::Parts, client_ip: IpAddr) -> Option<Response<Body>> {
+        if let Some(cors) = &self.cors
+            && let Some(preflight) = cors.preflight(&parts.method, &parts.headers)
+        {
+            return Some(preflight);
+        }
+        if let Some(security) = &self.security
+            && let Err(refused) = security.check(&parts.headers, &parts.uri)
+        {
+            return Some(refused);
+        }
+        if self.bots.as_ref().is_some_and(|b| b.is_bot(&parts.headers)) {
+            return Some(json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#));
+        }
+        if self.ip.as_ref().is_some_and(|f| !f.allows(client_ip)) {
+            return Some(json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#));
+        }
+        None
+    }
+
+    /// Adds CORS and security headers to a response.
+    pub fn decorate(&self, request: &http::HeaderMap, response: &mut http::HeaderMap) {
+        if let Some(cors) = &self.cors {
+            cors.decorate(request, response);
+        }
+        if let Some(security) = &self.security {
+            security.decorate(response);
+        }
+    }
+}
+
 /// An endpoint's admission checks, run in KrakenD's order before its body is read:
 /// authentication (JWT, API key, basic), then rate limits.
 pub struct Guards {
@@ -139,18 +225,7 @@ pub struct Guards {
     basic: Option<Arc<basic::BasicAuth>>,
     rate_limit: Option<ratelimit::RouterLimit>,
     cluster_limit: Option<redis_limit::RedisLimit>,
-}
-
-impl std::fmt::Debug for Guards {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guards")
-            .field("jwt", &self.jwt.is_some())
-            .field("api_keys", &self.api_keys.is_some())
-            .field("basic", &self.basic.is_some())
-            .field("rate_limit", &self.rate_limit.is_some())
-            .field("cluster_limit", &self.cluster_limit.is_some())
-            .finish()
-    }
+    bots: Option<bot::BotDetector>,
 }
 
 /// What admission learned about a request.
@@ -211,15 +286,28 @@ impl Guards {
             ),
             None => None,
         };
-        if jwt.is_none() && api_keys.is_none() && basic.is_none() && rate_limit.is_none() && cluster_limit.is_none() {
+        let bots = match extra.get("security/bot-detector") {
+            Some(v) => Some(bot::BotDetector::compile(v, &at("security/bot-detector")).map_err(joined)?),
+            None => None,
+        };
+        if jwt.is_none()
+            && api_keys.is_none()
+            && basic.is_none()
+            && rate_limit.is_none()
+            && cluster_limit.is_none()
+            && bots.is_none()
+        {
             return Ok(None);
         }
-        Ok(Some(Self { jwt, api_keys, basic, rate_limit, cluster_limit }))
+        Ok(Some(Self { jwt, api_keys, basic, rate_limit, cluster_limit, bots }))
     }
 
     /// Admits a request, or answers it with the refusal.
     pub async fn admit(&self, req: &Request<'_>) -> Result<Admitted, Response<Body>> {
         let headers = &req.parts.headers;
+        if self.bots.as_ref().is_some_and(|b| b.is_bot(headers)) {
+            return Err(json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#));
+        }
         let mut admitted = Admitted::default();
         if let Some(jwt) = &self.jwt {
             let claims = jwt.validate(headers).await.map_err(|d| denied(d, "Bearer"))?;

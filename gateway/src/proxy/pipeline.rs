@@ -36,10 +36,11 @@ pub struct Common {
     /// `(name, value)` of the version header, unless `hide_version_header` is set.
     pub version_header: Option<(HeaderName, HeaderValue)>,
     pub max_response_bytes: usize,
+    /// `weir/compression`: encoded responses for clients that accept them.
+    pub compression: Option<std::sync::Arc<crate::policy::compress::Compression>>,
 }
 
 /// A compiled endpoint.
-#[derive(Debug)]
 pub struct Pipeline {
     encoding: OutputEncoding,
     timeout: Duration,
@@ -51,6 +52,7 @@ pub struct Pipeline {
     common: Common,
     guards: Option<Guards>,
     param_names: Box<[Box<str>]>,
+    signer: Option<crate::policy::signer::Signer>,
 }
 
 /// What the backends produced together.
@@ -62,7 +64,13 @@ struct Merged {
 }
 
 impl Pipeline {
-    pub fn compile(e: &Endpoint, default_hosts: &[String], common: Common, guards: Option<Guards>) -> Self {
+    pub fn compile(
+        e: &Endpoint,
+        default_hosts: &[String],
+        common: Common,
+        guards: Option<Guards>,
+        signer: Option<crate::policy::signer::Signer>,
+    ) -> Self {
         let backends =
             e.backends.iter().map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes)).collect();
         let secs = e.cache_ttl.as_secs();
@@ -78,6 +86,7 @@ impl Pipeline {
             common,
             guards,
             param_names: crate::config::path_params(&e.path).into_iter().map(Box::from).collect(),
+            signer,
         }
     }
 
@@ -109,7 +118,7 @@ impl Pipeline {
         } else {
             self.parallel(client, inbound).await
         };
-        self.respond(merged, accept)
+        self.respond(merged, accept, inbound.headers.get(header::ACCEPT_ENCODING))
     }
 
     async fn single(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
@@ -199,8 +208,16 @@ impl Pipeline {
         }
     }
 
-    fn respond(&self, mut merged: Merged, accept: Option<&HeaderValue>) -> Response<Body> {
+    fn respond(
+        &self,
+        mut merged: Merged,
+        accept: Option<&HeaderValue>,
+        accept_encoding: Option<&HeaderValue>,
+    ) -> Response<Body> {
         let complete = merged.failures.is_empty();
+        if let Some(signer) = &self.signer {
+            signer.apply(&mut merged.data);
+        }
         if merged.has_response
             && let Some(flatmap) = &self.flatmap
         {
@@ -227,8 +244,22 @@ impl Pipeline {
             return self.failure(&merged.failures);
         }
         let (body, content_type) = render(self.encoding, accept, &merged.data);
-        let mut response = Response::new(full(body));
+        let compressed = self.common.compression.as_ref().and_then(|c| {
+            let encoding = c.negotiate(accept_encoding)?;
+            Some((encoding, c.compress(encoding, Some(&content_type), &body)?))
+        });
+        let mut response = match compressed {
+            Some((encoding, bytes)) => {
+                let mut r = Response::new(full(bytes));
+                r.headers_mut().insert(header::CONTENT_ENCODING, encoding.header_value());
+                r
+            }
+            None => Response::new(full(body)),
+        };
         let headers = response.headers_mut();
+        if self.common.compression.is_some() {
+            headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
         headers.insert(header::CONTENT_TYPE, content_type);
         self.common_headers(headers, complete);
         if complete

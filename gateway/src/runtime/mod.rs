@@ -50,6 +50,7 @@ pub struct Runtime {
     max_body_bytes: usize,
     read_timeout: Option<std::time::Duration>,
     max_idle_per_host: usize,
+    front: crate::policy::Front,
 }
 
 impl Runtime {
@@ -72,6 +73,14 @@ impl Runtime {
             return_error_msg: service.router.return_error_msg,
             version_header,
             max_response_bytes: service.server.max_backend_response_bytes,
+            compression: match service.extra_config.get("weir/compression") {
+                Some(v) => Some(std::sync::Arc::new(
+                    crate::policy::compress::Compression::compile(v, "extra_config.weir/compression").map_err(|p| {
+                        CompileError::Policy(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+                    })?,
+                )),
+                None => None,
+            },
         };
         let policies = crate::policy::ServicePolicies::build(&service.extra_config).map_err(CompileError::Policy)?;
         let router = Router::compile(service, flags, &common, &policies)?;
@@ -82,15 +91,26 @@ impl Runtime {
             max_body_bytes: service.server.max_body_bytes,
             read_timeout: service.server.read_timeout,
             max_idle_per_host: service.max_idle_connections_per_host,
+            front: crate::policy::Front::build(&service.extra_config).map_err(CompileError::Policy)?,
         })
     }
 
     /// Answers one request. Never fails: every problem becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
+        let client_ip = self.front.client_ip(remote.ip(), &parts.headers);
+        let mut response = match self.front.intercept(&parts, client_ip) {
+            Some(answer) => answer,
+            None => self.route(&parts, body, client_ip).await,
+        };
+        self.front.decorate(&parts.headers, response.headers_mut());
+        response
+    }
+
+    async fn route(&self, parts: &http::request::Parts, body: Incoming, client_ip: std::net::IpAddr) -> Response<Body> {
         let route = match self.router.lookup(parts.uri.path(), &parts.method) {
             Lookup::Found(route) => route,
-            Lookup::Redirect(location) => return self.redirect(&parts, location),
+            Lookup::Redirect(location) => return self.redirect(parts, location),
             Lookup::MethodNotAllowed(allow) => {
                 return self.error_page(StatusCode::METHOD_NOT_ALLOWED, Some(allow));
             }
@@ -105,11 +125,11 @@ impl Runtime {
             Target::Health => reserved::health(),
             Target::Debug => reserved::debug(),
             Target::Echo => match self.read_body(body).await {
-                Ok(body) => reserved::echo(&parts, &body),
+                Ok(body) => reserved::echo(parts, &body),
                 Err(status) => self.error_page(status, None),
             },
             Target::Endpoint(pipeline) => {
-                let admitted = match pipeline.admit(&parts, remote.ip(), &route.params).await {
+                let admitted = match pipeline.admit(parts, client_ip, &route.params).await {
                     Ok(a) => a,
                     Err(refusal) => return refusal,
                 };
@@ -129,7 +149,7 @@ impl Runtime {
                     headers: &parts.headers,
                     host: host.as_ref(),
                     body,
-                    client_ip: remote.ip(),
+                    client_ip,
                     claims: admitted.claims.as_deref(),
                     extra_headers: &admitted.backend_headers,
                 };

@@ -89,7 +89,17 @@ impl Router {
             let id = format!("{} {}", e.method, e.path);
             let guards = crate::policy::Guards::build(&e.extra_config, &format!("endpoints[{i}]"), &id, policies)
                 .map_err(CompileError::Policy)?;
-            let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards);
+            let signer = match e.extra_config.get("auth/signer") {
+                Some(v) => {
+                    let path = format!("endpoints[{i}].extra_config.auth/signer");
+                    let settings = crate::policy::signer::SignerSettings::parse(v, &path).map_err(|p| {
+                        CompileError::Policy(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+                    })?;
+                    Some(crate::policy::signer::Signer::build(settings).map_err(CompileError::Policy)?)
+                }
+                None => None,
+            };
+            let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards, signer);
             match routes.iter_mut().find(|r| r.template == e.path) {
                 Some(Route { target: RouteTarget::Endpoints { methods, .. }, .. }) => {
                     methods.push((e.method.clone(), pipeline))
