@@ -139,16 +139,19 @@ print(header["kid"])
     assert!(jsonwebtoken::decode::<Value>(&broken, &key, &validation).is_err());
 }
 
+/// The bundle a test control plane serves, with its ETag.
+type Published = Arc<Mutex<Option<(Vec<u8>, String)>>>;
+
 /// A control plane reduced to what a node uses: the bundle (with ETag) and status reports.
 struct ControlPlane {
     server: Backend,
-    bundle: Arc<Mutex<Option<(Vec<u8>, String)>>>,
+    bundle: Published,
     fetches: Arc<AtomicUsize>,
 }
 
 impl ControlPlane {
     async fn start(at: Option<std::net::SocketAddr>) -> Self {
-        let bundle: Arc<Mutex<Option<(Vec<u8>, String)>>> = Arc::new(Mutex::new(None));
+        let bundle: Published = Arc::new(Mutex::new(None));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (b, f) = (bundle.clone(), fetches.clone());
         let handler = move |s: &crate::support::Seen| {

@@ -4,7 +4,7 @@
 //! client repeating its token costs a hash lookup instead of a signature check.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -217,6 +217,11 @@ impl JwtSettings {
     }
 }
 
+/// Decoding keys by `kid`, plus every key for tokens that name none.
+type KeySet = (HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>);
+/// Verified tokens: token hash -> (token, claims, trusted until).
+type TokenShard = Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>;
+
 /// Where the verification keys come from.
 enum Keys {
     Local(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>),
@@ -229,7 +234,7 @@ struct RemoteKeys {
     client: Client,
     ttl: Duration,
     cooldown: Duration,
-    keys: ArcSwap<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>)>,
+    keys: ArcSwap<KeySet>,
     /// Until when unknown key ids do not trigger downloads; the lock also makes
     /// downloads one at a time.
     cooldown_until: tokio::sync::Mutex<Option<Instant>>,
@@ -237,7 +242,7 @@ struct RemoteKeys {
 }
 
 /// Parses a JWK set into keys by id, plus all keys for tokens without `kid`.
-fn parse_jwks(bytes: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>), String> {
+fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
     let mut by_kid = HashMap::new();
     let mut all = Vec::new();
@@ -283,7 +288,7 @@ impl RemoteKeys {
                 }
             });
         });
-        let lookup = |keys: &(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>)| match kid {
+        let lookup = |keys: &KeySet| match kid {
             Some(k) => keys.0.get(k).cloned().into_iter().collect::<Vec<_>>(),
             None => keys.1.clone(),
         };
@@ -317,7 +322,7 @@ pub struct JwtValidator {
     settings: JwtSettings,
     keys: Keys,
     validation: Validation,
-    verified: [Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>; SHARDS],
+    verified: [TokenShard; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -410,10 +415,8 @@ impl JwtValidator {
         Ok(claims)
     }
 
-    fn shard(&self, token: &str) -> (u64, &Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>) {
-        let mut h = self.hasher.build_hasher();
-        token.hash(&mut h);
-        let hash = h.finish();
+    fn shard(&self, token: &str) -> (u64, &TokenShard) {
+        let hash = self.hasher.hash_one(token);
         (hash, &self.verified[(hash as usize) % SHARDS])
     }
 
