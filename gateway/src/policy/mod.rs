@@ -8,6 +8,8 @@
 
 use crate::config::Problem;
 
+pub mod breaker;
+
 /// Problems found while compiling a component's settings.
 pub type Problems = Vec<Problem>;
 
