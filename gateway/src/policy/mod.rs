@@ -9,6 +9,7 @@
 use crate::config::Problem;
 
 pub mod breaker;
+pub mod cache;
 
 /// Problems found while compiling a component's settings.
 pub type Problems = Vec<Problem>;
