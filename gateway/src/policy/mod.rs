@@ -30,6 +30,9 @@ use serde_json::{Map, Value};
 use crate::config::Problem;
 use crate::proxy::{Body, full};
 
+pub mod breaker;
+pub mod cache;
+
 /// Problems found while compiling a component's settings.
 pub type Problems = Vec<Problem>;
 
