@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Io,
     /// Too many redirects, or a redirect to somewhere unusable.
     Redirect,
+    /// The backend was not called: its circuit breaker is open or its rate limit spent.
+    Unavailable,
 }
 
 /// Which peer the failure concerns.

@@ -456,3 +456,57 @@ async fn responses_are_compressed_for_clients_that_ask() {
         }
     }
 }
+
+#[tokio::test]
+async fn circuit_breaker_opens_fails_fast_and_recovers() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = healthy.clone();
+    let b = Backend::start(move |_| {
+        if h.load(std::sync::atomic::Ordering::SeqCst) { Reply::json(json!({"ok": true})) } else { Reply::status(500) }
+    })
+    .await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/cb", "backend": [{"host": [b.url], "url_pattern": "/",
+        "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 1, "max_errors": 1, "log_status_change": true}}}]}])))
+    .await;
+    // KrakenD trips after more than max_errors consecutive failures.
+    assert_eq!(gw.get("/cb").await.status, 500);
+    assert_eq!(gw.get("/cb").await.status, 500);
+    assert_eq!(b.hits(), 2);
+    assert_eq!(gw.get("/cb").await.status, 500);
+    assert_eq!(b.hits(), 2, "open: the backend is not called");
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(gw.get("/cb").await.status, 200, "half-open probe succeeds and closes the breaker");
+    assert_eq!(gw.get("/cb").await.status, 200);
+    assert_eq!(b.hits(), 4);
+}
+
+#[tokio::test]
+async fn http_cache_follows_cache_control_and_vary() {
+    let b = Backend::start(|s| {
+        let lang = s.headers.get("accept-language").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        if s.uri == "/fresh" {
+            Reply::json(json!({"lang": lang})).header("cache-control", "max-age=60").header("vary", "Accept-Language")
+        } else {
+            Reply::json(json!({"lang": lang})).header("cache-control", "no-store")
+        }
+    })
+    .await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/fresh", "input_headers": ["Accept-Language"], "backend": [{"host": [b.url], "url_pattern": "/fresh", "extra_config": {"qos/http-cache": {}}}]},
+        {"endpoint": "/nostore", "backend": [{"host": [b.url], "url_pattern": "/nostore", "extra_config": {"qos/http-cache": {}}}]}
+    ])))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            gw.send(Method::GET, "/fresh", &[("Accept-Language", "en")], "").await.json(),
+            json!({"lang": "en"})
+        );
+    }
+    assert_eq!(b.hits(), 1, "served from the cache");
+    assert_eq!(gw.send(Method::GET, "/fresh", &[("Accept-Language", "fr")], "").await.json(), json!({"lang": "fr"}));
+    assert_eq!(b.hits(), 2, "Vary keeps languages apart");
+    gw.get("/nostore").await;
+    gw.get("/nostore").await;
+    assert_eq!(b.hits(), 4, "no-store is never cached");
+}

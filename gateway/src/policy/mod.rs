@@ -9,6 +9,8 @@
 pub mod apikeys;
 pub mod basic;
 pub mod bot;
+pub mod breaker;
+pub mod cache;
 pub mod compress;
 pub mod cors;
 pub mod ip;
@@ -29,9 +31,6 @@ use serde_json::{Map, Value};
 
 use crate::config::Problem;
 use crate::proxy::{Body, full};
-
-pub mod breaker;
-pub mod cache;
 
 /// Problems found while compiling a component's settings.
 pub type Problems = Vec<Problem>;
@@ -73,7 +72,7 @@ pub fn supports(scope: Scope, ns: &str) -> bool {
                 | "qos/ratelimit/router/redis"
                 | "security/bot-detector"
         ),
-        Scope::Backend => matches!(ns, "qos/ratelimit/proxy"),
+        Scope::Backend => matches!(ns, "qos/ratelimit/proxy" | "qos/circuit-breaker" | "qos/http-cache"),
     }
 }
 
@@ -105,6 +104,8 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "qos/ratelimit/proxy") => ratelimit::BackendLimit::compile(v, path).map(drop),
         (_, "redis") => redis_limit::Pools::compile(v, path).map(drop),
         (_, "auth/signer") => signer::SignerSettings::parse(v, path).map(drop),
+        (_, "qos/circuit-breaker") => breaker::CircuitBreaker::compile(v, path).map(drop),
+        (_, "qos/http-cache") => cache::HttpCache::compile(v, path).map(drop),
         (_, "security/cors") => cors::Cors::compile(v, path).map(drop),
         (_, "security/http") => security::HttpSecurity::compile(v, path).map(drop),
         (_, "security/bot-detector") => bot::BotDetector::compile(v, path).map(drop),

@@ -2,6 +2,7 @@
 //! response into data.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -20,6 +21,8 @@ use super::shape::Shape;
 use super::url::{UrlTemplate, Values};
 use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
 use crate::error::{Error, ErrorKind};
+use crate::policy::breaker::{CircuitBreaker, SystemClock};
+use crate::policy::cache::{CachedResponse, HttpCache};
 use crate::policy::ratelimit::BackendLimit;
 
 /// Go's client gives up after ten redirects; so do we.
@@ -101,6 +104,11 @@ pub struct BackendCall {
     user_agent: HeaderValue,
     /// `qos/ratelimit/proxy`: calls beyond it fail without reaching the backend.
     limit: Option<BackendLimit>,
+    /// `qos/circuit-breaker`, and how long a call may take before it counts as failed.
+    breaker: Option<CircuitBreaker>,
+    breaker_timeout: std::time::Duration,
+    /// `qos/http-cache` for GET and HEAD calls.
+    cache: Option<HttpCache>,
 }
 
 /// Intersection of the endpoint's and the backend's allow-lists.
@@ -117,7 +125,13 @@ fn intersect(endpoint: &NameFilter, backend: Option<&NameFilter>, case_insensiti
 impl BackendCall {
     /// Compiles a backend; `default_hosts` is the service `host` list. Hosts were
     /// validated with the config, so a host that does not parse is skipped.
-    pub fn compile(endpoint: &Endpoint, b: &Backend, default_hosts: &[String], max_response_bytes: usize) -> Self {
+    pub fn compile(
+        endpoint: &Endpoint,
+        b: &Backend,
+        default_hosts: &[String],
+        max_response_bytes: usize,
+        shared_cache: &std::sync::OnceLock<HttpCache>,
+    ) -> Self {
         let hosts = if b.host.is_empty() { default_hosts } else { &b.host };
         let hosts = hosts
             .iter()
@@ -158,6 +172,18 @@ impl BackendCall {
             concurrent_calls: endpoint.concurrent_calls,
             user_agent: HeaderValue::from_static(concat!("Weir Version ", env!("CARGO_PKG_VERSION"))),
             limit: b.extra_config.get("qos/ratelimit/proxy").and_then(|v| BackendLimit::compile(v, "").ok()),
+            breaker: b
+                .extra_config
+                .get("qos/circuit-breaker")
+                .and_then(|v| CircuitBreaker::compile(v, &format!("{} {}", endpoint.path, b.url_pattern)).ok())
+                .map(|settings| CircuitBreaker::new(settings, Arc::new(SystemClock))),
+            // A little under the endpoint timeout, so that a backend that hangs is
+            // recorded as failing before the endpoint gives up on it.
+            breaker_timeout: endpoint.timeout.mul_f64(0.95),
+            cache: b.extra_config.get("qos/http-cache").and_then(|v| HttpCache::compile(v, "").ok()).map(|c| {
+                // KrakenD's `shared`: one store for every backend that asks for it.
+                if c.is_shared() { shared_cache.get_or_init(|| c).clone() } else { c }
+            }),
         }
     }
 
@@ -184,16 +210,57 @@ impl BackendCall {
         Err(last.unwrap_or_else(|| Error::upstream(ErrorKind::Connect, "no call was made").into()))
     }
 
+    /// One call, through the circuit breaker when there is one. A call that takes
+    /// too long counts as a failure; one abandoned by the client counts as nothing.
     async fn call_once(
         &self,
         client: &Client,
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Map<String, Value>, Failure> {
-        let response = self.send(client, inbound, responses).await?;
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let body = self.read_body(response.into_body()).await;
+        let Some(breaker) = &self.breaker else { return self.call_unguarded(client, inbound, responses).await };
+        let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
+        match tokio::time::timeout(self.breaker_timeout, self.call_unguarded(client, inbound, responses)).await {
+            Ok(Ok(data)) => {
+                permit.success();
+                Ok(data)
+            }
+            Ok(Err(f)) => {
+                permit.failure();
+                Err(f)
+            }
+            Err(_) => {
+                permit.failure();
+                Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
+            }
+        }
+    }
+
+    async fn call_unguarded(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Map<String, Value>, Failure> {
+        let uri = self.uri(inbound, responses)?;
+        let (status, content_type, body) = match &self.cache {
+            Some(cache) if self.method == Method::GET || self.method == Method::HEAD => {
+                let load = || async {
+                    let response = self.send_to(client, inbound, uri.clone()).await?;
+                    let (parts, body) = response.into_parts();
+                    let body = self.read_body(body).await?;
+                    Ok::<_, Failure>(CachedResponse::new(parts.status, parts.headers, body))
+                };
+                let (cached, _) = cache.fetch(&self.method, &uri, inbound.headers, load).await?;
+                (cached.status, cached.headers.get(header::CONTENT_TYPE).cloned(), Ok(cached.body.clone()))
+            }
+            _ => {
+                let response = self.send_to(client, inbound, uri).await?;
+                let status = response.status();
+                let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+                (status, content_type, self.read_body(response.into_body()).await)
+            }
+        };
         // Only 200 and 201 count as success, as in KrakenD.
         if status != StatusCode::OK && status != StatusCode::CREATED {
             return Err(Failure {
@@ -228,17 +295,21 @@ impl BackendCall {
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Response<Incoming>, Failure> {
+        let uri = self.uri(inbound, responses)?;
+        self.send_to(client, inbound, uri).await
+    }
+
+    async fn send_to(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        mut uri: Uri,
+    ) -> Result<Response<Incoming>, Failure> {
         if let Some(limit) = &self.limit
             && !limit.allow()
         {
-            return Err(Failure {
-                error: Error::upstream(ErrorKind::Status, "backend rate limit exceeded"),
-                status: Some(StatusCode::SERVICE_UNAVAILABLE),
-                body: Bytes::new(),
-                content_type: None,
-            });
+            return Err(unavailable("backend rate limit exceeded"));
         }
-        let mut uri = self.uri(inbound, responses)?;
         let mut method = self.method.clone();
         let mut body = inbound.body.clone();
         let origin = uri.authority().cloned();
@@ -370,6 +441,16 @@ impl BackendCall {
 fn decoded_eq(raw: &str, name: &str) -> bool {
     raw.contains(['%', '+'])
         && percent_encoding::percent_decode_str(&raw.replace('+', " ")).decode_utf8().is_ok_and(|d| d == name)
+}
+
+/// A backend that was not called, answering as KrakenD does when it holds one back.
+fn unavailable(context: &'static str) -> Failure {
+    Failure {
+        error: Error::upstream(ErrorKind::Unavailable, context),
+        status: Some(StatusCode::SERVICE_UNAVAILABLE),
+        body: Bytes::new(),
+        content_type: None,
+    }
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110, section 7.6.1).

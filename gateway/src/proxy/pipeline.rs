@@ -70,9 +70,13 @@ impl Pipeline {
         common: Common,
         guards: Option<Guards>,
         signer: Option<crate::policy::signer::Signer>,
+        shared_cache: &std::sync::OnceLock<crate::policy::cache::HttpCache>,
     ) -> Self {
-        let backends =
-            e.backends.iter().map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes)).collect();
+        let backends = e
+            .backends
+            .iter()
+            .map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes, shared_cache))
+            .collect();
         let secs = e.cache_ttl.as_secs();
         Self {
             encoding: e.output_encoding,

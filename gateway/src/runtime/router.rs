@@ -85,6 +85,7 @@ impl Router {
             add(&mut routes, "/__echo/", RouteTarget::Echo);
             add(&mut routes, "/__echo/{*rest}", RouteTarget::Echo);
         }
+        let shared_cache = std::sync::OnceLock::new();
         for (i, e) in service.endpoints.iter().enumerate() {
             let id = format!("{} {}", e.method, e.path);
             let guards = crate::policy::Guards::build(&e.extra_config, &format!("endpoints[{i}]"), &id, policies)
@@ -99,7 +100,7 @@ impl Router {
                 }
                 None => None,
             };
-            let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards, signer);
+            let pipeline = Pipeline::compile(e, &service.host, common.clone(), guards, signer, &shared_cache);
             match routes.iter_mut().find(|r| r.template == e.path) {
                 Some(Route { target: RouteTarget::Endpoints { methods, .. }, .. }) => {
                     methods.push((e.method.clone(), pipeline))
