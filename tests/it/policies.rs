@@ -510,3 +510,26 @@ async fn http_cache_follows_cache_control_and_vary() {
     gw.get("/nostore").await;
     assert_eq!(b.hits(), 4, "no-store is never cached");
 }
+
+#[tokio::test]
+async fn request_bodies_are_validated_and_limited_per_endpoint() {
+    let b = Backend::start(|s| Reply::json(json!({"got": String::from_utf8_lossy(&s.body)}))).await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/users", "method": "POST", "backend": [{"host": [b.url], "url_pattern": "/"}],
+        "extra_config": {"proxy": {"max_payload": 200},
+            "validation/json-schema": {"type": "object", "required": ["name"], "properties": {"age": {"type": "integer", "minimum": 0}}}}}])))
+    .await;
+    let ok =
+        gw.send(Method::POST, "/users", &[("Content-Type", "application/json")], r#"{"name":"ada","age":36}"#).await;
+    assert_eq!(ok.status, 200);
+    let bad = gw.send(Method::POST, "/users", &[], r#"{"age":-1}"#).await;
+    assert_eq!(bad.status, 400);
+    let v = bad.json();
+    assert_eq!(v["error"], "invalid request body");
+    let violations: Vec<String> =
+        v["violations"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect();
+    assert!(violations.iter().any(|m| m.starts_with("/age: ")), "{violations:?}");
+    assert!(violations.iter().any(|m| m.contains("name")), "{violations:?}");
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(300));
+    assert_eq!(gw.send(Method::POST, "/users", &[], big).await.status, 413);
+    assert_eq!(b.hits(), 1, "refused bodies never reach the backend");
+}

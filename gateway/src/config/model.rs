@@ -127,6 +127,8 @@ pub struct Endpoint {
     pub sequential: bool,
     pub static_response: Option<StaticResponse>,
     pub flatmap: Vec<FlatmapOp>,
+    /// `proxy.max_payload`: request body limit for this endpoint, in bytes.
+    pub max_payload: Option<usize>,
     pub extra_config: Map<String, Value>,
 }
 

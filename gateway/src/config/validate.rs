@@ -758,6 +758,17 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
     let extra_path = r.at("extra_config");
     namespaces(&extra, &extra_path, Scope::Endpoint, &defaults.declares, r.report);
     let (sequential, static_response, flatmap) = endpoint_proxy(&extra, &extra_path, r.report);
+    let max_payload = match extra.get("proxy").and_then(|p| p.get("max_payload")) {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None, // KrakenD: 0 means no limit of its own
+            Some(n) => Some(n as usize),
+            None => {
+                r.report.error(&format!("{extra_path}.proxy.max_payload"), "must be a whole number of bytes");
+                None
+            }
+        },
+    };
 
     let params = path_params(&route);
     let mut backends = Vec::new();
@@ -808,6 +819,7 @@ fn endpoint(obj: &Obj, path: &str, defaults: &EndpointDefaults, report: &mut Rep
         sequential,
         static_response,
         flatmap,
+        max_payload,
         extra_config: extra,
     })
 }
@@ -861,8 +873,8 @@ fn endpoint_proxy(
     };
     let mut r = Reader::new(obj, path, report);
     r.check_keys(
-        &["sequential", "static", "flatmap_filter"],
-        &["sequential_propagated_params", "max_payload", "decompress_gzip"],
+        &["sequential", "static", "flatmap_filter", "max_payload"],
+        &["sequential_propagated_params", "decompress_gzip"],
         &["combiner"],
     );
     let sequential = r.boolean("sequential").unwrap_or(false);

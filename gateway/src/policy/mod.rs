@@ -17,6 +17,7 @@ pub mod ip;
 pub mod jwt;
 pub mod ratelimit;
 pub mod redis_limit;
+pub mod schema;
 pub mod security;
 mod settings;
 pub mod signer;
@@ -71,6 +72,7 @@ pub fn supports(scope: Scope, ns: &str) -> bool {
                 | "qos/ratelimit/router"
                 | "qos/ratelimit/router/redis"
                 | "security/bot-detector"
+                | "validation/json-schema"
         ),
         Scope::Backend => matches!(ns, "qos/ratelimit/proxy" | "qos/circuit-breaker" | "qos/http-cache"),
     }
@@ -106,6 +108,7 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "auth/signer") => signer::SignerSettings::parse(v, path).map(drop),
         (_, "qos/circuit-breaker") => breaker::CircuitBreaker::compile(v, path).map(drop),
         (_, "qos/http-cache") => cache::HttpCache::compile(v, path).map(drop),
+        (_, "validation/json-schema") => schema::BodySchema::compile(v, path).map(drop),
         (_, "security/cors") => cors::Cors::compile(v, path).map(drop),
         (_, "security/http") => security::HttpSecurity::compile(v, path).map(drop),
         (_, "security/bot-detector") => bot::BotDetector::compile(v, path).map(drop),

@@ -53,6 +53,9 @@ pub struct Pipeline {
     guards: Option<Guards>,
     param_names: Box<[Box<str>]>,
     signer: Option<crate::policy::signer::Signer>,
+    body_schema: Option<crate::policy::schema::BodySchema>,
+    /// `proxy.max_payload`: this endpoint's request body limit, when it has its own.
+    max_body: Option<usize>,
 }
 
 /// What the backends produced together.
@@ -91,6 +94,27 @@ impl Pipeline {
             guards,
             param_names: crate::config::path_params(&e.path).into_iter().map(Box::from).collect(),
             signer,
+            body_schema: e
+                .extra_config
+                .get("validation/json-schema")
+                .and_then(|v| crate::policy::schema::BodySchema::compile(v, "").ok()),
+            max_body: e.max_payload,
+        }
+    }
+
+    /// The request body limit of this endpoint, if it sets one.
+    pub fn max_body(&self) -> Option<usize> {
+        self.max_body
+    }
+
+    /// Checks the request body against the endpoint's JSON Schema, if it has one.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), Response<Body>> {
+        match &self.body_schema {
+            Some(schema) => schema.check(body).map_err(|mut r| {
+                self.common_headers(r.headers_mut(), false);
+                r
+            }),
+            None => Ok(()),
         }
     }
 

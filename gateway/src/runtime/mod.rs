@@ -124,7 +124,7 @@ impl Runtime {
         match route.target {
             Target::Health => reserved::health(),
             Target::Debug => reserved::debug(),
-            Target::Echo => match self.read_body(body).await {
+            Target::Echo => match self.read_body(body, None).await {
                 Ok(body) => reserved::echo(parts, &body),
                 Err(status) => self.error_page(status, None),
             },
@@ -133,10 +133,13 @@ impl Runtime {
                     Ok(a) => a,
                     Err(refusal) => return refusal,
                 };
-                let body = match self.read_body(body).await {
+                let body = match self.read_body(body, pipeline.max_body()).await {
                     Ok(b) => b,
                     Err(status) => return self.error_page(status, None),
                 };
+                if let Err(refusal) = pipeline.check_body(&body) {
+                    return refusal;
+                }
                 let host = parts
                     .headers
                     .get(header::HOST)
@@ -164,14 +167,15 @@ impl Runtime {
 
     /// Reads a request body up to the configured limit: 413 above it, 408 when it
     /// takes longer than `read_timeout`, 400 when the client breaks off.
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
+    async fn read_body(&self, body: Incoming, limit: Option<usize>) -> Result<Bytes, StatusCode> {
+        let max = limit.unwrap_or(self.max_body_bytes);
         if body.is_end_stream() {
             return Ok(Bytes::new());
         }
-        if body.size_hint().lower() > self.max_body_bytes as u64 {
+        if body.size_hint().lower() > max as u64 {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        let read = Limited::new(body, self.max_body_bytes).collect();
+        let read = Limited::new(body, max).collect();
         let result = match self.read_timeout {
             Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| StatusCode::REQUEST_TIMEOUT)?,
             None => read.await,
