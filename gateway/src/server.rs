@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,7 +153,14 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let plain_builder = if settings.h2c { builder.clone() } else { builder.clone().http1_only() };
+    // Plain HTTP/1.1 connections skip the protocol detection of the auto builder: its
+    // buffers and state cost memory on every idle keep-alive connection.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -173,12 +181,23 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         let runtime = runtime.clone();
         let service = service_fn(move |request| {
             let runtime = runtime.load_full();
-            async move { Ok::<_, Infallible>(runtime.handle(request, remote).await) }
+            // Boxed: hyper keeps room for the service future in every connection, and the
+            // request path's future is large; boxing spends that memory only while a
+            // request is in flight instead of on every idle keep-alive connection.
+            let response: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
+                Box::pin(async move { Ok(runtime.handle(request, remote).await) });
+            response
         });
         let watcher = graceful.watcher();
         match &settings.tls {
+            None if settings.h2c => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(async move {
+                    let _ = watcher.watch(conn).await;
+                });
+            }
             None => {
-                let conn = plain_builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = http1.serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
                     let _ = watcher.watch(conn).await;
                 });
