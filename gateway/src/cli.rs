@@ -246,6 +246,15 @@ async fn serve(service: &Service, port: Option<u16>, shared: crate::runtime::Sha
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    for addr in crate::telemetry::prometheus_addrs(&service.extra_config) {
+        match server::bind(addr) {
+            Ok(l) => {
+                tracing::info!(%addr, "prometheus metrics on /metrics");
+                tokio::spawn(crate::telemetry::serve_prometheus(l, shared.clone()));
+            }
+            Err(e) => return fail(e),
+        }
+    }
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
     server::serve(listener, settings, shared, server::shutdown_signal()).await;

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 pub mod time;
 
 /// The version reported by `weir version` and in the `User-Agent` sent to backends.

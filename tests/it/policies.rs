@@ -533,3 +533,50 @@ async fn request_bodies_are_validated_and_limited_per_endpoint() {
     assert_eq!(gw.send(Method::POST, "/users", &[], big).await.status, 413);
     assert_eq!(b.hits(), 1, "refused bodies never reach the backend");
 }
+
+/// Refusals and breaker states show up on the Prometheus endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_breaker_states_are_counted() {
+    let ok = Backend::json(json!({"ok": true})).await;
+    let broken = Backend::start(|_| Reply::status(500)).await;
+    let metrics_port = crate::support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.json");
+    let config = json!({"version": 3, "listen_ip": "127.0.0.1", "port": 1,
+    "extra_config": {"telemetry/opentelemetry": {"exporters": {"prometheus": [{"name": "local", "port": metrics_port, "listen_ip": "127.0.0.1"}]}}},
+    "endpoints": [
+        {"endpoint": "/limited", "backend": [{"host": [ok.url], "url_pattern": "/"}],
+         "extra_config": {"qos/ratelimit/router": {"client_max_rate": 1, "every": "1h"}}},
+        {"endpoint": "/flaky", "backend": [{"host": [broken.url], "url_pattern": "/",
+            "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 3600, "max_errors": 0}}}]}
+    ]});
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let node = crate::support::Process::start(&["run", "-c", cfg.to_str().unwrap()], dir.path());
+    let get = |path: &str| {
+        let url = node.url(path);
+        async move { crate::support::send(Method::GET, &url, &[], bytes::Bytes::new()).await }
+    };
+    assert_eq!(get("/limited").await.status, 200);
+    assert_eq!(get("/limited").await.status, 429);
+    assert_eq!(get("/flaky").await.status, 500);
+    assert_eq!(get("/flaky").await.status, 500);
+    let metrics = crate::support::send(
+        Method::GET,
+        &format!("http://127.0.0.1:{metrics_port}/metrics"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    for line in [
+        "weir_responses_total{route=\"/limited\",method=\"GET\",status_class=\"2xx\"} 1",
+        "weir_responses_total{route=\"/limited\",method=\"GET\",status_class=\"4xx\"} 1",
+        "weir_refusals_total{route=\"/limited\",method=\"GET\",reason=\"rate_limited\"} 1",
+        "weir_responses_total{route=\"/flaky\",method=\"GET\",status_class=\"5xx\"} 2",
+        "weir_circuit_breaker_state{backend=\"GET /flaky backend 0\"} 1",
+        "weir_circuit_breaker_transitions_total{backend=\"GET /flaky backend 0\",to=\"open\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}

@@ -672,6 +672,14 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: &policy::ServiceD
         };
         if policy::supports(policy_scope, ns) {
             let at = join(path, ns);
+            if ns == "telemetry/opentelemetry" && extra[ns].get("exporters").and_then(|e| e.get("otlp")).is_some() {
+                // Only the Prometheus exporter runs so far; OTLP export is reported, not hidden.
+                report.unsupported.push(Unsupported {
+                    path: at.clone(),
+                    namespace: "telemetry/opentelemetry exporters.otlp".into(),
+                    blocking: false,
+                });
+            }
             report.errors.extend(policy::validate(policy_scope, ns, &extra[ns], &at, declares));
             continue;
         }

@@ -62,6 +62,7 @@ pub fn supports(scope: Scope, ns: &str) -> bool {
                 | "security/bot-detector"
                 | "weir/ip-filter"
                 | "weir/compression"
+                | "telemetry/opentelemetry"
         ),
         Scope::Endpoint => matches!(
             ns,
@@ -109,6 +110,10 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "qos/circuit-breaker") => breaker::CircuitBreaker::compile(v, path).map(drop),
         (_, "qos/http-cache") => cache::HttpCache::compile(v, path).map(drop),
         (_, "validation/json-schema") => schema::BodySchema::compile(v, path).map(drop),
+        (_, "telemetry/opentelemetry") => {
+            let p = crate::telemetry::validate(v, path);
+            if p.is_empty() { Ok(()) } else { Err(p) }
+        }
         (_, "security/cors") => cors::Cors::compile(v, path).map(drop),
         (_, "security/http") => security::HttpSecurity::compile(v, path).map(drop),
         (_, "security/bot-detector") => bot::BotDetector::compile(v, path).map(drop),

@@ -105,7 +105,7 @@ pub struct BackendCall {
     /// `qos/ratelimit/proxy`: calls beyond it fail without reaching the backend.
     limit: Option<BackendLimit>,
     /// `qos/circuit-breaker`, and how long a call may take before it counts as failed.
-    breaker: Option<CircuitBreaker>,
+    breaker: Option<Arc<CircuitBreaker>>,
     breaker_timeout: std::time::Duration,
     /// `qos/http-cache` for GET and HEAD calls.
     cache: Option<HttpCache>,
@@ -176,7 +176,7 @@ impl BackendCall {
                 .extra_config
                 .get("qos/circuit-breaker")
                 .and_then(|v| CircuitBreaker::compile(v, &format!("{} {}", endpoint.path, b.url_pattern)).ok())
-                .map(|settings| CircuitBreaker::new(settings, Arc::new(SystemClock))),
+                .map(|settings| Arc::new(CircuitBreaker::new(settings, Arc::new(SystemClock)))),
             // A little under the endpoint timeout, so that a backend that hangs is
             // recorded as failing before the endpoint gives up on it.
             breaker_timeout: endpoint.timeout.mul_f64(0.95),
@@ -185,6 +185,11 @@ impl BackendCall {
                 if c.is_shared() { shared_cache.get_or_init(|| c).clone() } else { c }
             }),
         }
+    }
+
+    /// The backend's circuit breaker, for the metrics exporter.
+    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.breaker.as_ref()
     }
 
     /// Calls the backend (`concurrent_calls` times at once when configured) and

@@ -56,6 +56,7 @@ pub struct Pipeline {
     body_schema: Option<crate::policy::schema::BodySchema>,
     /// `proxy.max_payload`: this endpoint's request body limit, when it has its own.
     max_body: Option<usize>,
+    stats: std::sync::Arc<crate::telemetry::EndpointStats>,
 }
 
 /// What the backends produced together.
@@ -99,7 +100,18 @@ impl Pipeline {
                 .get("validation/json-schema")
                 .and_then(|v| crate::policy::schema::BodySchema::compile(v, "").ok()),
             max_body: e.max_payload,
+            stats: std::sync::Arc::new(crate::telemetry::EndpointStats::new(&e.path, e.method.as_str())),
         }
+    }
+
+    /// This endpoint's counters.
+    pub fn stats(&self) -> &std::sync::Arc<crate::telemetry::EndpointStats> {
+        &self.stats
+    }
+
+    /// Circuit breakers of this endpoint's backends, named for the exporter.
+    pub fn breakers(&self) -> impl Iterator<Item = &std::sync::Arc<crate::policy::breaker::CircuitBreaker>> {
+        self.backends.iter().filter_map(BackendCall::breaker)
     }
 
     /// The request body limit of this endpoint, if it sets one.
@@ -111,6 +123,7 @@ impl Pipeline {
     pub fn check_body(&self, body: &[u8]) -> Result<(), Response<Body>> {
         match &self.body_schema {
             Some(schema) => schema.check(body).map_err(|mut r| {
+                self.stats.refused(crate::telemetry::Refusal::InvalidBody);
                 self.common_headers(r.headers_mut(), false);
                 r
             }),
@@ -129,6 +142,7 @@ impl Pipeline {
         let Some(guards) = &self.guards else { return Ok(Admitted::default()) };
         let named: Vec<(&str, &str)> = self.param_names.iter().map(|n| &**n).zip(params.iter().copied()).collect();
         guards.admit(&crate::policy::Request { parts, client_ip, params: &named }).await.map_err(|mut r| {
+            self.stats.refused(crate::telemetry::Refusal::from_status(r.status().as_u16()));
             self.common_headers(r.headers_mut(), false);
             r
         })

@@ -51,6 +51,7 @@ pub struct Runtime {
     read_timeout: Option<std::time::Duration>,
     max_idle_per_host: usize,
     front: crate::policy::Front,
+    metrics: crate::telemetry::Registry,
 }
 
 impl Runtime {
@@ -84,6 +85,7 @@ impl Runtime {
         };
         let policies = crate::policy::ServicePolicies::build(&service.extra_config).map_err(CompileError::Policy)?;
         let router = Router::compile(service, flags, &common, &policies)?;
+        let metrics = router.registry();
         Ok(Self {
             router,
             client,
@@ -92,6 +94,7 @@ impl Runtime {
             read_timeout: service.server.read_timeout,
             max_idle_per_host: service.max_idle_connections_per_host,
             front: crate::policy::Front::build(&service.extra_config).map_err(CompileError::Policy)?,
+            metrics,
         })
     }
 
@@ -100,7 +103,12 @@ impl Runtime {
         let (parts, body) = request.into_parts();
         let client_ip = self.front.client_ip(remote.ip(), &parts.headers);
         let mut response = match self.front.intercept(&parts, client_ip) {
-            Some(answer) => answer,
+            Some(answer) => {
+                if answer.status().is_client_error() || answer.status().is_server_error() {
+                    self.metrics.front.refused(crate::telemetry::Refusal::from_status(answer.status().as_u16()));
+                }
+                answer
+            }
             None => self.route(&parts, body, client_ip).await,
         };
         self.front.decorate(&parts.headers, response.headers_mut());
@@ -129,40 +137,61 @@ impl Runtime {
                 Err(status) => self.error_page(status, None),
             },
             Target::Endpoint(pipeline) => {
-                let admitted = match pipeline.admit(parts, client_ip, &route.params).await {
-                    Ok(a) => a,
-                    Err(refusal) => return refusal,
-                };
-                let body = match self.read_body(body, pipeline.max_body()).await {
-                    Ok(b) => b,
-                    Err(status) => return self.error_page(status, None),
-                };
-                if let Err(refusal) = pipeline.check_body(&body) {
-                    return refusal;
-                }
-                let host = parts
-                    .headers
-                    .get(header::HOST)
-                    .cloned()
-                    .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-                let inbound = Inbound {
-                    method: &parts.method,
-                    params: &route.params,
-                    query: parts.uri.query(),
-                    headers: &parts.headers,
-                    host: host.as_ref(),
-                    body,
-                    client_ip,
-                    claims: admitted.claims.as_deref(),
-                    extra_headers: &admitted.backend_headers,
-                };
-                let mut response = pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await;
-                for (name, value) in admitted.response_headers {
-                    response.headers_mut().insert(name, value);
-                }
+                let response = self.endpoint(pipeline, &route.params, parts, body, client_ip).await;
+                pipeline.stats().response(response.status().as_u16());
                 response
             }
         }
+    }
+
+    async fn endpoint(
+        &self,
+        pipeline: &crate::proxy::pipeline::Pipeline,
+        params: &[&str],
+        parts: &http::request::Parts,
+        body: Incoming,
+        client_ip: std::net::IpAddr,
+    ) -> Response<Body> {
+        let admitted = match pipeline.admit(parts, client_ip, params).await {
+            Ok(a) => a,
+            Err(refusal) => return refusal,
+        };
+        let body = match self.read_body(body, pipeline.max_body()).await {
+            Ok(b) => b,
+            Err(status) => {
+                pipeline.stats().refused(crate::telemetry::Refusal::from_status(status.as_u16()));
+                return self.error_page(status, None);
+            }
+        };
+        if let Err(refusal) = pipeline.check_body(&body) {
+            return refusal;
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let inbound = Inbound {
+            method: &parts.method,
+            params,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            host: host.as_ref(),
+            body,
+            client_ip,
+            claims: admitted.claims.as_deref(),
+            extra_headers: &admitted.backend_headers,
+        };
+        let mut response = pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await;
+        for (name, value) in admitted.response_headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+
+    /// Every counter in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
     }
 
     /// Reads a request body up to the configured limit: 413 above it, 408 when it

@@ -149,6 +149,22 @@ impl Router {
         })
     }
 
+    /// The counters of every endpoint and breaker, for the runtime's exporter.
+    pub fn registry(&self) -> crate::telemetry::Registry {
+        let mut registry = crate::telemetry::Registry::default();
+        for route in &self.routes {
+            if let RouteTarget::Endpoints { methods, .. } = &route.target {
+                for (method, pipeline) in methods {
+                    registry.endpoints.push(pipeline.stats().clone());
+                    for (i, b) in pipeline.breakers().enumerate() {
+                        registry.breakers.push((format!("{method} {} backend {i}", route.template), b.clone()));
+                    }
+                }
+            }
+        }
+        registry
+    }
+
     pub fn lookup<'a>(&'a self, path: &'a str, method: &Method) -> Lookup<'a> {
         if let Ok(m) = self.exact.at(path) {
             let route = &self.routes[*m.value];

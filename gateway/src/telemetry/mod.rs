@@ -1,0 +1,248 @@
+//! Request and policy metrics: counters resolved when the config is compiled
+//! (one set per endpoint, plus the service-wide checks), updated with relaxed atomic
+//! adds on the request path, and exposed in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::policy::breaker::{BreakerState, CircuitBreaker};
+
+/// Why a request was refused before reaching its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    InvalidBody,
+    TooLarge,
+    Other,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 6] = [
+        Refusal::Unauthorized,
+        Refusal::Forbidden,
+        Refusal::RateLimited,
+        Refusal::InvalidBody,
+        Refusal::TooLarge,
+        Refusal::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Forbidden => "forbidden",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::InvalidBody => "invalid_body",
+            Refusal::TooLarge => "too_large",
+            Refusal::Other => "other",
+        }
+    }
+
+    /// The refusal a policy status code stands for.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => Refusal::Unauthorized,
+            403 => Refusal::Forbidden,
+            429 | 503 => Refusal::RateLimited,
+            400 => Refusal::InvalidBody,
+            413 => Refusal::TooLarge,
+            _ => Refusal::Other,
+        }
+    }
+}
+
+/// Counters of one endpoint.
+pub struct EndpointStats {
+    route: Box<str>,
+    method: Box<str>,
+    /// Responses by status class: 1xx .. 5xx.
+    responses: [AtomicU64; 5],
+    refusals: [AtomicU64; 6],
+}
+
+impl EndpointStats {
+    pub fn new(route: &str, method: &str) -> Self {
+        Self { route: route.into(), method: method.into(), responses: Default::default(), refusals: Default::default() }
+    }
+
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(5);
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Refusals by the service-wide checks (hosts, bots, client addresses).
+#[derive(Default)]
+pub struct FrontStats {
+    refusals: [AtomicU64; 6],
+}
+
+impl FrontStats {
+    pub fn refused(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(5);
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every counter of a runtime, for the exporter.
+#[derive(Default)]
+pub struct Registry {
+    pub endpoints: Vec<Arc<EndpointStats>>,
+    pub front: FrontStats,
+    pub breakers: Vec<(String, Arc<CircuitBreaker>)>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Registry {
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024 + self.endpoints.len() * 512);
+        out.push_str("# HELP weir_responses_total Responses by endpoint and status class.\n# TYPE weir_responses_total counter\n");
+        for e in &self.endpoints {
+            for (i, n) in e.responses.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "weir_responses_total{{route=\"{}\",method=\"{}\",status_class=\"{}xx\"}} {}",
+                    escape(&e.route),
+                    e.method,
+                    i + 1,
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP weir_refusals_total Requests refused by a policy before reaching backends.\n# TYPE weir_refusals_total counter\n");
+        for e in &self.endpoints {
+            for (r, n) in Refusal::ALL.iter().zip(&e.refusals) {
+                let _ = writeln!(
+                    out,
+                    "weir_refusals_total{{route=\"{}\",method=\"{}\",reason=\"{}\"}} {}",
+                    escape(&e.route),
+                    e.method,
+                    r.label(),
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        for (r, n) in Refusal::ALL.iter().zip(&self.front.refusals) {
+            let _ = writeln!(
+                out,
+                "weir_refusals_total{{route=\"\",method=\"\",reason=\"{}\"}} {}",
+                r.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        if !self.breakers.is_empty() {
+            out.push_str("# HELP weir_circuit_breaker_state 0 closed, 1 open, 2 half-open.\n# TYPE weir_circuit_breaker_state gauge\n");
+            for (name, b) in &self.breakers {
+                let state = match b.state() {
+                    BreakerState::Closed => 0,
+                    BreakerState::Open => 1,
+                    BreakerState::HalfOpen => 2,
+                };
+                let _ = writeln!(out, "weir_circuit_breaker_state{{backend=\"{}\"}} {state}", escape(name));
+            }
+            out.push_str("# HELP weir_circuit_breaker_transitions_total State changes by new state.\n# TYPE weir_circuit_breaker_transitions_total counter\n");
+            for (name, b) in &self.breakers {
+                for (state, n) in ["closed", "open", "half-open"].iter().zip(b.transitions()) {
+                    let _ = writeln!(
+                        out,
+                        "weir_circuit_breaker_transitions_total{{backend=\"{}\",to=\"{state}\"}} {n}",
+                        escape(name)
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `telemetry/opentelemetry` `exporters.prometheus[]`: where to serve `/metrics`.
+pub fn prometheus_addrs(extra: &serde_json::Map<String, serde_json::Value>) -> Vec<std::net::SocketAddr> {
+    let exporters = extra
+        .get("telemetry/opentelemetry")
+        .and_then(|t| t.get("exporters"))
+        .and_then(|e| e.get("prometheus"))
+        .and_then(serde_json::Value::as_array);
+    exporters
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.get("port")?.as_u64()?).ok()?;
+            let ip = p
+                .get("listen_ip")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            Some(std::net::SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
+/// Checks the exporter settings Weir uses (`exporters.prometheus[].port`).
+pub fn validate(v: &serde_json::Value, path: &str) -> crate::policy::Problems {
+    let mut p = crate::policy::Problems::new();
+    let list = v.get("exporters").and_then(|e| e.get("prometheus"));
+    match list {
+        None => {}
+        Some(serde_json::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if item.get("port").and_then(serde_json::Value::as_u64).and_then(|n| u16::try_from(n).ok()).is_none() {
+                    p.push(crate::policy::problem(
+                        &format!("{path}.exporters.prometheus[{i}].port"),
+                        "is required: the port to serve /metrics on",
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            p.push(crate::policy::problem(&format!("{path}.exporters.prometheus"), "must be a list of exporters"))
+        }
+    }
+    p
+}
+
+/// Serves `GET /metrics` from whichever runtime is current, until the process ends.
+pub async fn serve_prometheus(listener: tokio::net::TcpListener, runtime: crate::runtime::Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let runtime = runtime.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let runtime = runtime.load_full();
+            async move {
+                let mut response = if request.uri().path() == "/metrics" {
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(runtime.metrics_text())));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"404 page not found")))
+                };
+                if request.uri().path() != "/metrics" {
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
