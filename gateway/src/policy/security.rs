@@ -141,7 +141,6 @@ impl HttpSecurity {
 
     /// Refuses a request whose host is not in `allowed_hosts` (when the list is set)
     /// with `500 Bad Host`, the answer KrakenD gives.
-    // The runtime's calling convention; the large `Err` only exists on the rare refusal.
     pub fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Response<Body>> {
         let allowed = match &self.hosts {
             AllowedHosts::Any => return Ok(()),
