@@ -1,6 +1,8 @@
 //! What each policy costs per request: JWT validation (first sight and cached), API
 //! key lookup, rate-limit check, CORS headers and compression.
 
+#![allow(clippy::expect_used, reason = "fixed bench inputs: a failure is a broken bench, not bad input")]
+
 use std::hint::black_box;
 use std::path::PathBuf;
 

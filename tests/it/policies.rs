@@ -580,3 +580,52 @@ async fn refusals_and_breaker_states_are_counted() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }
+
+/// An ES512 token signed by `openssl` (jsonwebtoken cannot make one), independently of
+/// the gateway's own P-521 code.
+fn es512_token(claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let input =
+        format!("{}.{}", b64(br#"{"alg":"ES512","kid":"ec521","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("input");
+    std::fs::write(&msg, &input).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha512", "-sign", fixture("ec521.pem").to_str().unwrap(), msg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // DER SEQUENCE { INTEGER r, INTEGER s } -> fixed-width r || s (66 bytes each).
+    let der = out.stdout;
+    let mut i = if der[1] & 0x80 != 0 { 2 + usize::from(der[1] & 0x7f) } else { 2 };
+    let mut raw = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[i], 0x02);
+        let len = usize::from(der[i + 1]);
+        let int = &der[i + 2..i + 2 + len];
+        let int = &int[int.len().saturating_sub(66)..];
+        raw.extend(std::iter::repeat_n(0u8, 66 - int.len()));
+        raw.extend_from_slice(int);
+        i += 2 + len;
+    }
+    format!("{input}.{}", b64(&raw))
+}
+
+#[tokio::test]
+async fn jwt_es512() {
+    let b = Backend::json(json!({"ok": true})).await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/p", "backend": [{"host": [b.url], "url_pattern": "/"}],
+        "extra_config": {"auth/validator": {"alg": "ES512", "jwk_local_path": fixture("jwks.json"), "issuer": "me"}}}])))
+    .await;
+    let good = es512_token(&json!({"sub": "a", "iss": "me", "exp": now() + 60}));
+    assert_eq!(gw.send(Method::GET, "/p", &[("Authorization", &format!("Bearer {good}"))], "").await.status, 200);
+    for bad in [
+        es512_token(&json!({"sub": "a", "iss": "me", "exp": now() - 60})),
+        es512_token(&json!({"sub": "a", "iss": "you"})),
+        format!("{}x", &good[..good.len() - 1]),
+        token(Algorithm::ES384, "ec384", json!({"sub": "a", "iss": "me"})),
+    ] {
+        assert_eq!(gw.send(Method::GET, "/p", &[("Authorization", &format!("Bearer {bad}"))], "").await.status, 401);
+    }
+}

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -52,10 +53,20 @@ enum Matcher {
     All,
 }
 
+/// The token algorithm: one jsonwebtoken verifies, or ES512, verified here with
+/// `p521` because jsonwebtoken has no P-521.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alg {
+    Lib(Algorithm),
+    Es512,
+}
+
 /// Settings read from the namespace, without I/O.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    alg: Algorithm,
+    alg: Alg,
+    /// The `alg` name tokens must declare.
+    alg_name: String,
     jwk_url: Option<Uri>,
     jwk_local_path: Option<PathBuf>,
     jwk_ttl: Duration,
@@ -118,15 +129,13 @@ impl JwtSettings {
         let Value::Object(obj) = v else {
             return Err(vec![problem(path, "must be an object")]);
         };
-        let alg = match string(obj, "alg", path, &mut p).unwrap_or("RS256") {
-            "ES512" => {
-                p.push(problem(&format!("{path}.alg"), "ES512 is not supported yet (ES256 and ES384 are)"));
-                Algorithm::RS256
-            }
-            other => other.parse().unwrap_or_else(|_| {
+        let alg_name = string(obj, "alg", path, &mut p).unwrap_or("RS256").to_owned();
+        let alg = match alg_name.as_str() {
+            "ES512" => Alg::Es512,
+            other => Alg::Lib(other.parse().unwrap_or_else(|_| {
                 p.push(problem(&format!("{path}.alg"), format!("{other:?} is not a JWT algorithm")));
                 Algorithm::RS256
-            }),
+            })),
         };
         let insecure = obj.get("disable_jwk_security").and_then(Value::as_bool).unwrap_or(false);
         let jwk_url = string(obj, "jwk_url", path, &mut p).and_then(|u| match u.parse::<Uri>() {
@@ -197,6 +206,7 @@ impl JwtSettings {
         };
         let settings = Self {
             alg,
+            alg_name,
             jwk_url,
             jwk_local_path,
             jwk_ttl,
@@ -217,14 +227,20 @@ impl JwtSettings {
     }
 }
 
-/// Decoding keys by `kid`, plus every key for tokens that name none.
-type KeySet = (HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>);
+/// A verification key.
+enum VerifyKey {
+    Lib(DecodingKey),
+    P521(p521::ecdsa::VerifyingKey),
+}
+
+/// Verification keys by `kid`, plus every key for tokens that name none.
+type KeySet = (HashMap<String, Arc<VerifyKey>>, Vec<Arc<VerifyKey>>);
 /// Verified tokens: token hash -> (token, claims, trusted until).
 type TokenShard = Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>;
 
 /// Where the verification keys come from.
 enum Keys {
-    Local(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>),
+    Local(HashMap<String, Arc<VerifyKey>>, Vec<Arc<VerifyKey>>),
     Remote(Arc<RemoteKeys>),
 }
 
@@ -241,19 +257,42 @@ struct RemoteKeys {
     refresher: std::sync::Once,
 }
 
-/// Parses a JWK set into keys by id, plus all keys for tokens without `kid`.
+/// Parses a JWK set into keys by id, plus all keys for tokens without `kid`. Keys of
+/// a kind Weir cannot use are skipped with a warning rather than failing the set.
 fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
+    let set: Value = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
+    let keys = set.get("keys").and_then(Value::as_array).ok_or("not a JWK set: no \"keys\" list")?;
     let mut by_kid = HashMap::new();
     let mut all = Vec::new();
-    for jwk in &set.keys {
-        let key = Arc::new(DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?);
-        if let Some(kid) = &jwk.common.key_id {
-            by_kid.insert(kid.clone(), key.clone());
+    for jwk in keys {
+        let key = match parse_jwk(jwk) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                tracing::warn!(kid = ?jwk.get("kid"), error = %e, "skipping an unusable JWK");
+                continue;
+            }
+        };
+        if let Some(kid) = jwk.get("kid").and_then(Value::as_str) {
+            by_kid.insert(kid.to_owned(), key.clone());
         }
         all.push(key);
     }
+    if all.is_empty() {
+        return Err("the JWK set has no usable key".into());
+    }
     Ok((by_kid, all))
+}
+
+fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
+    if jwk.get("crv").and_then(Value::as_str) == Some("P-521") {
+        let coord = |n: &str| {
+            jwk.get(n).and_then(Value::as_str).and_then(|v| URL_SAFE_NO_PAD.decode(v).ok()).ok_or(format!("bad {n}"))
+        };
+        let point = [vec![4u8], coord("x")?, coord("y")?].concat();
+        return p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).map(VerifyKey::P521).map_err(|e| e.to_string());
+    }
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).map_err(|e| e.to_string())?;
+    DecodingKey::from_jwk(&jwk).map(VerifyKey::Lib).map_err(|e| e.to_string())
 }
 
 impl RemoteKeys {
@@ -274,7 +313,7 @@ impl RemoteKeys {
         Ok(())
     }
 
-    async fn key(self: &Arc<Self>, kid: Option<&str>) -> Vec<Arc<DecodingKey>> {
+    async fn key(self: &Arc<Self>, kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
         self.refresher.call_once(|| {
             let me = Arc::downgrade(self);
             let ttl = self.ttl;
@@ -346,7 +385,11 @@ impl JwtValidator {
             })),
             (None, None) => return Err("no key source".into()),
         };
-        let mut validation = Validation::new(settings.alg);
+        let mut validation = Validation::new(match settings.alg {
+            Alg::Lib(a) => a,
+            // Unused for ES512, whose claims are checked in `check_times`.
+            Alg::Es512 => Algorithm::ES384,
+        });
         // Audiences are checked below (KrakenD wants all of them); exp and nbf are
         // checked when present, as KrakenD does.
         validation.validate_aud = false;
@@ -445,30 +488,57 @@ impl JwtValidator {
     }
 
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, Denied> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::Unauthorized)?;
-        if header.alg != self.settings.alg {
+        let (alg, kid) = header(token).ok_or(Denied::Unauthorized)?;
+        if alg != self.settings.alg_name {
             return Err(Denied::Unauthorized);
         }
         let candidates = match &self.keys {
-            Keys::Local(by_kid, all) => match &header.kid {
+            Keys::Local(by_kid, all) => match &kid {
                 Some(kid) => by_kid.get(kid).cloned().into_iter().collect(),
                 None => all.clone(),
             },
-            Keys::Remote(remote) => remote.key(header.kid.as_deref()).await,
+            Keys::Remote(remote) => remote.key(kid.as_deref()).await,
         };
         for key in candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation) {
-                Ok(data) => {
-                    if !self.audience_ok(&data.claims) {
-                        return Err(Denied::Unauthorized);
+            let claims = match (&*key, self.settings.alg) {
+                (VerifyKey::Lib(k), Alg::Lib(_)) => {
+                    match jsonwebtoken::decode::<Map<String, Value>>(token, k, &self.validation) {
+                        Ok(data) => data.claims,
+                        Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => continue,
+                        Err(_) => return Err(Denied::Unauthorized),
                     }
-                    return Ok(data.claims);
                 }
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => continue,
-                Err(_) => return Err(Denied::Unauthorized),
+                (VerifyKey::P521(k), Alg::Es512) => match verify_es512(token, k) {
+                    Some(claims) => {
+                        self.check_times(&claims)?;
+                        claims
+                    }
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if !self.audience_ok(&claims) {
+                return Err(Denied::Unauthorized);
             }
+            return Ok(claims);
         }
         Err(Denied::Unauthorized)
+    }
+
+    /// `exp`, `nbf` (with leeway) and `iss`, for tokens jsonwebtoken does not check.
+    fn check_times(&self, claims: &Map<String, Value>) -> Result<(), Denied> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let leeway = self.settings.leeway.as_secs_f64();
+        if claims.get("exp").and_then(Value::as_f64).is_some_and(|exp| now > exp + leeway)
+            || claims.get("nbf").and_then(Value::as_f64).is_some_and(|nbf| now + leeway < nbf)
+        {
+            return Err(Denied::Unauthorized);
+        }
+        match (&self.settings.issuer, claims.get("iss").and_then(Value::as_str)) {
+            (Some(want), Some(iss)) if want == iss => Ok(()),
+            (Some(_), _) => Err(Denied::Unauthorized),
+            (None, _) => Ok(()),
+        }
     }
 
     fn audience_ok(&self, claims: &Map<String, Value>) -> bool {
@@ -502,6 +572,24 @@ impl JwtValidator {
         }
         Ok(())
     }
+}
+
+/// The `alg` and `kid` of a token's header.
+fn header(token: &str) -> Option<(String, Option<String>)> {
+    let first = token.split('.').next()?;
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(first).ok()?).ok()?;
+    let alg = header.get("alg")?.as_str()?.to_owned();
+    Some((alg, header.get("kid").and_then(Value::as_str).map(str::to_owned)))
+}
+
+/// ES512: ECDSA over P-521 with SHA-512; the claims if the signature holds.
+fn verify_es512(token: &str, key: &p521::ecdsa::VerifyingKey) -> Option<Map<String, Value>> {
+    use p521::ecdsa::signature::Verifier as _;
+    let (input, signature) = token.rsplit_once('.')?;
+    let signature = p521::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).ok()?).ok()?;
+    key.verify(input.as_bytes(), &signature).ok()?;
+    let payload = input.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
 /// A claim at a dot path.
