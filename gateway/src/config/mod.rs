@@ -17,6 +17,7 @@ pub use duration::parse as parse_duration;
 pub use model::*;
 pub use report::{Problem, Report, Unsupported};
 pub use validate::{LIMITS_NAMESPACE, path_params, resp_placeholder};
+pub(crate) use validate::{is_comment_key, join, kind};
 
 /// The syntax a config file is written in, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

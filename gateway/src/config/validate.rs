@@ -235,15 +235,17 @@ enum Scope {
 }
 
 /// Keys starting with these characters are comments in KrakenD configs (`$schema`, `@comment`).
-fn is_comment_key(key: &str) -> bool {
+pub(crate) fn is_comment_key(key: &str) -> bool {
     key.starts_with(['@', '$', '_', '#'])
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `path.key`, or `key` at the root.
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// A JSON value's type in words, for messages ("a string", "an array").
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -23,6 +23,7 @@
 //! is not a cancellation: KrakenD counts `context.DeadlineExceeded` as a failure, so
 //! a caller that times the call out reports `failure()` before dropping the permit.
 
+use crate::config::{is_comment_key, join as at, kind};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -494,25 +495,6 @@ fn show(v: &Value) -> String {
     match v {
         Value::Number(n) => n.to_string(),
         other => kind(other).to_owned(),
-    }
-}
-
-fn at(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-}
-
-fn is_comment_key(key: &str) -> bool {
-    key.starts_with(['@', '$', '_', '#'])
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

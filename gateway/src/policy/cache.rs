@@ -27,6 +27,7 @@
 //! above. [`HttpCache`] is a cheap handle to its store: the runtime gives every
 //! backend with `shared: true` a clone of the same one.
 
+use crate::config::{is_comment_key, join as at, kind};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -825,25 +826,6 @@ fn at_least(obj: &Map<String, Value>, path: &str, key: &str, min: u64, problems:
             problems.push(problem(&at(path, key), format!("must be a whole number of at least {min}, found {found}")));
             None
         }
-    }
-}
-
-fn at(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-}
-
-fn is_comment_key(key: &str) -> bool {
-    key.starts_with(['@', '$', '_', '#'])
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -2,6 +2,7 @@
 //! problem under the key's config path, so a `compile` reports them all at once
 //! and still builds a value from the keys that were fine.
 
+use crate::config::kind;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -149,17 +150,6 @@ impl<'a> Settings<'a> {
     /// `value` when nothing was wrong, else every problem found.
     pub(crate) fn finish<T>(self, value: T) -> Result<T, Problems> {
         if self.problems.is_empty() { Ok(value) } else { Err(self.problems) }
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
