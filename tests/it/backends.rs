@@ -183,3 +183,71 @@ async fn oversized_backend_response_fails_the_backend() {
     let gw = Gateway::start(c).await;
     assert_eq!(gw.get("/big").await.status, 500);
 }
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_unless_the_backend_closes_them() {
+    let keep = Backend::json(json!({"k": 1})).await;
+    let close = Backend::start(|_| Reply::json(json!({"c": 1})).header("connection", "close")).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/keep", "backend": [{"host": [keep.url], "url_pattern": "/"}]},
+        {"endpoint": "/close", "backend": [{"host": [close.url], "url_pattern": "/"}]},
+        {"endpoint": "/raw", "output_encoding": "no-op", "backend": [{"host": [keep.url], "url_pattern": "/"}]}
+    ])))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(gw.get("/keep").await.status, 200);
+        assert_eq!(gw.get("/close").await.status, 200);
+    }
+    assert_eq!(keep.connections(), 1, "one connection serves every sequential call");
+    assert_eq!(close.connections(), 20, "Connection: close is honoured");
+    for _ in 0..5 {
+        assert_eq!(gw.get("/raw").await.status, 200);
+    }
+    assert_eq!(keep.hits(), 25);
+}
+
+/// A backend that answers one request per connection with keep-alive, then closes the
+/// connection after a moment of idleness, as servers with short keep-alive timeouts do.
+async fn short_keep_alive_backend() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let body = r#"{"ok":true}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn connections_the_backend_closed_while_idle_are_not_reused() {
+    let (url, accepted) = short_keep_alive_backend().await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/get", "backend": [{"host": [url], "url_pattern": "/"}]},
+        {"endpoint": "/post", "method": "POST", "backend": [{"host": [url], "url_pattern": "/"}]}
+    ])))
+    .await;
+    for path in ["/get", "/get", "/get"] {
+        assert_eq!(gw.get(path).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(gw.send(Method::POST, "/post", &[], "x").await.status, 200, "a POST is not lost to a stale connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}

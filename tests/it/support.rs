@@ -76,6 +76,7 @@ pub struct Backend {
     pub url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -93,12 +94,15 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let (seen2, hits2) = (seen.clone(), hits.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                     _ = &mut stopped => return,
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (handler, seen, hits) = (handler.clone(), seen2.clone(), hits2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -127,7 +131,7 @@ impl Backend {
                 });
             }
         });
-        Self { addr, url: format!("http://{addr}"), seen, hits, _stop: stop }
+        Self { addr, url: format!("http://{addr}"), seen, hits, connections, _stop: stop }
     }
 
     /// A backend answering every request with the same JSON.
@@ -137,6 +141,11 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use super::client::Client;
 use super::decode::decode;
 use super::shape::Shape;
+use super::upstream::BodyError;
 use super::url::{UrlTemplate, Values};
 use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
 use crate::error::{Error, ErrorKind};
@@ -251,19 +252,15 @@ impl BackendCall {
         let (status, content_type, body) = match &self.cache {
             Some(cache) if self.method == Method::GET || self.method == Method::HEAD => {
                 let load = || async {
-                    let response = self.send_to(client, inbound, uri.clone()).await?;
-                    let (parts, body) = response.into_parts();
-                    let body = self.read_body(body).await?;
-                    Ok::<_, Failure>(CachedResponse::new(parts.status, parts.headers, body))
+                    let fetched = self.fetch(client, inbound, uri.clone()).await?;
+                    Ok::<_, Failure>(CachedResponse::new(fetched.status, fetched.headers, fetched.body?))
                 };
                 let (cached, _) = cache.fetch(&self.method, &uri, inbound.headers, load).await?;
                 (cached.status, cached.headers.get(header::CONTENT_TYPE).cloned(), Ok(cached.body.clone()))
             }
             _ => {
-                let response = self.send_to(client, inbound, uri).await?;
-                let status = response.status();
-                let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-                (status, content_type, self.read_body(response.into_body()).await)
+                let fetched = self.fetch(client, inbound, uri).await?;
+                (fetched.status, fetched.headers.get(header::CONTENT_TYPE).cloned(), fetched.body)
             }
         };
         // Only 200 and 201 count as success, as in KrakenD.
@@ -284,10 +281,7 @@ impl BackendCall {
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Failure> {
         match Limited::new(body, self.max_response_bytes).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Error::upstream(ErrorKind::TooLarge, "backend response larger than max_backend_response_bytes")
-                    .into())
-            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Err(e) => Err(Error::upstream(ErrorKind::Io, "reading the backend response failed").with_detail(e).into()),
         }
     }
@@ -325,25 +319,86 @@ impl BackendCall {
                 .request(request)
                 .await
                 .map_err(|e| Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e))?;
-            let status = response.status();
-            if !self.follow_redirects || !status.is_redirection() || status == StatusCode::NOT_MODIFIED {
-                return Ok(response);
+            match self.redirect(response.status(), response.headers(), &uri, &mut method, &mut body) {
+                Some(next) => uri = next,
+                None => return Ok(response),
             }
-            let Some(next) = response.headers().get(header::LOCATION).and_then(|l| resolve(&uri, l)) else {
-                return Ok(response);
-            };
-            // Like Go: 303, and 301/302 after anything but GET/HEAD, become a GET without body.
-            if status == StatusCode::SEE_OTHER
-                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
-                    && method != Method::GET
-                    && method != Method::HEAD)
-            {
-                method = Method::GET;
-                body = Bytes::new();
-            }
-            uri = next;
         }
         Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
+    }
+
+    /// Calls the backend and reads its whole answer, following redirects. Plain-HTTP
+    /// hosts are driven from this task ([`super::upstream`]); HTTPS goes through the
+    /// pooled client.
+    async fn fetch(&self, client: &Client, inbound: &Inbound<'_>, mut uri: Uri) -> Result<Fetched, Failure> {
+        if let Some(limit) = &self.limit
+            && !limit.allow()
+        {
+            return Err(unavailable("backend rate limit exceeded"));
+        }
+        let mut method = self.method.clone();
+        let mut body = inbound.body.clone();
+        let origin = uri.authority().cloned();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = uri.authority() == origin.as_ref();
+            let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
+            let fetched = match (uri.scheme_str(), uri.authority()) {
+                (Some("http"), Some(authority)) => {
+                    let answer =
+                        client.upstreams().call(authority, request, self.max_response_bytes).await.map_err(|e| {
+                            Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
+                        })?;
+                    let body = answer.body.map_err(|e| match e {
+                        BodyError::TooLarge => too_large(),
+                        BodyError::Broken(detail) => {
+                            Error::upstream(ErrorKind::Io, "reading the backend response failed")
+                                .with_detail(detail)
+                                .into()
+                        }
+                    });
+                    Fetched { status: answer.status, headers: answer.headers, body }
+                }
+                _ => {
+                    let response = client
+                        .request(request)
+                        .await
+                        .map_err(|e| Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e))?;
+                    let (parts, incoming) = response.into_parts();
+                    Fetched { status: parts.status, headers: parts.headers, body: self.read_body(incoming).await }
+                }
+            };
+            match self.redirect(fetched.status, &fetched.headers, &uri, &mut method, &mut body) {
+                Some(next) => uri = next,
+                None => return Ok(fetched),
+            }
+        }
+        Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
+    }
+
+    /// Where a redirect leads, adjusting method and body like Go's client: 303, and
+    /// 301/302 after anything but GET/HEAD, become a GET without body. `None`: this is
+    /// the final answer.
+    fn redirect(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        uri: &Uri,
+        method: &mut Method,
+        body: &mut Bytes,
+    ) -> Option<Uri> {
+        if !self.follow_redirects || !status.is_redirection() || status == StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        let next = headers.get(header::LOCATION).and_then(|l| resolve(uri, l))?;
+        if status == StatusCode::SEE_OTHER
+            || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                && *method != Method::GET
+                && *method != Method::HEAD)
+        {
+            *method = Method::GET;
+            *body = Bytes::new();
+        }
+        Some(next)
     }
 
     fn uri(&self, inbound: &Inbound<'_>, responses: &[Option<Map<String, Value>>]) -> Result<Uri, Failure> {
@@ -446,6 +501,17 @@ impl BackendCall {
 fn decoded_eq(raw: &str, name: &str) -> bool {
     raw.contains(['%', '+'])
         && percent_encoding::percent_decode_str(&raw.replace('+', " ")).decode_utf8().is_ok_and(|d| d == name)
+}
+
+/// A backend answer read whole.
+struct Fetched {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, Failure>,
+}
+
+fn too_large() -> Failure {
+    Error::upstream(ErrorKind::TooLarge, "backend response larger than max_backend_response_bytes").into()
 }
 
 /// A backend that was not called, answering as KrakenD does when it holds one back.

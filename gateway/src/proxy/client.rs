@@ -1,5 +1,6 @@
 //! The pooled keep-alive HTTP client shared by every backend of a runtime.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,8 +10,30 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// The backend client: HTTP/1.1 with keep-alive, HTTPS through rustls.
-pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+use super::upstream::Upstreams;
+
+/// hyper's pooled client: HTTPS, and bodies streamed through to clients (`no-op`).
+type Pooled = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The backend client: HTTP/1.1 with keep-alive, HTTPS through rustls. Buffered calls
+/// to plain-HTTP backends go through [`Upstreams`], driven by the request's own task.
+#[derive(Clone)]
+pub struct Client {
+    pooled: Pooled,
+    upstreams: Arc<Upstreams>,
+}
+
+impl Client {
+    /// Sends a request through hyper's pooled client; the body streams as it arrives.
+    pub fn request(&self, request: http::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        self.pooled.request(request)
+    }
+
+    /// The plain-HTTP connections for buffered calls.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+}
 
 /// Idle backend connections are closed after this; Go's transport uses 90 s, and
 /// matching it keeps KrakenD users' backend keep-alive settings valid.
@@ -30,10 +53,11 @@ pub fn build(max_idle_per_host: usize) -> Result<Client, rustls::Error> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(HyperClient::builder(TokioExecutor::new())
+    let pooled = HyperClient::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https))
+        .build(https);
+    Ok(Client { pooled, upstreams: Arc::new(Upstreams::new(max_idle_per_host, CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT)) })
 }

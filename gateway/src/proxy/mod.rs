@@ -7,6 +7,7 @@ pub mod flatmap;
 pub mod pipeline;
 pub mod render;
 pub mod shape;
+pub mod upstream;
 pub mod url;
 
 use bytes::Bytes;
