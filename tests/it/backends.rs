@@ -204,6 +204,7 @@ async fn backend_connections_are_kept_alive_unless_the_backend_closes_them() {
         assert_eq!(gw.get("/raw").await.status, 200);
     }
     assert_eq!(keep.hits(), 25);
+    assert!(keep.connections() <= 2, "streamed (no-op) calls reuse connections too: {}", keep.connections());
 }
 
 /// A backend that answers one request per connection with keep-alive, then closes the

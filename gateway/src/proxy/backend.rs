@@ -11,10 +11,11 @@ use futures_util::stream::FuturesUnordered;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::Streaming;
 use super::client::Client;
 use super::decode::decode;
 use super::shape::Shape;
@@ -293,7 +294,7 @@ impl BackendCall {
         client: &Client,
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<Streaming>, Failure> {
         let uri = self.uri(inbound, responses)?;
         self.send_to(client, inbound, uri).await
     }
@@ -303,7 +304,7 @@ impl BackendCall {
         client: &Client,
         inbound: &Inbound<'_>,
         mut uri: Uri,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<Streaming>, Failure> {
         if let Some(limit) = &self.limit
             && !limit.allow()
         {
@@ -315,10 +316,18 @@ impl BackendCall {
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = uri.authority() == origin.as_ref();
             let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e))?;
+            let failed = |e: &dyn std::fmt::Display| {
+                Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
+            };
+            let response = match (uri.scheme_str(), uri.authority()) {
+                (Some("http"), Some(authority)) => client
+                    .upstreams()
+                    .call_streaming(authority, request)
+                    .await
+                    .map_err(|e| failed(&e))?
+                    .map(Either::Right),
+                _ => client.request(request).await.map_err(|e| failed(&e))?.map(Either::Left),
+            };
             match self.redirect(response.status(), response.headers(), &uri, &mut method, &mut body) {
                 Some(next) => uri = next,
                 None => return Ok(response),

@@ -29,8 +29,8 @@ impl Client {
         self.pooled.request(request)
     }
 
-    /// The plain-HTTP connections for buffered calls.
-    pub fn upstreams(&self) -> &Upstreams {
+    /// The plain-HTTP connections driven by request tasks.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
     }
 }

@@ -8,15 +8,19 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
+use std::sync::{Arc, Weak};
+use std::task::Context;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -122,25 +126,11 @@ impl Upstreams {
         request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> Result<Answer, CallError> {
-        let (mut parts, body) = request.into_parts();
-        // On the wire an HTTP/1.1 request names its path and the host goes in `Host`.
-        if !parts.headers.contains_key(http::header::HOST)
-            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(http::header::HOST, host);
-        }
-        let origin_form = match parts.uri.path_and_query() {
-            Some(pq) => {
-                let mut only_path = http::uri::Parts::default();
-                only_path.path_and_query = Some(pq.clone());
-                http::Uri::from_parts(only_path).unwrap_or_else(|_| http::Uri::from_static("/"))
-            }
-            None => http::Uri::from_static("/"),
-        };
+        let (parts, body) = origin_form(authority, request);
         let rebuild = || {
             let mut r = Request::new(body.clone());
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = origin_form.clone();
+            *r.uri_mut() = parts.uri.clone();
             *r.headers_mut() = parts.headers.clone();
             r
         };
@@ -154,6 +144,53 @@ impl Upstreams {
         }
         let fresh = self.connect(authority).await?;
         self.exchange(authority, fresh, rebuild(), max_body).await
+    }
+
+    /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
+    /// body streams through [`Streamed`], which keeps driving the connection and hands
+    /// it back to the pool when the body ends.
+    pub async fn call_streaming(
+        self: &Arc<Self>,
+        authority: &Authority,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Streamed>, CallError> {
+        let (parts, body) = origin_form(authority, request);
+        let rebuild = || {
+            let mut r = Request::new(body.clone());
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        if let Some(c) = self.checkout(authority) {
+            let idempotent = parts.method.is_idempotent();
+            match self.head(authority, c, rebuild()).await {
+                Err(CallError::Http(e)) if e.is_canceled() || (idempotent && e.is_incomplete_message()) => {}
+                Err(CallError::Closed) if idempotent => {}
+                other => return other,
+            }
+        }
+        let fresh = self.connect(authority).await?;
+        self.head(authority, fresh, rebuild()).await
+    }
+
+    async fn head(
+        self: &Arc<Self>,
+        authority: &Authority,
+        mut c: Conn,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Streamed>, CallError> {
+        let pending = c.sender.send_request(request);
+        let response = drive(&mut c.conn, pending).await??;
+        let keep = !response
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        Ok(response.map(|body| Streamed {
+            body,
+            conn: Some(c),
+            home: keep.then(|| (Arc::downgrade(self), authority.clone())),
+        }))
     }
 
     async fn exchange(
@@ -182,6 +219,84 @@ impl Upstreams {
         }
         Ok(Answer { status: parts.status, headers: parts.headers, body })
     }
+}
+
+/// A backend body streamed to the client while its connection is driven alongside;
+/// at the end of the body the connection goes back to its pool.
+pub struct Streamed {
+    body: Incoming,
+    conn: Option<Conn>,
+    /// Where the connection returns when the body ends, if it may be reused.
+    home: Option<(Weak<Upstreams>, Authority)>,
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(c) = &mut this.conn {
+            match c.conn.poll_without_shutdown(cx) {
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // The connection is done; whatever it delivered is still in the body.
+                Poll::Ready(Ok(())) => this.conn = None,
+                Poll::Pending => {}
+            }
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.release(cx);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Streamed {
+    /// Returns the connection to its pool once it is idle again.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        let Some(mut c) = self.conn.take() else { return };
+        let Some((home, authority)) = self.home.take() else { return };
+        if c.conn.poll_without_shutdown(cx).is_ready() {
+            return;
+        }
+        if matches!(c.sender.poll_ready(cx), Poll::Ready(Ok(())))
+            && let Some(pool) = home.upgrade()
+        {
+            pool.checkin(&authority, c);
+        }
+    }
+}
+
+/// The request as it goes on the wire: the path in the request line, the host in `Host`.
+fn origin_form(authority: &Authority, request: Request<Full<Bytes>>) -> (http::request::Parts, Full<Bytes>) {
+    let (mut parts, body) = request.into_parts();
+    // On the wire an HTTP/1.1 request names its path and the host goes in `Host`.
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(http::header::HOST, host);
+    }
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => {
+            let mut only_path = http::uri::Parts::default();
+            only_path.path_and_query = Some(pq.clone());
+            http::Uri::from_parts(only_path).unwrap_or_else(|_| http::Uri::from_static("/"))
+        }
+        None => http::Uri::from_static("/"),
+    };
+    (parts, body)
 }
 
 /// Polls the connection alongside `fut` until `fut` completes.
