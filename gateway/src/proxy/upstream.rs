@@ -117,33 +117,14 @@ impl Upstreams {
     }
 
     /// Sends `request` to `authority` and reads the answer, keeping the connection
-    /// for reuse when it stays good. When a reused connection turns out closed, the
-    /// call is made again on a fresh one if that is safe: the request never left, or
-    /// its method is idempotent.
+    /// for reuse when it stays good.
     pub async fn call(
         &self,
         authority: &Authority,
         request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> Result<Answer, CallError> {
-        let (parts, body) = origin_form(authority, request);
-        let rebuild = || {
-            let mut r = Request::new(body.clone());
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = parts.uri.clone();
-            *r.headers_mut() = parts.headers.clone();
-            r
-        };
-        if let Some(c) = self.checkout(authority) {
-            let idempotent = parts.method.is_idempotent();
-            match self.exchange(authority, c, rebuild(), max_body).await {
-                Err(CallError::Http(e)) if e.is_canceled() || (idempotent && e.is_incomplete_message()) => {}
-                Err(CallError::Closed) if idempotent => {}
-                other => return other,
-            }
-        }
-        let fresh = self.connect(authority).await?;
-        self.exchange(authority, fresh, rebuild(), max_body).await
+        self.attempt(authority, request, |c, r| self.exchange(authority, c, r, max_body)).await
     }
 
     /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
@@ -154,6 +135,22 @@ impl Upstreams {
         authority: &Authority,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Streamed>, CallError> {
+        self.attempt(authority, request, |c, r| self.head(authority, c, r)).await
+    }
+
+    /// Runs `exchange` on an idle connection, or a new one. When a reused connection
+    /// turns out closed, the call is made again on a fresh one if that is safe: the
+    /// request never left, or its method is idempotent.
+    async fn attempt<T, F, Fut>(
+        &self,
+        authority: &Authority,
+        request: Request<Full<Bytes>>,
+        exchange: F,
+    ) -> Result<T, CallError>
+    where
+        F: Fn(Conn, Request<Full<Bytes>>) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
         let (parts, body) = origin_form(authority, request);
         let rebuild = || {
             let mut r = Request::new(body.clone());
@@ -164,14 +161,14 @@ impl Upstreams {
         };
         if let Some(c) = self.checkout(authority) {
             let idempotent = parts.method.is_idempotent();
-            match self.head(authority, c, rebuild()).await {
+            match exchange(c, rebuild()).await {
                 Err(CallError::Http(e)) if e.is_canceled() || (idempotent && e.is_incomplete_message()) => {}
                 Err(CallError::Closed) if idempotent => {}
                 other => return other,
             }
         }
         let fresh = self.connect(authority).await?;
-        self.head(authority, fresh, rebuild()).await
+        exchange(fresh, rebuild()).await
     }
 
     async fn head(
