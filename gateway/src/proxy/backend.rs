@@ -1,6 +1,7 @@
 //! One backend of an endpoint: building its request, calling it, and turning its
 //! response into data.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -299,12 +300,15 @@ impl BackendCall {
         self.send_to(client, inbound, uri).await
     }
 
-    async fn send_to(
-        &self,
-        client: &Client,
-        inbound: &Inbound<'_>,
-        mut uri: Uri,
-    ) -> Result<Response<Streaming>, Failure> {
+    /// Calls the backend, following redirects: `exchange` makes one call and its answer
+    /// tells whether to go on (a redirect) or stop. The backend's rate limit is taken
+    /// once per client request.
+    async fn follow<T, F, Fut>(&self, inbound: &Inbound<'_>, mut uri: Uri, exchange: F) -> Result<T, Failure>
+    where
+        T: Head,
+        F: Fn(Request<Full<Bytes>>, Uri) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         if let Some(limit) = &self.limit
             && !limit.allow()
         {
@@ -316,47 +320,38 @@ impl BackendCall {
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = uri.authority() == origin.as_ref();
             let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
-            let failed = |e: &dyn std::fmt::Display| {
-                Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
-            };
-            let response = match (uri.scheme_str(), uri.authority()) {
-                (Some("http"), Some(authority)) => client
-                    .upstreams()
-                    .call_streaming(authority, request)
-                    .await
-                    .map_err(|e| failed(&e))?
-                    .map(Either::Right),
-                _ => client.request(request).await.map_err(|e| failed(&e))?.map(Either::Left),
-            };
-            match self.redirect(response.status(), response.headers(), &uri, &mut method, &mut body) {
+            let answer = exchange(request, uri.clone()).await?;
+            match self.redirect(answer.status(), answer.headers(), &uri, &mut method, &mut body) {
                 Some(next) => uri = next,
-                None => return Ok(response),
+                None => return Ok(answer),
             }
         }
         Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
     }
 
-    /// Calls the backend and reads its whole answer, following redirects. Plain-HTTP
-    /// hosts are driven from this task ([`super::upstream`]); HTTPS goes through the
-    /// pooled client.
-    async fn fetch(&self, client: &Client, inbound: &Inbound<'_>, mut uri: Uri) -> Result<Fetched, Failure> {
-        if let Some(limit) = &self.limit
-            && !limit.allow()
-        {
-            return Err(unavailable("backend rate limit exceeded"));
-        }
-        let mut method = self.method.clone();
-        let mut body = inbound.body.clone();
-        let origin = uri.authority().cloned();
-        for _ in 0..=MAX_REDIRECTS {
-            let same_origin = uri.authority() == origin.as_ref();
-            let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
-            let fetched = match (uri.scheme_str(), uri.authority()) {
+    /// Calls the backend and returns as soon as the response head arrived, the body
+    /// streaming behind it (`no-op`).
+    async fn send_to(&self, client: &Client, inbound: &Inbound<'_>, uri: Uri) -> Result<Response<Streaming>, Failure> {
+        self.follow(inbound, uri, |request, uri| async move {
+            let response = match (uri.scheme_str(), uri.authority()) {
+                (Some("http"), Some(authority)) => {
+                    client.upstreams().call_streaming(authority, request).await.map_err(failed)?.map(Either::Right)
+                }
+                _ => client.request(request).await.map_err(failed)?.map(Either::Left),
+            };
+            Ok(response)
+        })
+        .await
+    }
+
+    /// Calls the backend and reads its whole answer. Plain-HTTP hosts are driven from
+    /// this task ([`super::upstream`]); HTTPS goes through the pooled client.
+    async fn fetch(&self, client: &Client, inbound: &Inbound<'_>, uri: Uri) -> Result<Fetched, Failure> {
+        self.follow(inbound, uri, |request, uri| async move {
+            match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(authority)) => {
                     let answer =
-                        client.upstreams().call(authority, request, self.max_response_bytes).await.map_err(|e| {
-                            Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e)
-                        })?;
+                        client.upstreams().call(authority, request, self.max_response_bytes).await.map_err(failed)?;
                     let body = answer.body.map_err(|e| match e {
                         BodyError::TooLarge => too_large(),
                         BodyError::Broken(detail) => {
@@ -365,23 +360,16 @@ impl BackendCall {
                                 .into()
                         }
                     });
-                    Fetched { status: answer.status, headers: answer.headers, body }
+                    Ok(Fetched { status: answer.status, headers: answer.headers, body })
                 }
                 _ => {
-                    let response = client
-                        .request(request)
-                        .await
-                        .map_err(|e| Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e))?;
+                    let response = client.request(request).await.map_err(failed)?;
                     let (parts, incoming) = response.into_parts();
-                    Fetched { status: parts.status, headers: parts.headers, body: self.read_body(incoming).await }
+                    Ok(Fetched { status: parts.status, headers: parts.headers, body: self.read_body(incoming).await })
                 }
-            };
-            match self.redirect(fetched.status, &fetched.headers, &uri, &mut method, &mut body) {
-                Some(next) => uri = next,
-                None => return Ok(fetched),
             }
-        }
-        Err(Error::upstream(ErrorKind::Redirect, "stopped after 10 redirects").into())
+        })
+        .await
     }
 
     /// Where a redirect leads, adjusting method and body like Go's client: 303, and
@@ -510,6 +498,34 @@ impl BackendCall {
 fn decoded_eq(raw: &str, name: &str) -> bool {
     raw.contains(['%', '+'])
         && percent_encoding::percent_decode_str(&raw.replace('+', " ")).decode_utf8().is_ok_and(|d| d == name)
+}
+
+/// What a redirect decision looks at.
+trait Head {
+    fn status(&self) -> StatusCode;
+    fn headers(&self) -> &HeaderMap;
+}
+
+impl Head for Response<Streaming> {
+    fn status(&self) -> StatusCode {
+        Response::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        Response::headers(self)
+    }
+}
+
+impl Head for Fetched {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Error::upstream(ErrorKind::Connect, "backend request failed").with_detail(e).into()
 }
 
 /// A backend answer read whole.
