@@ -124,7 +124,7 @@ fn start(config: &std::path::Path, extra: &[&str]) -> Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_on_the_given_port_and_stops_gracefully_on_sigterm() {
     let slow =
-        Backend::start(|_| crate::support::Reply::json(json!({"ok": true})).after(Duration::from_millis(500))).await;
+        Backend::start(|_| crate::support::Reply::json(json!({"ok": true})).after(Duration::from_millis(1500))).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(
         &dir,
@@ -137,7 +137,7 @@ async fn run_serves_on_the_given_port_and_stops_gracefully_on_sigterm() {
     let url = format!("http://127.0.0.1:{}/slow", running.1);
     let request =
         tokio::spawn(async move { crate::support::send(http::Method::GET, &url, &[], bytes::Bytes::new()).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = running.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = request.await.unwrap();

@@ -113,14 +113,14 @@ async fn malformed_requests_get_400() {
 
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
-    let slow = Backend::start(|_| Reply::json(json!({"done": true})).after(Duration::from_millis(600))).await;
+    let slow = Backend::start(|_| Reply::json(json!({"done": true})).after(Duration::from_millis(1500))).await;
     let gw =
         Gateway::start(config(json!([{"endpoint": "/slow", "backend": [{"host": [slow.url], "url_pattern": "/"}]}])))
             .await;
     let url = format!("{}/slow", gw.url);
     let addr = gw.addr;
     let in_flight = tokio::spawn(async move { crate::support::send(Method::GET, &url, &[], Bytes::new()).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     gw.shutdown().await;
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
