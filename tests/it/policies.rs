@@ -396,6 +396,8 @@ async fn cors_security_headers_bots_and_ip_filter() {
     assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example"));
     assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(pre.header("access-control-max-age"), Some("43200"));
+    assert_eq!(pre.header("access-control-expose-headers"), None, "expose headers are for actual responses");
+    assert_eq!(pre.header("x-frame-options"), Some("DENY"), "security headers on every answer");
     let refused = gw
         .send(
             Method::OPTIONS,

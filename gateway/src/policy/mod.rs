@@ -197,25 +197,32 @@ impl Front {
         self.ip.as_ref().map_or(peer, |f| f.client_ip(peer, headers))
     }
 
-    /// Answers requests the front policies decide alone (preflights, refusals).
+    /// Answers requests the front policies decide alone (preflights, refusals), with
+    /// the headers they need: a preflight carries its own CORS headers and gets only
+    /// the security ones; a refusal gets both, like any other response.
     pub fn intercept(&self, parts: &http::request::Parts, client_ip: IpAddr) -> Option<Response<Body>> {
         if let Some(cors) = &self.cors
-            && let Some(preflight) = cors.preflight(&parts.method, &parts.headers)
+            && let Some(mut preflight) = cors.preflight(&parts.method, &parts.headers)
         {
+            if let Some(security) = &self.security {
+                security.decorate(preflight.headers_mut());
+            }
             return Some(preflight);
         }
+        let mut refused = self.refusal(parts, client_ip)?;
+        self.decorate(&parts.headers, refused.headers_mut());
+        Some(refused)
+    }
+
+    fn refusal(&self, parts: &http::request::Parts, client_ip: IpAddr) -> Option<Response<Body>> {
         if let Some(security) = &self.security
             && let Err(refused) = security.check(&parts.headers, &parts.uri)
         {
             return Some(refused);
         }
-        if self.bots.as_ref().is_some_and(|b| b.is_bot(&parts.headers)) {
-            return Some(json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#));
-        }
-        if self.ip.as_ref().is_some_and(|f| !f.allows(client_ip)) {
-            return Some(json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#));
-        }
-        None
+        let forbidden = self.bots.as_ref().is_some_and(|b| b.is_bot(&parts.headers))
+            || self.ip.as_ref().is_some_and(|f| !f.allows(client_ip));
+        forbidden.then(|| json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#))
     }
 
     /// Adds CORS and security headers to a response.

@@ -102,15 +102,13 @@ impl Runtime {
     pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let client_ip = self.front.client_ip(remote.ip(), &parts.headers);
-        let mut response = match self.front.intercept(&parts, client_ip) {
-            Some(answer) => {
-                if answer.status().is_client_error() || answer.status().is_server_error() {
-                    self.metrics.front.refused(crate::telemetry::Refusal::from_status(answer.status().as_u16()));
-                }
-                answer
+        if let Some(answer) = self.front.intercept(&parts, client_ip) {
+            if answer.status().is_client_error() || answer.status().is_server_error() {
+                self.metrics.front.refused(crate::telemetry::Refusal::from_status(answer.status().as_u16()));
             }
-            None => self.route(&parts, body, client_ip).await,
-        };
+            return answer;
+        }
+        let mut response = self.route(&parts, body, client_ip).await;
         self.front.decorate(&parts.headers, response.headers_mut());
         response
     }
