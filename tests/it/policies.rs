@@ -276,7 +276,8 @@ fn check_reports_policy_problems_with_paths() {
         {"endpoint": "/a", "backend": [{"url_pattern": "/"}], "extra_config": {
             "auth/validator": {"alg": "RS999", "jwk_url": "http://insecure"},
             "auth/api-keys": {"roles": ["x"]},
-            "qos/ratelimit/router": {"client_max_rate": 5, "strategy": "header"}}}]})
+            "qos/ratelimit/router": {"client_max_rate": 5, "strategy": "header"},
+            "qos/ratelimit/router/redis": {"connection_pool": "nope", "max_rate": 1}}}]})
         .to_string(),
     )
     .unwrap();
@@ -288,6 +289,7 @@ fn check_reports_policy_problems_with_paths() {
         "error: endpoints[0].extra_config.auth/validator.jwk_url: must be https",
         "error: endpoints[0].extra_config.auth/api-keys: needs the keys declared in the service",
         "error: endpoints[0].extra_config.qos/ratelimit/router.key: strategy header needs the key",
+        "error: endpoints[0].extra_config.qos/ratelimit/router/redis.connection_pool: \"nope\" is not declared",
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }

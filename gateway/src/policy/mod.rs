@@ -120,11 +120,8 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "weir/ip-filter") => ip::IpFilter::compile(v, path).map(drop),
         (_, "weir/compression") => compress::Compression::compile(v, path).map(drop),
         (_, "qos/ratelimit/router/redis") => {
-            // Only the pool names matter here: clients are created but never connected.
-            let pools = serde_json::json!({"connection_pools": declares.redis_pools.iter()
-                .map(|n| serde_json::json!({"name": n, "address": "127.0.0.1:6379"})).collect::<Vec<_>>()});
-            let pools = redis_limit::Pools::compile(&pools, path).unwrap_or_default();
-            redis_limit::RedisLimit::compile(v, path, "check", &pools).map(drop)
+            let p = redis_limit::validate(v, path, &declares.redis_pools);
+            if p.is_empty() { Ok(()) } else { Err(p) }
         }
         _ => Ok(()),
     };

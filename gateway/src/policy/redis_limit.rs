@@ -123,43 +123,75 @@ pub struct RedisLimit {
     script: redis::Script,
 }
 
+/// The settings of `qos/ratelimit/router/redis` before its pool is looked up.
+struct Settings<'a> {
+    endpoint: Option<Limit>,
+    client: Option<(Limit, ClientKey)>,
+    pool: Option<&'a str>,
+    on_failure_allow: bool,
+}
+
+fn settings<'a>(v: &'a Value, path: &str, p: &mut Problems) -> Option<Settings<'a>> {
+    let Value::Object(obj) = v else {
+        p.push(problem(path, "must be an object"));
+        return None;
+    };
+    let period = every(obj, path, p);
+    let endpoint = rate(obj, period, "max_rate", "capacity", path, p).map(|r| Limit::new(r, "endpoint"));
+    let key = client_key_setting(obj, path, p);
+    let client = rate(obj, period, "client_max_rate", "client_capacity", path, p)
+        .and_then(|r| Some((Limit::new(r, "client"), key?)));
+    let pool = obj.get("connection_pool").or_else(|| obj.get("connection_name")).and_then(Value::as_str);
+    if pool.is_none() {
+        p.push(problem(
+            &format!("{path}.connection_pool"),
+            "is required: the name of a service redis.connection_pools entry",
+        ));
+    }
+    if endpoint.is_none() && client.is_none() && p.is_empty() {
+        p.push(problem(path, "sets neither max_rate nor client_max_rate"));
+    }
+    let on_failure_allow = obj.get("on_failure_allow").and_then(Value::as_bool).unwrap_or(false);
+    Some(Settings { endpoint, client, pool, on_failure_allow })
+}
+
+fn undeclared(path: &str, name: &str) -> crate::config::Problem {
+    problem(
+        &format!("{path}.connection_pool"),
+        format!("{name:?} is not declared in the service redis.connection_pools"),
+    )
+}
+
+/// Checks the settings against the names of the service's pools, without connecting.
+pub fn validate(v: &Value, path: &str, pool_names: &[String]) -> Problems {
+    let mut p = Problems::new();
+    if let Some(s) = settings(v, path, &mut p)
+        && let Some(name) = s.pool
+        && !pool_names.iter().any(|n| n == name)
+    {
+        p.push(undeclared(path, name));
+    }
+    p
+}
+
 impl RedisLimit {
     /// `name` identifies the endpoint in Redis keys; `pools` are the service's.
     pub fn compile(v: &Value, path: &str, name: &str, pools: &Pools) -> Result<Self, Problems> {
-        let Value::Object(obj) = v else { return Err(vec![problem(path, "must be an object")]) };
         let mut p = Problems::new();
-        let period = every(obj, path, &mut p);
-        let endpoint = rate(obj, period, "max_rate", "capacity", path, &mut p).map(|r| Limit::new(r, "endpoint"));
-        let key = client_key_setting(obj, path, &mut p);
-        let client = rate(obj, period, "client_max_rate", "client_capacity", path, &mut p)
-            .and_then(|r| Some((Limit::new(r, "client"), key?)));
-        let pool_name = obj.get("connection_pool").or_else(|| obj.get("connection_name")).and_then(Value::as_str);
-        let pool = match pool_name {
-            None => {
-                p.push(problem(
-                    &format!("{path}.connection_pool"),
-                    "is required: the name of a service redis.connection_pools entry",
-                ));
+        let s = settings(v, path, &mut p);
+        let pool = s.as_ref().and_then(|s| s.pool).and_then(|n| {
+            pools.pools.get(n).cloned().or_else(|| {
+                p.push(undeclared(path, n));
                 None
-            }
-            Some(n) => pools.pools.get(n).cloned().or_else(|| {
-                p.push(problem(
-                    &format!("{path}.connection_pool"),
-                    format!("{n:?} is not declared in the service redis.connection_pools"),
-                ));
-                None
-            }),
-        };
-        if endpoint.is_none() && client.is_none() && p.is_empty() {
-            p.push(problem(path, "sets neither max_rate nor client_max_rate"));
-        }
-        match pool {
-            Some(pool) if p.is_empty() => Ok(Self {
+            })
+        });
+        match (s, pool) {
+            (Some(s), Some(pool)) if p.is_empty() => Ok(Self {
                 pool,
                 prefix: format!("weir:rl:{name}"),
-                endpoint,
-                client,
-                on_failure_allow: obj.get("on_failure_allow").and_then(Value::as_bool).unwrap_or(false),
+                endpoint: s.endpoint,
+                client: s.client,
+                on_failure_allow: s.on_failure_allow,
                 script: redis::Script::new(GCRA),
             }),
             _ => Err(p),
