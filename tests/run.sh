@@ -16,6 +16,24 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
 fi
 
+# The control-plane tests need PostgreSQL on 127.0.0.1:5432 accepting local connections
+# without a password (each test creates and drops its own database). Such machines
+# usually run one already; otherwise install and start Debian's cluster.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  step "starting PostgreSQL on 127.0.0.1:5432"
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+  [ -d "/etc/postgresql/$version/main" ] || pg_createcluster "$version" main >/dev/null
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q "weir-tests" "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust # weir-tests\nhost all all ::1/128 trust # weir-tests' "$hba"
+  fi
+  pg_ctlcluster "$version" main start || pg_ctlcluster "$version" main reload
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.1; done
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -87,7 +87,8 @@ struct ManagedArgs {
     /// File holding the node token.
     #[arg(long, env = "WEIR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Public key (JWK) whose bundles are accepted; repeat it to trust several.
+    /// Public key (a JWK, or a JWK Set such as weir-control's signing.pub) whose bundles
+    /// are accepted; repeat it to trust several files.
     #[arg(long)]
     trust: Vec<PathBuf>,
     /// Where the last accepted bundle is kept.
@@ -307,8 +308,8 @@ fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
     };
     let mut keys = Vec::new();
     for path in &args.trust {
-        match crate::bundle::PublicKey::load(path) {
-            Ok(k) => keys.push(k),
+        match crate::bundle::PublicKey::load_set(path) {
+            Ok(k) => keys.extend(k),
             Err(e) => return fail(format!("trusted key {e}")),
         }
     }
@@ -380,7 +381,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn load_trust(paths: &[PathBuf]) -> Result<crate::bundle::TrustList, ExitCode> {
     let mut keys = Vec::new();
     for t in paths {
-        keys.push(crate::bundle::PublicKey::load(t).map_err(fail)?);
+        keys.extend(crate::bundle::PublicKey::load_set(t).map_err(fail)?);
     }
     Ok(crate::bundle::TrustList::new(keys))
 }

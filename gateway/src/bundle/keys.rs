@@ -82,6 +82,20 @@ impl PublicKey {
         let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
         Self::from_jwk(&text).map_err(|m| file_error(path, m))
     }
+
+    /// Loads a file holding one public JWK or a JWK Set (`{"keys": [...]}`), as a
+    /// control plane publishes after a key rotation.
+    pub fn load_set(path: &Path) -> Result<Vec<Self>, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
+        match value.get("keys").and_then(serde_json::Value::as_array) {
+            Some(keys) if keys.is_empty() => Err(file_error(path, "the key set is empty")),
+            Some(keys) => {
+                keys.iter().map(|k| Self::from_jwk(&k.to_string()).map_err(|m| file_error(path, m))).collect()
+            }
+            None => Ok(vec![Self::from_jwk(&text).map_err(|m| file_error(path, m))?]),
+        }
+    }
 }
 
 fn file_error(path: &Path, e: impl ToString) -> KeyError {

@@ -221,6 +221,23 @@ impl Node {
     }
 }
 
+/// Boots a managed node and serves traffic until `shutdown` resolves: what `weir run
+/// --control` does, for embedding a node in another process (`weir-control dev`).
+pub async fn serve_managed(
+    settings: Managed,
+    port: Option<u16>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let (node, runtime, service) = Node::boot(settings).await.map_err(|e| e.to_string())?;
+    let server_settings = crate::server::Settings::from_service(&service).map_err(|e| e.to_string())?;
+    let listener = crate::server::bind(crate::server::listen_addr(&service, port)).map_err(|e| e.to_string())?;
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
+    let follower = tokio::spawn(node.follow(shared.clone()));
+    crate::server::serve(listener, server_settings, shared, shutdown).await;
+    follower.abort();
+    Ok(())
+}
+
 /// Spreads polls of a fleet over ±10 % of the interval.
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];

@@ -1,0 +1,320 @@
+//! Request handlers: parse, call the control plane's actions or the store, answer JSON.
+//! Access was checked by the guard before any of these runs.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use weir_gateway::config::Format;
+
+use super::error::{ApiError, ApiResult};
+use super::{AppState, Caller};
+use crate::control;
+use crate::domain::access::Role;
+use crate::domain::{diff, fleet, upload};
+use crate::store::nodes::Report;
+use crate::store::now_ms;
+
+/// Reads a JSON body, answering 400 with the parser's reason when it is not one.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn created(value: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+pub(super) async fn health(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "database": format!("{:?}", s.store.kind()).to_lowercase() }))
+}
+
+pub(super) async fn openapi() -> Json<Value> {
+    Json(super::openapi::document())
+}
+
+pub(super) async fn list_gateways(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.gateways().await?)))
+}
+
+#[derive(Deserialize)]
+struct NewGateway {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+pub(super) async fn create_gateway(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let new: NewGateway = body(&bytes)?;
+    let gateway = control::create_gateway(&s.store, &caller.actor, &new.name, &new.description).await?;
+    Ok(created(gateway))
+}
+
+pub(super) async fn get_gateway(State(s): State<AppState>, Path(gateway): Path<String>) -> ApiResult<Json<Value>> {
+    let gw = s.store.gateway(&gateway).await?;
+    let environments = s.store.environments(&gw).await?;
+    let latest = s.store.latest_version(gw.id).await?;
+    Ok(Json(json!({
+        "name": gw.name,
+        "description": gw.description,
+        "created_at": gw.created_at,
+        "environments": environments,
+        "latest_version": latest,
+    })))
+}
+
+pub(super) async fn list_environments(
+    State(s): State<AppState>,
+    Path(gateway): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let gw = s.store.gateway(&gateway).await?;
+    Ok(Json(json!(s.store.environments(&gw).await?)))
+}
+
+#[derive(Deserialize)]
+struct NewEnvironment {
+    name: String,
+    #[serde(default)]
+    requires: Option<String>,
+}
+
+pub(super) async fn create_environment(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(gateway): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let new: NewEnvironment = body(&bytes)?;
+    control::create_environment(&s.store, &caller.actor, &gateway, &new.name, new.requires.as_deref()).await?;
+    Ok(created(s.store.environment(&gateway, &new.name).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UploadQuery {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+pub(super) async fn create_version(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(gateway): Path<String>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let named = q.format.as_deref().or_else(|| headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+    let format = match named {
+        None => Format::Json,
+        Some(name) => upload::parse_format(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown config format {name:?}: send JSON, YAML or TOML")))?,
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("the config is not UTF-8 text".into()))?;
+    let pushed = control::push_version(&s.store, &caller.actor, &gateway, text, format, &q.message).await?;
+    let status = if pushed.unchanged { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(pushed)).into_response())
+}
+
+pub(super) async fn list_versions(State(s): State<AppState>, Path(gateway): Path<String>) -> ApiResult<Json<Value>> {
+    let gw = s.store.gateway(&gateway).await?;
+    Ok(Json(json!(s.store.versions(gw.id).await?)))
+}
+
+pub(super) async fn get_version(
+    State(s): State<AppState>,
+    Path((gateway, number)): Path<(String, i64)>,
+) -> ApiResult<Json<Value>> {
+    let gw = s.store.gateway(&gateway).await?;
+    let version = s.store.version(gw.id, number).await?;
+    let mut value = json!(version);
+    // The canonical config is JSON: serve it as a document, not as a string of JSON.
+    if let Some(config) = version.config.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) {
+        value["config"] = config;
+    }
+    Ok(Json(value))
+}
+
+pub(super) async fn diff_versions(
+    State(s): State<AppState>,
+    Path((gateway, from, to)): Path<(String, i64, i64)>,
+) -> ApiResult<Json<diff::Diff>> {
+    let gw = s.store.gateway(&gateway).await?;
+    let parse = |text: Option<String>| -> ApiResult<Value> {
+        serde_json::from_str(&text.unwrap_or_default()).map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let a = parse(s.store.version(gw.id, from).await?.config)?;
+    let b = parse(s.store.version(gw.id, to).await?.config)?;
+    Ok(Json(diff::diff(from, &a, to, &b)))
+}
+
+#[derive(Deserialize)]
+struct PromoteRequest {
+    version: i64,
+}
+
+pub(super) async fn promote(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((gateway, environment)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Json<control::Promoted>> {
+    let request: PromoteRequest = body(&bytes)?;
+    let promoted =
+        control::promote(&s.store, &s.signing_key, &caller.actor, &gateway, &environment, request.version).await?;
+    Ok(Json(promoted))
+}
+
+pub(super) async fn list_promotions(
+    State(s): State<AppState>,
+    Path((gateway, environment)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let env = s.store.environment(&gateway, &environment).await?;
+    Ok(Json(json!(s.store.promotions(env.id).await?)))
+}
+
+/// Whether an `If-None-Match` header names this ETag (or `*`).
+fn matches(if_none_match: Option<&HeaderValue>, etag: &str) -> bool {
+    let Some(value) = if_none_match.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+pub(super) async fn get_bundle(
+    State(s): State<AppState>,
+    Path((gateway, environment)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let env = s.store.environment(&gateway, &environment).await?;
+    // Serials only grow and a serial's bundle never changes, so the serial is the ETag,
+    // and an unchanged environment is answered without reading the bundle.
+    let etag = format!("\"{}\"", env.serial);
+    if env.serial > 0 && matches(headers.get(header::IF_NONE_MATCH), &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let (serial, bundle) = s
+        .store
+        .current_bundle(env.id)
+        .await?
+        .ok_or_else(|| ApiError::NoBundle(format!("{gateway}/{environment} has no promoted version yet")))?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/jose+json".to_owned()),
+            (header::ETAG, format!("\"{serial}\"")),
+            (header::CACHE_CONTROL, "no-cache".to_owned()),
+        ],
+        bundle,
+    )
+        .into_response())
+}
+
+pub(super) async fn report_node_status(
+    State(s): State<AppState>,
+    Path((gateway, environment, node_id)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> ApiResult<StatusCode> {
+    let report: Report = body(&bytes)?;
+    if report.node_id != node_id {
+        return Err(ApiError::BadRequest(format!(
+            "the report is for node {:?} but was sent to {node_id:?}",
+            report.node_id
+        )));
+    }
+    let env = s.store.environment(&gateway, &environment).await?;
+    s.store.record_node(env.id, &report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_nodes(
+    State(s): State<AppState>,
+    Path((gateway, environment)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let env = s.store.environment(&gateway, &environment).await?;
+    let now = now_ms();
+    let heartbeat = i64::try_from(s.heartbeat.as_millis()).unwrap_or(i64::MAX);
+    let nodes: Vec<fleet::NodeView> =
+        s.store.nodes(env.id).await?.into_iter().map(|n| fleet::view(n, env.serial, now, heartbeat)).collect();
+    Ok(Json(json!({ "serial": env.serial, "active_version": env.active_version, "nodes": nodes })))
+}
+
+#[derive(Deserialize)]
+struct NewNodeToken {
+    name: String,
+}
+
+pub(super) async fn create_node_token(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((gateway, environment)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let new: NewNodeToken = body(&bytes)?;
+    let issued =
+        control::issue_token(&s.store, &caller.actor, &new.name, Role::Node, Some((&gateway, &environment))).await?;
+    Ok(created(issued))
+}
+
+pub(super) async fn list_node_tokens(
+    State(s): State<AppState>,
+    Path((gateway, environment)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    s.store.environment(&gateway, &environment).await?;
+    Ok(Json(json!(s.store.tokens(Some((&gateway, &environment))).await?)))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    role: Role,
+}
+
+pub(super) async fn create_token(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let new: NewToken = body(&bytes)?;
+    if new.role == Role::Node {
+        return Err(ApiError::BadRequest("node tokens are created per environment: POST …/node-tokens".into()));
+    }
+    Ok(created(control::issue_token(&s.store, &caller.actor, &new.name, new.role, None).await?))
+}
+
+pub(super) async fn list_tokens(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.tokens(None).await?)))
+}
+
+pub(super) async fn revoke_token(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    control::revoke_token(&s.store, &caller.actor, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub(super) struct AuditQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+pub(super) async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(json!(s.store.audit_entries(limit, q.before).await?)))
+}
+
+pub(super) async fn verify_audit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.verify_audit().await?)))
+}
