@@ -113,11 +113,16 @@ pub(super) async fn create_version(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let named = q.format.as_deref().or_else(|| headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
-    let format = match named {
-        None => Format::Json,
+    // An explicit ?format= must be one we read; a Content-Type we do not know (curl's
+    // default form type, text/plain) is read as JSON, KrakenD's default.
+    let format = match q.format.as_deref() {
         Some(name) => upload::parse_format(name)
-            .ok_or_else(|| ApiError::BadRequest(format!("unknown config format {name:?}: send JSON, YAML or TOML")))?,
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown config format {name:?}: use json, yaml or toml")))?,
+        None => headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(upload::parse_format)
+            .unwrap_or(Format::Json),
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("the config is not UTF-8 text".into()))?;
     let pushed = control::push_version(&s.store, &caller.actor, &gateway, text, format, &q.message).await?;

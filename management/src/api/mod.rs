@@ -367,6 +367,39 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// axum answers some bad requests itself (a path parameter that is not a number, a
+/// method a route does not take, a body over the limit) in plain text; the API promises
+/// JSON errors with a code, so those are rewritten here.
+async fn json_rejections(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let code = match status {
+        http::StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        http::StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        http::StatusCode::NOT_FOUND => "not_found",
+        _ => "bad_request",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("bad request").to_owned(),
+        t => t.to_owned(),
+    };
+    let mut json = (status, axum::Json(serde_json::json!({ "code": code, "message": message }))).into_response();
+    if let Some(allow) = parts.headers.get(http::header::ALLOW) {
+        json.headers_mut().insert(http::header::ALLOW, allow.clone());
+    }
+    json
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::store::nodes::Seen;
+use crate::store::nodes::{Report, Seen};
 
 /// Nodes silent for more than this many heartbeats are STALE.
 pub const SILENT_HEARTBEATS: i64 = 3;
@@ -18,17 +18,12 @@ pub enum NodeState {
     Rejected,
 }
 
-/// A node as the API shows it.
+/// A node as the API shows it: its last report, and what that means.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
-    pub node_id: String,
-    pub hostname: String,
-    pub version: String,
-    pub serial: Option<i64>,
-    pub config_digest: Option<String>,
-    pub last_fetch_at: Option<String>,
-    pub last_result: String,
-    pub reported_at: String,
+    #[serde(flatten)]
+    pub report: Report,
+    /// When the control plane last heard from it (Unix ms).
     pub seen_at: i64,
     pub state: NodeState,
     /// Why it is not SYNCED.
@@ -54,26 +49,12 @@ pub fn classify(seen: &Seen, environment_serial: i64, now_ms: i64, heartbeat_ms:
 
 pub fn view(seen: Seen, environment_serial: i64, now_ms: i64, heartbeat_ms: i64) -> NodeView {
     let (state, reason) = classify(&seen, environment_serial, now_ms, heartbeat_ms);
-    let r = seen.report;
-    NodeView {
-        node_id: r.node_id,
-        hostname: r.hostname,
-        version: r.version,
-        serial: r.serial,
-        config_digest: r.config_digest,
-        last_fetch_at: r.last_fetch_at,
-        last_result: r.last_result,
-        reported_at: r.reported_at,
-        seen_at: seen.seen_at,
-        state,
-        reason,
-    }
+    NodeView { report: seen.report, seen_at: seen.seen_at, state, reason }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::nodes::Report;
 
     fn seen(serial: Option<i64>, result: &str, seen_at: i64) -> Seen {
         Seen {

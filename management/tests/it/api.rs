@@ -39,6 +39,21 @@ async fn uploads_are_validated_versioned_and_deduplicated(db: Db) {
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body["unchanged"], true);
     assert_eq!(again.body["version"], 1);
+    // curl --data-binary sends a form content type: the body is still read as JSON.
+    let form = app
+        .request(
+            Method::POST,
+            "/api/v1/gateways/shop/versions",
+            Some(&app.admin_token),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            v1.to_string(),
+        )
+        .await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.text);
+    let xml = app
+        .request(Method::POST, "/api/v1/gateways/shop/versions?format=xml", Some(&app.admin_token), &[], v1.to_string())
+        .await;
+    assert_eq!(xml.status, StatusCode::BAD_REQUEST);
 
     // YAML is accepted and becomes version 2 with version 1 as parent.
     let yaml = format!(
@@ -386,4 +401,13 @@ async fn openapi_document_matches_the_routes(db: Db) {
     }
     let unknown = app.request(Method::GET, "/api/v1/nothing", None, &[], Bytes::new()).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["code"], "not_found");
+    // axum's own rejections come back as JSON errors too.
+    let not_a_number = app.get("/api/v1/gateways/shop/versions/latest", &app.admin_token).await;
+    assert_eq!(not_a_number.status, StatusCode::BAD_REQUEST);
+    assert_eq!(not_a_number.body["code"], "bad_request", "{}", not_a_number.text);
+    let wrong_method = app.request(Method::PUT, "/api/v1/gateways", Some(&app.admin_token), &[], Bytes::new()).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.body["code"], "method_not_allowed");
+    assert!(wrong_method.headers.contains_key("allow"));
 }

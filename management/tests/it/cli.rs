@@ -60,3 +60,74 @@ async fn push_and_promote_from_a_pipeline() {
     let versions = app.get("/api/v1/gateways/shop/versions", &app.admin_token).await;
     assert_eq!(versions.body[0]["message"], "from CI: commit abc");
 }
+
+crate::on_both_databases!(serve_bootstraps_from_the_command_line);
+
+/// The production path: create a key, migrate, issue the first admin token, serve.
+async fn serve_bootstraps_from_the_command_line(db: Db) {
+    let database = crate::support::TestDb::new(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("keys/signing.key");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir-control"))
+            .args(args)
+            .env("WEIR_DATABASE_URL", &database.url)
+            .env("WEIR_SIGNING_KEY", &key)
+            .output()
+            .unwrap()
+    };
+    let missing = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("weir-control keys init"), "{}", text(&missing.stderr));
+    assert!(run(&["keys", "init"]).status.success());
+    assert!(dir.path().join("keys/signing.pub").exists());
+    assert!(run(&["migrate"]).status.success());
+    assert!(run(&["migrate"]).status.success(), "migrations are idempotent");
+    let issued = run(&["tokens", "create", "--name", "first-admin", "--role", "admin"]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    let token = text(&issued.stdout).trim().to_owned();
+    assert!(token.starts_with("weir_"));
+
+    let port = crate::support::free_port();
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_weir-control"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("WEIR_DATABASE_URL", &database.url)
+        .env("WEIR_SIGNING_KEY", &key)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut answered = None;
+    for _ in 0..100 {
+        let out = control(
+            vec![
+                "promote".into(),
+                "--gateway".into(),
+                "none".into(),
+                "--env".into(),
+                "x".into(),
+                "--version".into(),
+                "1".into(),
+            ],
+            url.clone(),
+            token.clone(),
+        )
+        .await;
+        let err = text(&out.stderr);
+        if !err.contains("cannot reach") {
+            answered = Some(err);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let status = server.wait().unwrap();
+    let answered =
+        answered.unwrap_or_else(|| panic!("serve never answered:\n{}", std::fs::read_to_string(&log).unwrap()));
+    // The admin token works (the gateway is unknown, not the caller).
+    assert!(answered.contains("404") && answered.contains("gateway \"none\""), "{answered}");
+    assert!(status.success(), "serve stops cleanly on SIGTERM");
+}
