@@ -94,6 +94,8 @@ enum Command {
         /// How often nodes report (their heartbeat); silent for three of these = STALE.
         #[arg(long, env = "WEIR_NODE_HEARTBEAT", default_value = "30s", value_parser = weir_gateway::config::parse_duration)]
         node_heartbeat: Duration,
+        #[command(flatten)]
+        web: WebArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -131,6 +133,55 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+/// The operator web UI: its public address, cookies and single sign-on.
+#[derive(clap::Args)]
+struct WebArgs {
+    /// The URL operators use to reach this server (default: http://<listen>).
+    #[arg(long, env = "WEIR_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Send session cookies without `Secure`, for plain-HTTP setups other than localhost.
+    #[arg(long, env = "WEIR_INSECURE_COOKIES")]
+    insecure_cookies: bool,
+    /// OpenID Connect issuer URL; turns on single sign-on.
+    #[arg(long, env = "WEIR_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_client_secret", "oidc_role_map"])]
+    oidc_issuer: Option<String>,
+    #[arg(long, env = "WEIR_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    #[arg(long, env = "WEIR_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    oidc_client_secret: Option<String>,
+    /// The ID-token claim listing the user's groups.
+    #[arg(long, env = "WEIR_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Groups to roles: `weir-admins=admin,platform=operator,*=viewer`.
+    #[arg(long, env = "WEIR_OIDC_ROLE_MAP")]
+    oidc_role_map: Option<String>,
+}
+
+impl WebArgs {
+    fn settings(&self, listen: SocketAddr) -> Result<crate::ui::UiSettings, String> {
+        let public = self.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+        let sso = match &self.oidc_issuer {
+            None => None,
+            Some(issuer) => {
+                let settings = crate::ui::sso::SsoSettings {
+                    issuer: issuer.clone(),
+                    client_id: self.oidc_client_id.clone().unwrap_or_default(),
+                    client_secret: self.oidc_client_secret.clone().unwrap_or_default(),
+                    redirect_url: format!("{}/auth/sso/callback", public.trim_end_matches('/')),
+                    groups_claim: self.oidc_groups_claim.clone(),
+                    role_map: crate::ui::sso::SsoSettings::parse_role_map(self.oidc_role_map.as_deref().unwrap_or(""))
+                        .map_err(|e| format!("--oidc-role-map: {e}"))?,
+                };
+                if settings.role_map.is_empty() {
+                    return Err("--oidc-role-map maps no group to a role: nobody could sign in".into());
+                }
+                Some(crate::ui::sso::Sso::new(settings)?)
+            }
+        };
+        Ok(crate::ui::UiSettings::new(!self.insecure_cookies, sso))
+    }
 }
 
 #[derive(Subcommand)]
@@ -195,8 +246,9 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Serve { storage, listen, signing_key, node_heartbeat } => {
-                serve(&storage, listen, storage.signing_key(signing_key.as_ref()), node_heartbeat).await
+            Command::Serve { storage, listen, signing_key, node_heartbeat, web } => {
+                let ui = web.settings(listen)?;
+                serve(&storage, listen, storage.signing_key(signing_key.as_ref()), node_heartbeat, ui).await
             }
             Command::Migrate { storage } => storage.open().await.map(|_| println!("migrations applied")),
             Command::Keys(KeysCommand::Init { storage, signing_key }) => {
@@ -260,14 +312,20 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(storage: &Storage, listen: SocketAddr, signing_key: PathBuf, heartbeat: Duration) -> Result<(), String> {
+async fn serve(
+    storage: &Storage,
+    listen: SocketAddr,
+    signing_key: PathBuf,
+    heartbeat: Duration,
+    ui: crate::ui::UiSettings,
+) -> Result<(), String> {
     let keys = SigningKeys::load(&signing_key)
         .map_err(|e| format!("{e}\n(create a signing key with `weir-control keys init`)"))?;
     let store = storage.open().await?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(addr = %listen, database = ?store.kind(), kid = keys.active().kid(), "weir-control listening");
-    let state = AppState { store: store.clone(), signing_key, heartbeat };
+    let state = AppState { store: store.clone(), signing_key, heartbeat, ui: std::sync::Arc::new(ui) };
     crate::serve(listener, state, weir_gateway::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
     store.close().await;
     Ok(())

@@ -13,6 +13,7 @@ pub mod control;
 pub mod dev;
 pub mod domain;
 pub mod store;
+pub mod ui;
 
 /// Serves the management API on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -20,5 +21,6 @@ pub async fn serve(
     state: api::AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await
+    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub signing_key: PathBuf,
     /// How often nodes report; nodes silent for three of these are STALE.
     pub heartbeat: Duration,
+    /// The operator web UI's settings (cookies, single sign-on, sign-in limits).
+    pub ui: std::sync::Arc<crate::ui::UiSettings>,
 }
 
 /// One route of the API, as the router and the OpenAPI document see it.
@@ -361,13 +363,15 @@ pub fn router(state: AppState) -> Router {
             None => by_path.push((operation.path, guarded)),
         }
     }
-    let mut router = Router::new();
+    let mut api = Router::new();
     for (path, methods) in by_path {
-        router = router.route(path, methods);
+        api = api.route(path, methods);
     }
-    router
-        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
-        .layer(axum::middleware::map_response(json_rejections))
+    let api = api
+        .route("/api/v1/{*rest}", axum::routing::any(|| async { ApiError::NotFound("no such API route".into()) }))
+        .layer(axum::middleware::map_response(json_rejections));
+    api.merge(crate::ui::router())
+        .fallback(|| async { crate::ui::UiError::NotFound("There is no such page.".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -68,7 +68,17 @@ async fn seed(store: &Store, opts: &Options, signing_key: &Path) -> Result<(), S
         let password = password.clone();
         tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(|e| e.to_string())??
     };
-    store.create_user(ADMIN_EMAIL, &hashed, Role::Admin).await.map_err(|e| e.to_string())?;
+    let mut w = store.write().await.map_err(|e| e.to_string())?;
+    store.create_user_in(&mut w.tx, ADMIN_EMAIL, &hashed, Role::Admin).await.map_err(|e| e.to_string())?;
+    w.commit(crate::store::Change {
+        actor: ACTOR.into(),
+        action: "user.create",
+        target: format!("user:{ADMIN_EMAIL}"),
+        detail: "role admin, password".into(),
+        ..crate::store::Change::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     write_secret(&opts.data_dir.join("admin-password"), &password)?;
     let admin = crate::control::issue_token(store, ACTOR, "admin", Role::Admin, None).await.map_err(e)?;
     write_secret(&opts.data_dir.join("admin-token"), &admin.token)?;
@@ -115,7 +125,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let state = AppState { store: store.clone(), signing_key: signing_key.clone(), heartbeat: Duration::from_secs(30) };
+    let state = AppState {
+        store: store.clone(),
+        signing_key: signing_key.clone(),
+        heartbeat: Duration::from_secs(30),
+        // Browsers keep Secure cookies on http://127.0.0.1, so dev needs no exception.
+        ui: std::sync::Arc::new(crate::ui::UiSettings::new(true, None)),
+    };
     let api = tokio::spawn(crate::serve(api_listener, state, until_stopped(stopped.clone())));
     let demo = tokio::spawn(upstream::serve(demo_listener, until_stopped(stopped.clone())));
 

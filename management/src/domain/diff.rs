@@ -87,7 +87,6 @@ pub fn diff(from: i64, a: &Value, to: i64, b: &Value) -> Diff {
     };
     let mut service = Vec::new();
     changed_keys(&strip(a), &strip(b), "", KEY_DEPTH, &mut service);
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
     let (ta, tb) = (pretty(a), pretty(b));
     let text = similar::TextDiff::from_lines(&ta, &tb)
         .unified_diff()
@@ -95,6 +94,92 @@ pub fn diff(from: i64, a: &Value, to: i64, b: &Value) -> Diff {
         .header(&format!("version {from}"), &format!("version {to}"))
         .to_string();
     Diff { from, to, added, removed, changed, service, text }
+}
+
+/// A config as the diffs show it: pretty JSON with sorted keys.
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// One row of a side-by-side diff. `kind` is `equal`, `delete`, `insert`, `replace` or
+/// `skip` (unchanged lines left out, counted in `left`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Row {
+    pub kind: &'static str,
+    pub left_no: String,
+    pub left: String,
+    pub right_no: String,
+    pub right: String,
+}
+
+/// Side-by-side rows of two texts, keeping `context` unchanged lines around each change.
+pub fn side_by_side(a: &str, b: &str, context: usize) -> Vec<Row> {
+    use similar::{DiffOp, TextDiff};
+    let diff = TextDiff::from_lines(a, b);
+    let (old, new) = (diff.old_slices(), diff.new_slices());
+    let line = |s: &[&str], i: usize| s.get(i).map(|l| l.trim_end_matches('\n').to_owned()).unwrap_or_default();
+    let no = |i: usize| (i + 1).to_string();
+    let mut rows = Vec::new();
+    for group in diff.grouped_ops(context) {
+        if !rows.is_empty() {
+            rows.push(Row {
+                kind: "skip",
+                left_no: String::new(),
+                left: "…".into(),
+                right_no: String::new(),
+                right: "…".into(),
+            });
+        }
+        for op in group {
+            match op {
+                DiffOp::Equal { old_index, new_index, len } => {
+                    for k in 0..len {
+                        rows.push(Row {
+                            kind: "equal",
+                            left_no: no(old_index + k),
+                            left: line(old, old_index + k),
+                            right_no: no(new_index + k),
+                            right: line(new, new_index + k),
+                        });
+                    }
+                }
+                DiffOp::Delete { old_index, old_len, .. } => {
+                    for k in 0..old_len {
+                        rows.push(Row {
+                            kind: "delete",
+                            left_no: no(old_index + k),
+                            left: line(old, old_index + k),
+                            right_no: String::new(),
+                            right: String::new(),
+                        });
+                    }
+                }
+                DiffOp::Insert { new_index, new_len, .. } => {
+                    for k in 0..new_len {
+                        rows.push(Row {
+                            kind: "insert",
+                            left_no: String::new(),
+                            left: String::new(),
+                            right_no: no(new_index + k),
+                            right: line(new, new_index + k),
+                        });
+                    }
+                }
+                DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+                    for k in 0..old_len.max(new_len) {
+                        rows.push(Row {
+                            kind: "replace",
+                            left_no: if k < old_len { no(old_index + k) } else { String::new() },
+                            left: if k < old_len { line(old, old_index + k) } else { String::new() },
+                            right_no: if k < new_len { no(new_index + k) } else { String::new() },
+                            right: if k < new_len { line(new, new_index + k) } else { String::new() },
+                        });
+                    }
+                }
+            }
+        }
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -124,6 +209,17 @@ mod tests {
         assert_eq!(d.service, vec!["timeout"]);
         assert!(d.text.contains("-  \"timeout\": \"3s\""), "{}", d.text);
         assert!(d.text.contains("+  \"timeout\": \"5s\""), "{}", d.text);
+    }
+
+    #[test]
+    fn side_by_side_pairs_changed_lines_and_skips_far_context() {
+        let a = "a\nb\nc\nd\ne\nf\ng\nh\n";
+        let b = "a\nB\nc\nd\ne\nf\ng\nh\ni\n";
+        let rows = side_by_side(a, b, 1);
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, vec!["equal", "replace", "equal", "skip", "equal", "insert"]);
+        assert_eq!((rows[1].left.as_str(), rows[1].right.as_str()), ("b", "B"));
+        assert_eq!(rows[5].right_no, "9");
     }
 
     #[test]

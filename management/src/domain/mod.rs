@@ -1,6 +1,7 @@
 //! The control plane's rules, apart from storage and HTTP.
 
 pub mod access;
+pub mod annotate;
 pub mod diff;
 pub mod fleet;
 pub mod signing;

@@ -132,6 +132,29 @@ impl Store {
         rows.iter().map(AuditEntry::from_row).collect()
     }
 
+    /// Entries matching exact `action` and `actor` (empty = any) and with `target`
+    /// containing the given text, newest first.
+    pub async fn search_audit(&self, action: &str, actor: &str, target: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE ($1 = '' OR action = $1) AND ($2 = '' OR actor = $2) \
+             AND ($3 = '' OR target LIKE $4 ESCAPE '\\') ORDER BY seq DESC LIMIT $5",
+        )
+        .bind(action)
+        .bind(actor)
+        .bind(target)
+        .bind(format!("%{}%", target.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(AuditEntry::from_row).collect()
+    }
+
+    /// The distinct actions in the log, for filters.
+    pub async fn audit_actions(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT action FROM audit_log ORDER BY action").fetch_all(self.pool()).await?;
+        rows.iter().map(|r| get(r, "action")).collect()
+    }
+
     /// Walks the whole chain: every hash recomputed, every link and sequence number
     /// checked, and the head compared with the last entry (which catches truncation).
     pub async fn verify_audit(&self) -> Result<Verification> {

@@ -140,4 +140,15 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("environment {name:?} of gateway {gateway:?}")))?;
         Environment::from_row(&row)
     }
+
+    /// Every environment of every gateway, by gateway then creation.
+    pub async fn all_environments(&self) -> Result<Vec<Environment>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.gateway_id, g.name AS gateway, e.name, e.requires, e.active_version, e.serial, e.created_at \
+             FROM environments e JOIN gateways g ON g.id = e.gateway_id ORDER BY g.name, e.id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(Environment::from_row).collect()
+    }
 }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod gateways;
 pub mod nodes;
 pub mod promotions;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 pub mod versions;
@@ -63,10 +64,14 @@ pub struct Store {
     kind: Kind,
 }
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "control plane", include_str!("../../../migrations/postgres/0001_control_plane.sql"))];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "control plane", include_str!("../../../migrations/postgres/0001_control_plane.sql")),
+    (2, "operator ui", include_str!("../../../migrations/postgres/0002_operator_ui.sql")),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
+    (2, "operator ui", include_str!("../../../migrations/sqlite/0002_operator_ui.sql")),
+];
 
 impl Store {
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file is created if missing).

@@ -25,6 +25,23 @@ pub struct Seen {
     pub seen_at: i64,
 }
 
+fn seen_from_row(row: &sqlx::any::AnyRow) -> Result<(i64, Seen)> {
+    let seen = Seen {
+        report: Report {
+            node_id: get(row, "node_id")?,
+            hostname: get(row, "hostname")?,
+            version: get(row, "build")?,
+            serial: get(row, "serial")?,
+            config_digest: get(row, "config_digest")?,
+            last_fetch_at: get(row, "last_fetch_at")?,
+            last_result: get(row, "last_result")?,
+            reported_at: get(row, "reported_at")?,
+        },
+        seen_at: get(row, "seen_at")?,
+    };
+    Ok((get(row, "environment_id")?, seen))
+}
+
 impl Store {
     /// Records a node's latest report (one row per node, replaced by each report).
     pub async fn record_node(&self, environment_id: i64, r: &Report) -> Result<()> {
@@ -52,28 +69,23 @@ impl Store {
 
     pub async fn nodes(&self, environment_id: i64) -> Result<Vec<Seen>> {
         let rows = sqlx::query(
-            "SELECT node_id, hostname, build, serial, config_digest, last_fetch_at, last_result, reported_at, seen_at \
-             FROM nodes WHERE environment_id = $1 ORDER BY node_id",
+            "SELECT environment_id, node_id, hostname, build, serial, config_digest, last_fetch_at, last_result, \
+             reported_at, seen_at FROM nodes WHERE environment_id = $1 ORDER BY node_id",
         )
         .bind(environment_id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Seen {
-                    report: Report {
-                        node_id: get(row, "node_id")?,
-                        hostname: get(row, "hostname")?,
-                        version: get(row, "build")?,
-                        serial: get(row, "serial")?,
-                        config_digest: get(row, "config_digest")?,
-                        last_fetch_at: get(row, "last_fetch_at")?,
-                        last_result: get(row, "last_result")?,
-                        reported_at: get(row, "reported_at")?,
-                    },
-                    seen_at: get(row, "seen_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| Ok(seen_from_row(row)?.1)).collect()
+    }
+
+    /// Every node of every environment, with its environment id: one query for a fleet view.
+    pub async fn all_nodes(&self) -> Result<Vec<(i64, Seen)>> {
+        let rows = sqlx::query(
+            "SELECT environment_id, node_id, hostname, build, serial, config_digest, last_fetch_at, last_result, \
+             reported_at, seen_at FROM nodes ORDER BY environment_id, node_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(seen_from_row).collect()
     }
 }

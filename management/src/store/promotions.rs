@@ -107,4 +107,12 @@ impl Store {
                 .await?;
         row.map(|r| Ok((get(&r, "serial")?, get(&r, "bundle")?))).transpose()
     }
+
+    /// When each environment was last promoted: `(environment id, Unix ms)`.
+    pub async fn last_promotions(&self) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query("SELECT environment_id, MAX(created_at) AS at FROM promotions GROUP BY environment_id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok((get(r, "environment_id")?, get(r, "at")?))).collect()
+    }
 }

@@ -129,4 +129,15 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Node tokens of every environment.
+    pub async fn node_tokens(&self) -> Result<Vec<Token>> {
+        let rows = sqlx::query(
+            "SELECT id, name, prefix, role, gateway, environment, created_by, created_at, revoked_at \
+             FROM api_tokens WHERE gateway IS NOT NULL ORDER BY gateway, environment, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(Token::from_row).collect()
+    }
 }

@@ -86,11 +86,18 @@ impl Store {
 
     /// All versions of a gateway, newest first, without their configs.
     pub async fn versions(&self, gateway_id: i64) -> Result<Vec<Version>> {
+        self.versions_page(gateway_id, i64::MAX, 0).await
+    }
+
+    /// A page of a gateway's versions, newest first, without their configs.
+    pub async fn versions_page(&self, gateway_id: i64, limit: i64, offset: i64) -> Result<Vec<Version>> {
         let rows = sqlx::query(
             "SELECT number, parent, author, message, format, digest, created_at FROM config_versions \
-             WHERE gateway_id = $1 ORDER BY number DESC",
+             WHERE gateway_id = $1 ORDER BY number DESC LIMIT $2 OFFSET $3",
         )
         .bind(gateway_id)
+        .bind(limit)
+        .bind(offset)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| Version::from_row(r, false)).collect()

@@ -14,7 +14,7 @@ use crate::support::{Db, TestApp, free_port, spawn_app, weir_bin};
 on_both_databases!(a_node_follows_promotions_and_reports_rejections);
 
 /// A child process killed when dropped, its output in a log file.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     log: std::path::PathBuf,
 }
@@ -27,19 +27,19 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    fn start(mut cmd: Command, log: &Path) -> Self {
+    pub(crate) fn start(mut cmd: Command, log: &Path) -> Self {
         let file = std::fs::File::create(log).expect("log file");
         let child =
             cmd.stdout(file.try_clone().expect("log")).stderr(file).stdin(Stdio::null()).spawn().expect("spawn");
         Self { child, log: log.to_owned() }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-async fn backend() -> String {
+pub(crate) async fn backend() -> String {
     let app = axum::Router::new()
         .route("/v1", get(|| async { Json(json!({"v": 1})) }))
         .route("/v2", get(|| async { Json(json!({"v": 2})) }));
@@ -49,7 +49,7 @@ async fn backend() -> String {
     url
 }
 
-async fn fetch(url: &str) -> Option<Value> {
+pub(crate) async fn fetch(url: &str) -> Option<Value> {
     let client = weir_gateway::proxy::client::build(1).ok()?;
     let request = http::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new())).ok()?;
     let response = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
@@ -58,7 +58,7 @@ async fn fetch(url: &str) -> Option<Value> {
 }
 
 /// Polls `f` every 50 ms until it returns Some, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+pub(crate) async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -73,7 +73,7 @@ where
     None
 }
 
-fn gateway_config(backend: &str, port: u16, pattern: &str) -> Value {
+pub(crate) fn gateway_config(backend: &str, port: u16, pattern: &str) -> Value {
     json!({"version": 3, "port": port, "endpoints": [
         {"endpoint": "/hello", "backend": [{"host": [backend], "url_pattern": pattern}]}
     ]})
@@ -85,7 +85,7 @@ async fn node_state(app: &TestApp, node: &str) -> Option<(String, Value)> {
     Some((n["state"].as_str()?.to_owned(), n))
 }
 
-fn start_node(app: &TestApp, token_file: &Path, port: u16) -> Proc {
+pub(crate) fn start_node(app: &TestApp, token_file: &Path, port: u16) -> Proc {
     let mut cmd = Command::new(weir_bin());
     cmd.args(["run", "--control", &app.url(), "--gateway", "shop", "--env", "dev", "--poll-interval", "200ms"])
         .arg("--token-file")

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use weir_management::api::AppState;
 use weir_management::domain::access::Role;
 use weir_management::domain::signing::SigningKeys;
-use weir_management::store::Store;
+use weir_management::store::{Change, Store};
+use weir_management::ui::UiSettings;
 
 /// The databases every storage test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,11 @@ pub async fn spawn_app(db: Db) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: Db, heartbeat: Duration) -> TestApp {
+    spawn_app_full(db, heartbeat, |_| UiSettings::new(true, None)).await
+}
+
+/// The control plane with UI settings made once its address is known (SSO needs it).
+pub async fn spawn_app_full(db: Db, heartbeat: Duration, ui: impl FnOnce(SocketAddr) -> UiSettings) -> TestApp {
     let test_db = TestDb::new(db).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let signing_key = dir.path().join("signing.key");
@@ -131,7 +137,12 @@ pub async fn spawn_app_with(db: Db, heartbeat: Duration) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState { store: store.clone(), signing_key: signing_key.clone(), heartbeat };
+    let state = AppState {
+        store: store.clone(),
+        signing_key: signing_key.clone(),
+        heartbeat,
+        ui: std::sync::Arc::new(ui(addr)),
+    };
     tokio::spawn(weir_management::serve(listener, state, async {
         let _ = stopped.await;
     }));
@@ -231,6 +242,16 @@ impl TestApp {
             json!({ "version": version }),
         )
         .await
+    }
+
+    /// Creates a local account with a password, as an admin would.
+    pub async fn user(&self, email: &str, password: &str, role: Role) {
+        let hash = weir_management::domain::access::hash_password(password).expect("hash");
+        let mut w = self.store.write().await.expect("write");
+        self.store.create_user_in(&mut w.tx, email, &hash, role).await.expect("user");
+        w.commit(Change { actor: "test".into(), action: "user.create", target: email.into(), ..Change::default() })
+            .await
+            .expect("commit");
     }
 
     /// Issues a token through the API and returns its secret.
