@@ -62,6 +62,7 @@ pub(super) async fn form(State(state): State<AppState>, Query(q): Query<NextQuer
 
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
+    #[serde(default)]
     csrf: String,
     email: String,
     password: String,
@@ -133,6 +134,7 @@ fn dummy_phc() -> &'static str {
 
 #[derive(Deserialize)]
 pub(super) struct CsrfForm {
+    #[serde(default)]
     csrf: String,
 }
 

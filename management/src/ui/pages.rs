@@ -330,6 +330,7 @@ async fn new_version(
 
 #[derive(Deserialize)]
 struct VersionForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     message: String,
@@ -477,6 +478,7 @@ async fn promote_page(
 
 #[derive(Deserialize)]
 struct PromoteForm {
+    #[serde(default)]
     csrf: String,
     version: i64,
 }
@@ -729,6 +731,7 @@ struct SecretPage {
 
 #[derive(Deserialize)]
 struct TokenForm {
+    #[serde(default)]
     csrf: String,
     name: String,
     #[serde(default)]
@@ -783,6 +786,7 @@ async fn create_node_token(
 
 #[derive(Deserialize)]
 struct CsrfOnly {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -835,6 +839,7 @@ async fn users_page(State(state): State<AppState>, signed: Signed) -> Result<Res
 
 #[derive(Deserialize)]
 struct UserForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     email: String,

@@ -66,16 +66,21 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
+    /// The text of the first element matching `css`, waiting for it to appear. Retried
+    /// when the page replaces the element between finding and reading it (live tables).
     async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let mut last = String::new();
+        for _ in 0..50 {
+            match self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await {
+                Ok(element) => match element.text().await {
+                    Ok(text) => return text,
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no text for {css}: {last}");
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -188,6 +193,7 @@ async fn an_operator_uploads_diffs_promotes_and_watches_the_node_sync() {
     let node = start_node(&app, &token_file, node_port);
     b.go(&format!("{}/gateways/shop/versions/2", app.url())).await;
     b.click("form.promote button").await;
+    assert!(b.text(".lead").await.contains("dev runs v1"));
     let confirm = b.source().await;
     assert!(
         confirm.contains("dev runs") && confirm.contains("backend[0].url_pattern"),
@@ -246,7 +252,7 @@ async fn viewers_cannot_promote_and_forms_need_their_csrf_token() {
     assert!(b.text("h1").await.contains("Not allowed"));
     b.go(&format!("{}/", app.url())).await;
     b.click("button.link").await; // sign out
-    assert!(b.source().await.contains("Sign in"));
+    assert!(b.text(".signin h1").await.contains("control plane"));
 
     b.sign_in(&app, "ops@example.com", "operator password 1").await;
     b.go(&format!("{}/gateways/shop/versions/1", app.url())).await;

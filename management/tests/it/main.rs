@@ -8,3 +8,4 @@ mod cli;
 mod fleet;
 mod oidc;
 mod support;
+mod ui;
