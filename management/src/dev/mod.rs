@@ -190,6 +190,7 @@ fn banner(opts: &Options, first_run: bool) -> Result<(), String> {
     println!(
         "\nWeir dev suite is running{}. Data: {dir}\n\n\
          \x20 gateway node     {gw}  (demo/dev, managed: fetches signed bundles from the control plane)\n\
+         \x20 operator UI      {api}/  (sign in as the admin user below)\n\
          \x20 management API   {api}/api/v1  (OpenAPI: {api}/api/v1/openapi.json)\n\
          \x20 demo upstream    http://127.0.0.1:{}\n\
          \x20 admin user       {ADMIN_EMAIL} / {password}  (also in {dir}/admin-password)\n\

@@ -578,6 +578,8 @@ struct EnvironmentPage {
     nodes: String,
     watching: bool,
     promotions: Vec<PromotionRow>,
+    /// The gateway's newest version, offered for promotion.
+    latest: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -594,6 +596,7 @@ async fn environment_page(
     let e = state.store.environment(&gw, &env).await?;
     let nodes = nodes_fragment_html(&e, state.store.nodes(e.id).await?, heartbeat_ms(&state))?;
     let promotions = state.store.promotions(e.id).await?;
+    let latest = state.store.latest_version(e.gateway_id).await?.map(|v| v.version);
     let mut nav = signed.nav("gateways");
     nav.notice = q.promoted.map(|s| format!("Promoted: serial {s} is signed. Nodes pick it up at their next poll."));
     render(&EnvironmentPage {
@@ -617,6 +620,7 @@ async fn environment_page(
         requires: e.requires,
         nodes,
         watching: q.promoted.is_some(),
+        latest,
     })
 }
 
