@@ -418,6 +418,7 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
                 },
                 config: text,
                 keyring: Vec::new(),
+                plans: Default::default(),
             };
             let bytes = bundle::sign(&payload, &key).and_then(|jws| serde_json::to_vec_pretty(&jws));
             match bytes.map_err(|e| e.to_string()).and_then(|b| std::fs::write(&out, b).map_err(|e| e.to_string())) {

@@ -52,6 +52,24 @@ pub struct KeyringEntry {
     /// RFC 3339; absent for keys that do not expire.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// Revoked keys stay listed for a while so that nodes can say "revoked", not "unknown".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+}
+
+/// What a plan allows each of its keys; absent limits do not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<u32>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_day: Option<u64>,
+    /// Requests per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_month: Option<u64>,
 }
 
 /// The signed payload.
@@ -63,6 +81,9 @@ pub struct Payload {
     pub config: String,
     #[serde(default)]
     pub keyring: Vec<KeyringEntry>,
+    /// The plans the keyring's entries name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub plans: std::collections::BTreeMap<String, PlanLimits>,
 }
 
 /// A JWS in the flattened JSON serialisation.
@@ -245,6 +266,7 @@ mod tests {
             },
             config: config.into(),
             keyring: Vec::new(),
+            plans: Default::default(),
         }
     }
 

@@ -141,6 +141,13 @@ impl Node {
         }
         let runtime =
             Runtime::compile_after(&verified.service, self.settings.flags, previous).map_err(|e| e.to_string())?;
+        let payload = &verified.payload;
+        if !runtime.install_keyring(&payload.keyring, &payload.plans, previous) {
+            tracing::warn!(
+                keys = payload.keyring.len(),
+                "the bundle has API keys but its config declares no \"auth/api-keys\" to check them"
+            );
+        }
         let m = verified.payload.metadata;
         tracing::info!(serial = m.serial, digest = %m.config_digest, kid = %verified.kid, "bundle accepted");
         self.state.serial = Some(m.serial);

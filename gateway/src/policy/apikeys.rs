@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::jwt::Denied;
+use super::keyring::{KeyRefusal, Keyring};
 use super::{Problems, problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct ApiKeys {
     hash: Hash,
     salt: String,
     keys: ArcSwap<HashMap<[u8; 32], Entry>>,
+    /// Keys issued at run time (a bundle's keyring), looked up after the config's own.
+    keyring: ArcSwap<Keyring>,
     propagate_role: Option<HeaderName>,
 }
 
@@ -175,8 +178,19 @@ impl ApiKeys {
             hash,
             salt: obj.get("salt").and_then(Value::as_str).unwrap_or("").to_owned(),
             keys: ArcSwap::from_pointee(keys),
+            keyring: ArcSwap::from_pointee(Keyring::default()),
             propagate_role,
         })
+    }
+
+    /// Replaces the run-time keys (a new bundle's keyring).
+    pub fn install(&self, keyring: Keyring) {
+        self.keyring.store(Arc::new(keyring));
+    }
+
+    /// The run-time keys now installed.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.load_full()
     }
 
     /// The stored form of a presented key.
@@ -236,13 +250,28 @@ impl ApiKeyGuard {
         let key = self.presented(headers, query).ok_or(Denied::Unauthorized)?;
         let stored = self.keys.stored_form(&key);
         let table = self.keys.keys.load();
-        let entry =
-            table.get(&index(&stored)).filter(|e| constant_time_eq(&e.stored, &stored)).ok_or(Denied::Unauthorized)?;
-        let role = if self.roles.is_empty() {
-            entry.roles.first()
-        } else {
-            Some(entry.roles.iter().find(|r| self.roles.contains(r)).ok_or(Denied::Forbidden)?)
+        let ring;
+        let (roles, issued) = match table.get(&index(&stored)).filter(|e| constant_time_eq(&e.stored, &stored)) {
+            Some(entry) => (&entry.roles, None),
+            None => {
+                ring = self.keys.keyring.load();
+                let issued = ring.find(&key).ok_or(Denied::Unauthorized)?;
+                (&issued.roles, Some(issued))
+            }
         };
+        let role = if self.roles.is_empty() {
+            roles.first()
+        } else {
+            Some(roles.iter().find(|r| self.roles.contains(r)).ok_or(Denied::Forbidden)?)
+        };
+        // Plans count only requests the key may make at all.
+        if let Some(issued) = issued {
+            issued.admit(std::time::SystemTime::now()).map_err(|refusal| match refusal {
+                KeyRefusal::Revoked => Denied::KeyRevoked,
+                KeyRefusal::Expired => Denied::KeyExpired,
+                KeyRefusal::Exhausted { retry_after } => Denied::Exhausted(retry_after),
+            })?;
+        }
         let mut out = Vec::new();
         if let (Some(h), Some(role)) = (&self.keys.propagate_role, role)
             && let Ok(v) = HeaderValue::try_from(role.as_str())

@@ -45,6 +45,12 @@ pub enum Denied {
     Unauthorized,
     /// A valid token without the required roles or scopes: 403.
     Forbidden,
+    /// A keyring API key that was revoked: 401.
+    KeyRevoked,
+    /// A keyring API key past its expiry: 401.
+    KeyExpired,
+    /// A keyring API key whose plan is used up: 429, retry after this many seconds.
+    Exhausted(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

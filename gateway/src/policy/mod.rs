@@ -15,6 +15,7 @@ pub mod compress;
 pub mod cors;
 pub mod ip;
 pub mod jwt;
+pub mod keyring;
 pub mod ratelimit;
 pub mod redis_limit;
 pub mod schema;
@@ -141,6 +142,11 @@ fn joined(problems: Problems) -> String {
 }
 
 impl ServicePolicies {
+    /// The service's API-key table, where a bundle's keyring is installed.
+    pub fn api_keys(&self) -> Option<&Arc<apikeys::ApiKeys>> {
+        self.api_keys.as_ref()
+    }
+
     /// Builds the service-level components (reads htpasswd files).
     pub fn build(extra: &Map<String, Value>) -> Result<Self, String> {
         let api_keys = match extra.get("auth/api-keys") {
@@ -381,5 +387,14 @@ fn denied(d: jwt::Denied, scheme: &'static str) -> Response<Body> {
             r
         }
         jwt::Denied::Forbidden => json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#),
+        // Distinct answers tell a developer what to do about their key; they reveal nothing
+        // to someone without one (keys are 256 random bits: there is nothing to guess).
+        jwt::Denied::KeyRevoked => json_error(StatusCode::UNAUTHORIZED, r#"{"error":"api key revoked"}"#),
+        jwt::Denied::KeyExpired => json_error(StatusCode::UNAUTHORIZED, r#"{"error":"api key expired"}"#),
+        jwt::Denied::Exhausted(secs) => {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"plan limit reached"}"#);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
     }
 }

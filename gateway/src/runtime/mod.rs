@@ -52,6 +52,8 @@ pub struct Runtime {
     max_idle_per_host: usize,
     front: crate::policy::Front,
     metrics: crate::telemetry::Registry,
+    /// The service's `auth/api-keys`, where a bundle's keyring goes.
+    api_keys: Option<Arc<crate::policy::apikeys::ApiKeys>>,
 }
 
 impl Runtime {
@@ -95,7 +97,25 @@ impl Runtime {
             max_idle_per_host: service.max_idle_connections_per_host,
             front: crate::policy::Front::build(&service.extra_config).map_err(CompileError::Policy)?,
             metrics,
+            api_keys: policies.api_keys().cloned(),
         })
+    }
+
+    /// Installs a bundle's keyring (keys issued at run time), keeping the plan counters
+    /// of keys that `previous` already had. Returns false when the config declares no
+    /// `auth/api-keys` for the keys to serve.
+    pub fn install_keyring(
+        &self,
+        entries: &[crate::bundle::KeyringEntry],
+        plans: &std::collections::BTreeMap<String, crate::bundle::PlanLimits>,
+        previous: Option<&Runtime>,
+    ) -> bool {
+        let Some(keys) = &self.api_keys else {
+            return entries.is_empty();
+        };
+        let before = previous.and_then(|p| p.api_keys.as_ref()).map(|k| k.keyring());
+        keys.install(crate::policy::keyring::Keyring::build(entries, plans, before.as_deref()));
+        true
     }
 
     /// Answers one request. Never fails: every problem becomes a response.

@@ -1,0 +1,271 @@
+//! API keys issued at run time: the signed keyring of a bundle, with each key's plan.
+//!
+//! The control plane sends only SHA-256 hashes of keys. A presented key is hashed once
+//! and looked up; the entry says whom it belongs to, which roles (products) it opens,
+//! when it expires, whether it was revoked, and what its plan allows. Plans are
+//! enforced per key on this node: a rate (governor, per second and per minute) and
+//! quotas per UTC day and calendar month. Quotas are counted per node, so a fleet of N
+//! nodes lets a key through up to N times its quota in the worst case (see the README).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use sha2::{Digest as _, Sha256};
+
+use crate::bundle::{KeyringEntry, PlanLimits};
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Why a keyring key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Revoked,
+    Expired,
+    /// The plan's rate or quota is used up; retry after this many seconds.
+    Exhausted {
+        retry_after: u64,
+    },
+}
+
+/// A counter that starts again with each window (a UTC day or calendar month).
+struct Quota_ {
+    limit: u64,
+    /// (window number, requests counted in it)
+    used: Mutex<(u64, u64)>,
+    monthly: bool,
+}
+
+/// The window number and the seconds until it ends, for a UTC day or calendar month.
+fn window(now: SystemTime, monthly: bool) -> (u64, u64) {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let day = secs / 86_400;
+    if !monthly {
+        return (day, 86_400 - secs % 86_400);
+    }
+    let (y, m, _) = crate::time::civil_from_days(i64::try_from(day).unwrap_or(0));
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let next = u64::try_from(crate::time::days_from_civil(ny, nm, 1)).unwrap_or(day + 1) * 86_400;
+    (u64::try_from(y).unwrap_or(0) * 12 + u64::from(m), next.saturating_sub(secs).max(1))
+}
+
+impl Quota_ {
+    fn take(&self, now: SystemTime) -> Result<(), u64> {
+        let (id, left) = window(now, self.monthly);
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if used.0 != id {
+            *used = (id, 0);
+        }
+        if used.1 >= self.limit {
+            return Err(left);
+        }
+        used.1 += 1;
+        Ok(())
+    }
+}
+
+/// One key's running limits.
+struct Limits {
+    plan: PlanLimits,
+    per_second: Option<Direct>,
+    per_minute: Option<Direct>,
+    day: Option<Quota_>,
+    month: Option<Quota_>,
+}
+
+impl Limits {
+    fn new(plan: &PlanLimits) -> Self {
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        Self {
+            plan: plan.clone(),
+            per_second: plan.rate_per_second.map(|n| RateLimiter::direct(Quota::per_second(nz(n)))),
+            per_minute: plan.rate_per_minute.map(|n| RateLimiter::direct(Quota::per_minute(nz(n)))),
+            day: plan.quota_per_day.map(|limit| Quota_ { limit, used: Mutex::new((0, 0)), monthly: false }),
+            month: plan.quota_per_month.map(|limit| Quota_ { limit, used: Mutex::new((0, 0)), monthly: true }),
+        }
+    }
+
+    fn take(&self, now: SystemTime) -> Result<(), u64> {
+        for limiter in [&self.per_second, &self.per_minute].into_iter().flatten() {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
+                return Err(wait.as_secs() + 1);
+            }
+        }
+        // Quotas count only requests the rates let through.
+        for quota in [&self.day, &self.month].into_iter().flatten() {
+            quota.take(now)?;
+        }
+        Ok(())
+    }
+}
+
+/// A key of the keyring.
+pub struct Key {
+    pub consumer: String,
+    pub roles: Vec<String>,
+    expires_at: Option<SystemTime>,
+    revoked: bool,
+    limits: Option<Arc<Limits>>,
+}
+
+impl Key {
+    /// Checks expiry, revocation and the plan; counts the request against the plan.
+    pub fn admit(&self, now: SystemTime) -> Result<(), KeyRefusal> {
+        if self.revoked {
+            return Err(KeyRefusal::Revoked);
+        }
+        if self.expires_at.is_some_and(|t| now >= t) {
+            return Err(KeyRefusal::Expired);
+        }
+        match &self.limits {
+            Some(limits) => limits.take(now).map_err(|retry_after| KeyRefusal::Exhausted { retry_after }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The keys of a bundle, by the SHA-256 of the key.
+#[derive(Default)]
+pub struct Keyring {
+    keys: HashMap<[u8; 32], Key>,
+}
+
+fn parse_hash(hash: &str) -> Option<[u8; 32]> {
+    let hex = hash.strip_prefix("sha256:")?;
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Keyring {
+    /// Builds a keyring. Keys that keep their plan keep their counters from `previous`,
+    /// so a new bundle (another key issued, say) does not reset anyone's limits.
+    pub fn build(entries: &[KeyringEntry], plans: &BTreeMap<String, PlanLimits>, previous: Option<&Keyring>) -> Self {
+        let mut keys = HashMap::with_capacity(entries.len());
+        for e in entries {
+            let Some(hash) = parse_hash(&e.hash) else {
+                tracing::warn!(consumer = %e.consumer, "keyring entry with an unreadable hash skipped");
+                continue;
+            };
+            let plan = e.plan.as_ref().and_then(|p| plans.get(p));
+            let limits = plan.map(|plan| {
+                previous
+                    .and_then(|prev| prev.keys.get(&hash))
+                    .and_then(|k| k.limits.clone())
+                    .filter(|l| l.plan == *plan)
+                    .unwrap_or_else(|| Arc::new(Limits::new(plan)))
+            });
+            let expires_at = e.expires_at.as_deref().and_then(crate::time::parse_rfc3339);
+            keys.insert(
+                hash,
+                Key { consumer: e.consumer.clone(), roles: e.roles.clone(), expires_at, revoked: e.revoked, limits },
+            );
+        }
+        Self { keys }
+    }
+
+    /// The entry for a presented key.
+    pub fn find(&self, presented: &str) -> Option<&Key> {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.keys.get(&hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// How long a refusal's `Retry-After` says to wait, at least a second.
+pub fn retry_after(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, plan: Option<&str>) -> KeyringEntry {
+        let hex: String = Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        KeyringEntry {
+            hash: format!("sha256:{hex}"),
+            consumer: "app-1".into(),
+            plan: plan.map(str::to_owned),
+            roles: vec!["orders".into()],
+            expires_at: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_hash_and_refused_when_revoked_or_expired() {
+        let mut revoked = entry("k-revoked", None);
+        revoked.revoked = true;
+        let mut expired = entry("k-expired", None);
+        expired.expires_at = Some("2020-01-01T00:00:00Z".into());
+        let ring = Keyring::build(&[entry("k-live", None), revoked, expired], &BTreeMap::new(), None);
+        let now = SystemTime::now();
+        assert_eq!(ring.find("k-live").unwrap().admit(now), Ok(()));
+        assert_eq!(ring.find("k-live").unwrap().roles, vec!["orders"]);
+        assert_eq!(ring.find("k-revoked").unwrap().admit(now), Err(KeyRefusal::Revoked));
+        assert_eq!(ring.find("k-expired").unwrap().admit(now), Err(KeyRefusal::Expired));
+        assert!(ring.find("k-unknown").is_none());
+    }
+
+    #[test]
+    fn plans_limit_each_key_and_survive_a_new_keyring() {
+        let plans =
+            BTreeMap::from([("free".to_owned(), PlanLimits { quota_per_day: Some(3), ..PlanLimits::default() })]);
+        let ring = Keyring::build(&[entry("k1", Some("free")), entry("k2", Some("free"))], &plans, None);
+        let now = SystemTime::now();
+        for _ in 0..3 {
+            assert_eq!(ring.find("k1").unwrap().admit(now), Ok(()));
+        }
+        let Err(KeyRefusal::Exhausted { retry_after }) = ring.find("k1").unwrap().admit(now) else {
+            panic!("the fourth request of the day is refused");
+        };
+        assert!(retry_after > 0 && retry_after <= 86_400);
+        assert_eq!(ring.find("k2").unwrap().admit(now), Ok(()), "limits are per key");
+        // A new keyring with the same plan keeps the count.
+        let next = Keyring::build(&[entry("k1", Some("free"))], &plans, Some(&ring));
+        assert!(next.find("k1").unwrap().admit(now).is_err());
+        // The next day starts afresh.
+        let tomorrow = now + Duration::from_secs(86_400);
+        assert_eq!(next.find("k1").unwrap().admit(tomorrow), Ok(()));
+    }
+
+    #[test]
+    fn rates_refuse_bursts_with_a_retry_after() {
+        let plans =
+            BTreeMap::from([("burst".to_owned(), PlanLimits { rate_per_second: Some(2), ..PlanLimits::default() })]);
+        let ring = Keyring::build(&[entry("k", Some("burst"))], &plans, None);
+        let now = SystemTime::now();
+        assert!(ring.find("k").unwrap().admit(now).is_ok());
+        assert!(ring.find("k").unwrap().admit(now).is_ok());
+        assert!(matches!(ring.find("k").unwrap().admit(now), Err(KeyRefusal::Exhausted { retry_after: 1 })));
+    }
+
+    #[test]
+    fn month_windows_end_at_the_calendar_month() {
+        // 2026-02-27T00:00:00Z: two days left in February.
+        let t = UNIX_EPOCH + Duration::from_secs(1772150400);
+        let (_, left) = window(t, true);
+        assert_eq!(left, 2 * 86_400);
+        let (day, left) = window(t + Duration::from_secs(3600), false);
+        assert_eq!(left, 23 * 3600);
+        assert_eq!(day, 1772150400 / 86_400);
+    }
+}
