@@ -5,16 +5,18 @@
 use std::path::Path;
 
 use serde::Serialize;
-use weir_gateway::bundle::{self, Metadata, Payload};
+use std::collections::BTreeMap;
+
+use weir_gateway::bundle::{self, KeyringEntry, Metadata, Payload, PlanLimits};
 use weir_gateway::config::Format;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::domain::access::{Role, generate_token, hash_token};
 use crate::domain::signing::SigningKeys;
 use crate::domain::upload::{self, Problem};
-use crate::store::gateways::Gateway;
+use crate::store::gateways::{Environment, Gateway};
 use crate::store::tokens::NewToken;
-use crate::store::versions::NewVersion;
+use crate::store::versions::{NewVersion, Version};
 use crate::store::{Change, Store};
 
 /// Gateway and environment names appear in URLs, file names and bundle scopes.
@@ -169,25 +171,87 @@ pub async fn promote(
             )));
         }
     }
+    let previous = store.promotions(env.id).await?.into_iter().next();
+    let rollback = previous.as_ref().is_some_and(|p| p.version > number);
+    let signed = sign_bundle(
+        store,
+        signing_key,
+        &env,
+        &version,
+        actor,
+        if rollback { "environment.rollback" } else { "environment.promote" },
+        previous.map(|p| p.digest),
+    )
+    .await?;
+    Ok(Promoted { serial: signed.0, version: number, digest: version.digest, kid: signed.1, rollback })
+}
+
+/// The keyring and plans an environment's bundles carry.
+pub async fn keyring(
+    store: &Store,
+    environment_id: i64,
+) -> ApiResult<(Vec<KeyringEntry>, BTreeMap<String, PlanLimits>)> {
+    let to_u32 = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
+    let to_u64 = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+    let mut plans = BTreeMap::new();
+    for product in store.products().await?.into_iter().filter(|p| p.environment_id == environment_id) {
+        for plan in product.plans {
+            plans.insert(
+                format!("{}/{}", product.name, plan.name),
+                PlanLimits {
+                    rate_per_second: to_u32(plan.rate_per_second),
+                    rate_per_minute: to_u32(plan.rate_per_minute),
+                    quota_per_day: to_u64(plan.quota_per_day),
+                    quota_per_month: to_u64(plan.quota_per_month),
+                },
+            );
+        }
+    }
+    let entries = store
+        .keyring_rows(environment_id)
+        .await?
+        .into_iter()
+        .map(|k| KeyringEntry {
+            hash: format!("sha256:{}", k.key_hash),
+            consumer: format!("{}#{}", k.app, k.app_id),
+            plan: Some(format!("{}/{}", k.product, k.plan)),
+            roles: vec![k.product],
+            expires_at: k.expires_at.map(crate::store::rfc3339),
+            revoked: k.revoked_at.is_some(),
+        })
+        .collect();
+    Ok((entries, plans))
+}
+
+/// Signs the environment's next bundle (its config version and current keyring) and
+/// stores it with the audit entry. Returns the serial and the signing key id.
+async fn sign_bundle(
+    store: &Store,
+    signing_key: &Path,
+    env: &Environment,
+    version: &Version,
+    actor: &str,
+    action: &'static str,
+    before: Option<String>,
+) -> ApiResult<(i64, String)> {
     let keys = SigningKeys::load(signing_key).map_err(|e| ApiError::Internal(format!("signing key: {e}")))?;
     let key = keys.active();
-    let previous = store.promotions(env.id).await?.into_iter().next();
-    let config = version.config.unwrap_or_default();
-
+    let (keyring, plans) = keyring(store, env.id).await?;
+    let key_count = keyring.len();
     let mut w = store.write().await?;
-    let serial = store.advance_environment(&mut w.tx, env.id, number).await?;
+    let serial = store.advance_environment(&mut w.tx, env.id, version.version).await?;
     let payload = Payload {
         metadata: Metadata {
-            gateway: gateway.to_owned(),
-            environment: environment.to_owned(),
+            gateway: env.gateway.clone(),
+            environment: env.name.clone(),
             serial: u64::try_from(serial).unwrap_or_default(),
-            config_version: u64::try_from(number).unwrap_or_default(),
+            config_version: u64::try_from(version.version).unwrap_or_default(),
             config_digest: version.digest.clone(),
             issued_at: bundle::now_rfc3339(),
         },
-        config,
-        // API keys arrive with the developer portal; until then the keyring is empty.
-        keyring: Vec::new(),
+        config: version.config.clone().unwrap_or_default(),
+        keyring,
+        plans,
     };
     let jws = bundle::sign(&payload, key).map_err(|e| ApiError::Internal(e.to_string()))?;
     let text = serde_json::to_string(&jws).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -197,7 +261,7 @@ pub async fn promote(
             &crate::store::promotions::NewPromotion {
                 environment_id: env.id,
                 serial,
-                version: number,
+                version: version.version,
                 digest: &version.digest,
                 kid: key.kid(),
                 bundle: &text,
@@ -205,17 +269,57 @@ pub async fn promote(
             },
         )
         .await?;
-    let rollback = previous.as_ref().is_some_and(|p| p.version > number);
     w.commit(Change {
         actor: actor.to_owned(),
-        action: if rollback { "environment.rollback" } else { "environment.promote" },
-        target: format!("{gateway}/{environment}"),
-        before: previous.map(|p| p.digest),
+        action,
+        target: format!("{}/{}", env.gateway, env.name),
+        before,
         after: Some(version.digest.clone()),
-        detail: format!("version {number}, serial {serial}"),
+        detail: format!("version {}, serial {serial}, {key_count} key(s)", version.version),
     })
     .await?;
-    Ok(Promoted { serial, version: number, digest: version.digest, kid: key.kid().to_owned(), rollback })
+    store.bundle_signed();
+    Ok((serial, key.kid().to_owned()))
+}
+
+/// Signs a new bundle for an environment whose keys changed (same config, serial + 1).
+/// Returns the serial, or `None` when nothing runs there yet: its first promotion will
+/// carry the keyring.
+pub async fn publish_keyring(store: &Store, signing_key: &Path, environment_id: i64) -> ApiResult<Option<i64>> {
+    let env = store.environment_by_id(environment_id).await?;
+    let Some(active) = env.active_version else {
+        return Ok(None);
+    };
+    let version = store.version(env.gateway_id, active).await?;
+    let digest = Some(version.digest.clone());
+    let (serial, _) = sign_bundle(store, signing_key, &env, &version, "keyring", "environment.keyring", digest).await?;
+    Ok(Some(serial))
+}
+
+/// How often pending keyrings are looked for: a new or revoked key reaches long-polling
+/// nodes within about this much plus one round trip.
+const KEYRING_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Publishes the keyrings the portal asks for, forever (the control plane runs this;
+/// the portal never signs).
+pub async fn publish_keyrings(store: Store, signing_key: std::path::PathBuf) {
+    loop {
+        tokio::time::sleep(KEYRING_POLL).await;
+        let pending = match store.take_keyring_requests().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read keyring requests");
+                continue;
+            }
+        };
+        for environment_id in pending {
+            match publish_keyring(&store, &signing_key, environment_id).await {
+                Ok(Some(serial)) => tracing::info!(environment_id, serial, "keyring published"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(environment_id, error = %e, "keyring not published"),
+            }
+        }
+    }
 }
 
 /// A new token: its id and the secret, which is not stored and cannot be shown again.

@@ -161,7 +161,9 @@ impl ControlPlane {
             if s.method == Method::POST && s.uri.ends_with("/nodes/node-1/status") {
                 return Reply::raw(204, "text/plain", "");
             }
-            if s.method != Method::GET || s.uri != "/api/v1/gateways/shop/environments/prod/bundle" {
+            // Nodes ask with `?wait=` once they hold a bundle; this control plane does not long-poll.
+            let path = s.uri.split('?').next().unwrap_or_default();
+            if s.method != Method::GET || path != "/api/v1/gateways/shop/environments/prod/bundle" {
                 return Reply::status(404);
             }
             f.fetch_add(1, Ordering::SeqCst);

@@ -12,6 +12,9 @@ use crate::proxy::client::{self, Client};
 
 /// A control plane that does not answer within this is treated as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a fetch with an ETag asks the control plane to hold it until a new bundle
+/// exists (long poll). Control planes that do not long-poll answer at once.
+pub const LONG_POLL: Duration = Duration::from_secs(20);
 /// Bundles are configs plus keyrings; anything bigger is not a bundle.
 const MAX_BUNDLE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -19,6 +22,7 @@ const MAX_BUNDLE_BYTES: usize = 32 * 1024 * 1024;
 pub struct ControlPlane {
     client: Client,
     bundle_url: Uri,
+    long_poll_url: Uri,
     status_url: Uri,
     authorization: HeaderValue,
 }
@@ -61,14 +65,19 @@ impl ControlPlane {
         Ok(Self {
             client: client::build(2).map_err(|e| ControlError::Url(e.to_string()))?,
             bundle_url: parse(format!("{env_url}/bundle"))?,
+            long_poll_url: parse(format!("{env_url}/bundle?wait={}", LONG_POLL.as_secs()))?,
             status_url: parse(format!("{env_url}/nodes/{node_id}/status"))?,
             authorization: HeaderValue::try_from(format!("Bearer {}", token.trim()))
                 .map_err(|_| ControlError::Url("the node token has characters a header cannot carry".into()))?,
         })
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, http::HeaderMap, Bytes), ControlError> {
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        answer_within: Duration,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ControlError> {
+        let response = tokio::time::timeout(answer_within, self.client.request(request))
             .await
             .map_err(|_| ControlError::Unreachable("timed out".into()))?
             .map_err(|e| ControlError::Unreachable(e.to_string()))?;
@@ -84,7 +93,7 @@ impl ControlPlane {
     /// Fetches the environment's bundle; `etag` makes an unchanged one cost a 304.
     pub async fn fetch(&self, etag: Option<&HeaderValue>) -> Result<Fetched, ControlError> {
         let mut request = Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = self.bundle_url.clone();
+        *request.uri_mut() = if etag.is_some() { self.long_poll_url.clone() } else { self.bundle_url.clone() };
         request.headers_mut().insert(header::AUTHORIZATION, self.authorization.clone());
         request
             .headers_mut()
@@ -92,7 +101,8 @@ impl ControlPlane {
         if let Some(etag) = etag {
             request.headers_mut().insert(header::IF_NONE_MATCH, etag.clone());
         }
-        let (status, headers, body) = self.send(request).await?;
+        let answer_within = if etag.is_some() { REQUEST_TIMEOUT + LONG_POLL } else { REQUEST_TIMEOUT };
+        let (status, headers, body) = self.send(request, answer_within).await?;
         match status {
             StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
             StatusCode::OK => Ok(Fetched::Bundle { bytes: body, etag: headers.get(header::ETAG).cloned() }),
@@ -110,7 +120,7 @@ impl ControlPlane {
         *request.uri_mut() = self.status_url.clone();
         request.headers_mut().insert(header::AUTHORIZATION, self.authorization.clone());
         request.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let (status, _, body) = self.send(request).await?;
+        let (status, _, body) = self.send(request, REQUEST_TIMEOUT).await?;
         if status.is_success() {
             Ok(())
         } else {

@@ -21,6 +21,8 @@ use control::{ControlError, ControlPlane, Fetched, Status};
 
 /// How often a managed node tells the control plane it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A fetch answered after this long was held by a long-polling control plane.
+const LONG_POLL_SEEN: Duration = Duration::from_secs(1);
 /// Longest wait between fetch attempts while the control plane is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -190,7 +192,11 @@ impl Node {
                     continue;
                 }
             }
+            let started = std::time::Instant::now();
             wait = match self.poll(&shared).await {
+                // A control plane that held the request (long poll) already waited for
+                // us: ask again at once, so the next bundle finds us waiting.
+                Ok(()) if started.elapsed() >= LONG_POLL_SEEN => Duration::from_millis(50),
                 Ok(()) => self.settings.poll_interval,
                 Err(e) => {
                     tracing::warn!(error = %e, "bundle fetch failed; serving the running bundle");

@@ -195,9 +195,21 @@ fn matches(if_none_match: Option<&HeaderValue>, etag: &str) -> bool {
     value.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
+#[derive(Deserialize)]
+pub(super) struct BundleQuery {
+    /// Long poll: with an If-None-Match that is current, wait up to this many seconds
+    /// (at most 30) for a new bundle before answering 304.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// Longest long poll: below common proxy idle timeouts (60 s).
+const MAX_WAIT_SECS: u64 = 30;
+
 pub(super) async fn get_bundle(
     State(s): State<AppState>,
     Path((gateway, environment)): Path<(String, String)>,
+    Query(q): Query<BundleQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let env = s.store.environment(&gateway, &environment).await?;
@@ -205,7 +217,22 @@ pub(super) async fn get_bundle(
     // and an unchanged environment is answered without reading the bundle.
     let etag = format!("\"{}\"", env.serial);
     if env.serial > 0 && matches(headers.get(header::IF_NONE_MATCH), &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+        loop {
+            // Registered before looking, so a bundle signed in between still wakes us.
+            let signed = s.store.bundle_signals().notified();
+            tokio::pin!(signed);
+            signed.as_mut().enable();
+            if s.store.environment(&gateway, &environment).await?.serial != env.serial {
+                break;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+            }
+            // Other control-plane replicas sign bundles too: look again every second.
+            let _ = tokio::time::timeout(left.min(std::time::Duration::from_secs(1)), signed).await;
+        }
     }
     let (serial, bundle) = s
         .store

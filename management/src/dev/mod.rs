@@ -133,6 +133,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         ui: std::sync::Arc::new(crate::ui::UiSettings::new(true, None)),
     };
     let api = tokio::spawn(crate::serve(api_listener, state, until_stopped(stopped.clone())));
+    let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
     let demo = tokio::spawn(upstream::serve(demo_listener, until_stopped(stopped.clone())));
 
     let settings = weir_gateway::node::Managed {
@@ -157,6 +158,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     weir_gateway::server::shutdown_signal().await;
     eprintln!("stopping…");
     let _ = stop.send(true);
+    publisher.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = node.await;
         let _ = api.await;

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod gateways;
 pub mod nodes;
+pub mod portal;
 pub mod promotions;
 pub mod sessions;
 pub mod tokens;
@@ -62,15 +63,19 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     kind: Kind,
+    /// Woken whenever this process signs a new bundle, so long-polling nodes answer at once.
+    bundles: std::sync::Arc<tokio::sync::Notify>,
 }
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/postgres/0001_control_plane.sql")),
     (2, "operator ui", include_str!("../../../migrations/postgres/0002_operator_ui.sql")),
+    (3, "portal", include_str!("../../../migrations/postgres/0003_portal.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
     (2, "operator ui", include_str!("../../../migrations/sqlite/0002_operator_ui.sql")),
+    (3, "portal", include_str!("../../../migrations/sqlite/0003_portal.sql")),
 ];
 
 impl Store {
@@ -104,7 +109,7 @@ impl Store {
             options
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, kind })
+        Ok(Self { pool, kind, bundles: std::sync::Arc::new(tokio::sync::Notify::new()) })
     }
 
     pub fn kind(&self) -> Kind {
@@ -142,6 +147,16 @@ impl Store {
         let seq = get(&row, "seq")?;
         let prev_hash = get(&row, "hash")?;
         Ok(Write { tx, seq, prev_hash })
+    }
+
+    /// Wakes the requests waiting for a new bundle (call after committing one).
+    pub fn bundle_signed(&self) {
+        self.bundles.notify_waiters();
+    }
+
+    /// The signal [`Store::bundle_signed`] sends.
+    pub fn bundle_signals(&self) -> &tokio::sync::Notify {
+        &self.bundles
     }
 
     pub async fn close(&self) {

@@ -146,6 +146,7 @@ pub async fn spawn_app_full(db: Db, heartbeat: Duration, ui: impl FnOnce(SocketA
     tokio::spawn(weir_management::serve(listener, state, async {
         let _ = stopped.await;
     }));
+    tokio::spawn(weir_management::control::publish_keyrings(store.clone(), signing_key.clone()));
     TestApp {
         addr,
         store,
