@@ -81,6 +81,9 @@ enum Command {
         /// Port of the demo upstream services.
         #[arg(long, default_value_t = 9300)]
         demo_port: u16,
+        /// Port of the developer portal.
+        #[arg(long, default_value_t = 9200)]
+        portal_port: u16,
     },
     /// Run the control plane (production entry point).
     Serve {
@@ -96,6 +99,22 @@ enum Command {
         node_heartbeat: Duration,
         #[command(flatten)]
         web: WebArgs,
+    },
+    /// Run the developer portal (its own listener; it never loads the signing key).
+    Portal {
+        #[command(flatten)]
+        storage: Storage,
+        #[arg(long, env = "WEIR_PORTAL_LISTEN", default_value = "127.0.0.1:9200")]
+        listen: SocketAddr,
+        /// The gateway URL the docs show and "try it" calls.
+        #[arg(long, env = "WEIR_PORTAL_GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
+        gateway_url: String,
+        /// New developer accounts wait for an admin's approval before they can sign in.
+        #[arg(long, env = "WEIR_PORTAL_APPROVE_SIGN_UPS")]
+        approve_sign_ups: bool,
+        /// Send session cookies without `Secure`, for plain-HTTP setups other than localhost.
+        #[arg(long, env = "WEIR_INSECURE_COOKIES")]
+        insecure_cookies: bool,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -236,19 +255,35 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev { storage, listen, gateway_port, demo_port } => {
+            Command::Dev { storage, listen, gateway_port, demo_port, portal_port } => {
                 crate::dev::run(crate::dev::Options {
                     data_dir: storage.data_dir.clone(),
                     database_url: storage.url(),
                     listen,
                     gateway_port,
                     demo_port,
+                    portal_port,
                 })
                 .await
             }
             Command::Serve { storage, listen, signing_key, node_heartbeat, web } => {
                 let ui = web.settings(listen)?;
                 serve(&storage, listen, storage.signing_key(signing_key.as_ref()), node_heartbeat, ui).await
+            }
+            Command::Portal { storage, listen, gateway_url, approve_sign_ups, insecure_cookies } => {
+                let store = storage.open().await?;
+                let settings =
+                    weir_portal::Settings { secure_cookies: !insecure_cookies, approve_sign_ups, gateway_url };
+                let portal = weir_portal::Portal::new(std::sync::Arc::new(store.clone()), settings)?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                tracing::info!(addr = %listen, "developer portal listening");
+                weir_portal::serve(listener, portal, weir_gateway::server::shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store.close().await;
+                Ok(())
             }
             Command::Migrate { storage } => storage.open().await.map(|_| println!("migrations applied")),
             Command::Keys(KeysCommand::Init { storage, signing_key }) => {

@@ -382,3 +382,96 @@ pub async fn revoke_token(store: &Store, actor: &str, id: i64) -> ApiResult<()> 
     .await?;
     Ok(())
 }
+
+/// A product as operators publish it.
+#[derive(Debug, serde::Deserialize)]
+pub struct NewProduct {
+    pub name: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub gateway: String,
+    pub environment: String,
+    /// `auto` (default) or `manual`.
+    #[serde(default)]
+    pub approval: Option<String>,
+    pub plans: Vec<crate::store::portal::Plan>,
+}
+
+/// Publishes an API product with its plans. Its name is the role its keys get, so the
+/// gateway config opens endpoints to it with `"auth/api-keys": {"roles": ["<name>"]}`.
+pub async fn create_product(store: &Store, actor: &str, p: &NewProduct) -> ApiResult<()> {
+    check_name("product", &p.name)?;
+    let approval = p.approval.as_deref().unwrap_or("auto");
+    if approval != "auto" && approval != "manual" {
+        return Err(ApiError::BadRequest("approval is auto or manual".into()));
+    }
+    if p.plans.is_empty() {
+        return Err(ApiError::BadRequest("a product needs at least one plan".into()));
+    }
+    for plan in &p.plans {
+        check_name("plan", &plan.name)?;
+        let limits =
+            [plan.rate_per_second, plan.rate_per_minute, plan.quota_per_day, plan.quota_per_month, plan.key_ttl_days];
+        if limits.iter().flatten().any(|n| *n <= 0 || *n > i64::from(u32::MAX)) {
+            return Err(ApiError::BadRequest(format!("plan {:?}: limits are positive whole numbers", plan.name)));
+        }
+    }
+    let env = store.environment(&p.gateway, &p.environment).await?;
+    let mut w = store.write().await?;
+    let new = crate::store::portal::NewProduct {
+        name: &p.name,
+        title: &p.title,
+        description: &p.description,
+        approval,
+        plans: &p.plans,
+    };
+    store.create_product(&mut w.tx, env.id, &new).await?;
+    w.commit(Change {
+        actor: actor.to_owned(),
+        action: "product.create",
+        target: format!("product:{}", p.name),
+        detail: format!("{}/{}, {} plan(s), {approval} approval", p.gateway, p.environment, p.plans.len()),
+        ..Change::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Approves or rejects a subscription; the keyring follows (a rejected subscription's
+/// keys leave it).
+pub async fn decide_subscription(store: &Store, actor: &str, id: i64, approve: bool) -> ApiResult<()> {
+    let sub = store
+        .subscriptions(None)
+        .await?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("subscription {id} not found")))?;
+    let status = if approve { "active" } else { "rejected" };
+    let mut w = store.write().await?;
+    store.set_subscription_status(&mut w.tx, id, status).await?;
+    store.request_keyring(&mut w.tx, sub.environment_id).await?;
+    w.commit(Change {
+        actor: actor.to_owned(),
+        action: if approve { "subscription.approve" } else { "subscription.reject" },
+        target: format!("app:{}#{} -> {}", sub.app, sub.app_id, sub.product),
+        detail: format!("{} -> {status}", sub.status),
+        ..Change::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Lets a developer who signed up while approval is required sign in.
+pub async fn approve_developer(store: &Store, actor: &str, id: i64) -> ApiResult<()> {
+    let mut w = store.write().await?;
+    store.set_developer_status(&mut w.tx, id, "active").await?;
+    w.commit(Change {
+        actor: actor.to_owned(),
+        action: "developer.approve",
+        target: format!("developer:{id}"),
+        ..Change::default()
+    })
+    .await?;
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod client;
 pub mod control;
 pub mod dev;
 pub mod domain;
+pub mod portal_store;
 pub mod store;
 pub mod ui;
 

@@ -350,3 +350,52 @@ pub(super) async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQ
 pub(super) async fn verify_audit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(s.store.verify_audit().await?)))
 }
+
+pub(super) async fn list_products(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.products().await?)))
+}
+
+pub(super) async fn create_product(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let new: control::NewProduct = body(&bytes)?;
+    control::create_product(&s.store, &caller.actor, &new).await?;
+    Ok(created(s.store.product(&new.name).await?))
+}
+
+pub(super) async fn list_subscriptions(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.subscriptions(None).await?)))
+}
+
+pub(super) async fn approve_subscription(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    control::decide_subscription(&s.store, &caller.actor, id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn reject_subscription(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    control::decide_subscription(&s.store, &caller.actor, id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_developers(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.store.developers().await?)))
+}
+
+pub(super) async fn approve_developer(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    control::approve_developer(&s.store, &caller.actor, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

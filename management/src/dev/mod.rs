@@ -31,6 +31,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub gateway_port: u16,
     pub demo_port: u16,
+    pub portal_port: u16,
 }
 
 /// The demo gateway's config, pointing at the demo upstream's port.
@@ -94,6 +95,22 @@ async fn seed(store: &Store, opts: &Options, signing_key: &Path) -> Result<(), S
             .await
             .map_err(e)?;
     crate::control::promote(store, signing_key, ACTOR, "demo", "dev", pushed.version).await.map_err(e)?;
+    let plan = |name: &str, per_second, per_day| crate::store::portal::Plan {
+        name: name.into(),
+        rate_per_second: Some(per_second),
+        quota_per_day: Some(per_day),
+        ..Default::default()
+    };
+    let product = crate::control::NewProduct {
+        name: "orders".into(),
+        title: "Orders API".into(),
+        description: "Look up orders and their status. Get a key in \"My apps\".".into(),
+        gateway: "demo".into(),
+        environment: "dev".into(),
+        approval: Some("auto".into()),
+        plans: vec![plan("free", 5, 1_000), plan("pro", 100, 1_000_000)],
+    };
+    crate::control::create_product(store, ACTOR, &product).await.map_err(e)?;
     let node =
         crate::control::issue_token(store, ACTOR, NODE_ID, Role::Node, Some(("demo", "dev"))).await.map_err(e)?;
     write_secret(&opts.data_dir.join("node-token"), &node.token)?;
@@ -116,6 +133,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     // Bind everything before seeding, so that a busy port fails fast and changes nothing.
     let api_listener = bind(opts.listen, "management API").await?;
     let demo_listener = bind(SocketAddr::from(([127, 0, 0, 1], opts.demo_port)), "demo upstream").await?;
+    let portal_listener = bind(SocketAddr::from(([127, 0, 0, 1], opts.portal_port)), "developer portal").await?;
     let first_run = store.gateways().await.map_err(|e| e.to_string())?.is_empty();
     if first_run {
         seed(&store, &opts, &signing_key).await?;
@@ -135,6 +153,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let api = tokio::spawn(crate::serve(api_listener, state, until_stopped(stopped.clone())));
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
     let demo = tokio::spawn(upstream::serve(demo_listener, until_stopped(stopped.clone())));
+    let portal = weir_portal::Portal::new(
+        std::sync::Arc::new(store.clone()),
+        weir_portal::Settings {
+            secure_cookies: true,
+            approve_sign_ups: false,
+            gateway_url: format!("http://127.0.0.1:{}", opts.gateway_port),
+        },
+    )?;
+    let portal = tokio::spawn(weir_portal::serve(portal_listener, portal, until_stopped(stopped.clone())));
 
     let settings = weir_gateway::node::Managed {
         control: format!("http://{}", opts.listen),
@@ -163,6 +190,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         let _ = node.await;
         let _ = api.await;
         let _ = demo.await;
+        let _ = portal.await;
     })
     .await;
     store.close().await;
@@ -194,18 +222,21 @@ fn banner(opts: &Options, first_run: bool) -> Result<(), String> {
          \x20 gateway node     {gw}  (demo/dev, managed: fetches signed bundles from the control plane)\n\
          \x20 operator UI      {api}/  (sign in as the admin user below)\n\
          \x20 management API   {api}/api/v1  (OpenAPI: {api}/api/v1/openapi.json)\n\
+         \x20 developer portal http://127.0.0.1:{}  (sign up, create an app, get a key for the Orders API)\n\
          \x20 demo upstream    http://127.0.0.1:{}\n\
          \x20 admin user       {ADMIN_EMAIL} / {password}  (also in {dir}/admin-password)\n\
          \x20 admin API token  {token}  (also in {dir}/admin-token)\n\n\
          Try:\n\
          \x20 curl {gw}/api/users/1\n\
          \x20 curl {gw}/api/dashboard/2\n\
+         \x20 curl -H \"X-Api-Key: <key from the portal>\" {gw}/api/orders/1\n\
          \x20 export WEIR_TOKEN=$(cat {dir}/admin-token)\n\
          \x20 curl -H \"Authorization: Bearer $WEIR_TOKEN\" {api}/api/v1/gateways/demo/environments/dev/nodes\n\
          \x20 weir-control push -c my-krakend.json --gateway demo -m \"my change\"   # prints the new version N\n\
          \x20 weir-control promote --gateway demo --env dev --version N\n\n\
          Ctrl-C stops everything.\n",
         if first_run { " (first run: demo gateway created)" } else { "" },
+        opts.portal_port,
         opts.demo_port,
     );
     Ok(())

@@ -30,6 +30,17 @@ async fn orders(Path(id): Path<u32>) -> Result<Json<Value>, StatusCode> {
     Ok(Json(Value::Array(orders)))
 }
 
+async fn order(Path(id): Path<u32>) -> Result<Json<Value>, StatusCode> {
+    if !(1..=1000).contains(&id) {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    Ok(Json(json!({
+        "id": id,
+        "status": if id % 3 == 0 { "delivered" } else { "shipped" },
+        "items": [{ "sku": "WR-100", "quantity": 1 + id % 3 }, { "sku": "WR-300", "quantity": 2 }],
+    })))
+}
+
 async fn products() -> Json<Value> {
     Json(json!({ "products": [
         { "sku": "WR-100", "name": "Weir T-shirt", "price": 25.0, "internal_cost": 7.1 },
@@ -49,6 +60,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/users/{id}", get(user))
         .route("/users/{id}/orders", get(orders))
+        .route("/orders/{id}", get(order))
         .route("/catalog/products", get(products))
         .route("/stock", get(stock));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

@@ -89,6 +89,15 @@ pub struct ApiKey {
     pub environment_id: i64,
 }
 
+/// A product about to be stored.
+pub struct NewProduct<'a> {
+    pub name: &'a str,
+    pub title: &'a str,
+    pub description: &'a str,
+    pub approval: &'a str,
+    pub plans: &'a [Plan],
+}
+
 /// One key as a keyring carries it.
 #[derive(Debug, Clone)]
 pub struct KeyringRow {
@@ -123,41 +132,37 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         environment_id: i64,
-        name: &str,
-        title: &str,
-        description: &str,
-        approval: &str,
-        plans: &[Plan],
+        p: &NewProduct<'_>,
     ) -> Result<i64> {
         let row = sqlx::query(
             "INSERT INTO products (environment_id, name, title, description, approval, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(environment_id)
-        .bind(name)
-        .bind(title)
-        .bind(description)
-        .bind(approval)
+        .bind(p.name)
+        .bind(p.title)
+        .bind(p.description)
+        .bind(p.approval)
         .bind(now_ms())
         .fetch_one(&mut **tx)
         .await
-        .map_err(|e| unique(e, format!("product {name:?}")))?;
+        .map_err(|e| unique(e, format!("product {:?}", p.name)))?;
         let id: i64 = get(&row, "id")?;
-        for p in plans {
+        for plan in p.plans {
             sqlx::query(
                 "INSERT INTO plans (product_id, name, rate_per_second, rate_per_minute, quota_per_day, quota_per_month, \
                  key_ttl_days) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(id)
-            .bind(&p.name)
-            .bind(p.rate_per_second)
-            .bind(p.rate_per_minute)
-            .bind(p.quota_per_day)
-            .bind(p.quota_per_month)
-            .bind(p.key_ttl_days)
+            .bind(&plan.name)
+            .bind(plan.rate_per_second)
+            .bind(plan.rate_per_minute)
+            .bind(plan.quota_per_day)
+            .bind(plan.quota_per_month)
+            .bind(plan.key_ttl_days)
             .execute(&mut **tx)
             .await
-            .map_err(|e| unique(e, format!("plan {:?}", p.name)))?;
+            .map_err(|e| unique(e, format!("plan {:?}", plan.name)))?;
         }
         Ok(id)
     }
