@@ -147,7 +147,7 @@ pub(crate) async fn rotate_key(
         .keys(developer)
         .await?
         .into_iter()
-        .find(|k| k.id == key && k.revoked_at.is_none())
+        .find(|k| k.id == key && k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > crate::auth::now_ms()))
         .ok_or_else(|| PortalError::NotFound(format!("There is no live key {key} of yours.")))?;
     let issued = issue_key(portal, developer, old.subscription_id).await?;
     portal.store.expire_key(developer, key, grace_hours * 3_600_000).await?;

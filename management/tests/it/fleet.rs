@@ -86,6 +86,11 @@ async fn node_state(app: &TestApp, node: &str) -> Option<(String, Value)> {
 }
 
 pub(crate) fn start_node(app: &TestApp, token_file: &Path, port: u16) -> Proc {
+    start_named_node(app, token_file, port, "e2e-node")
+}
+
+/// A `weir` node of shop/dev with its own id and cache.
+pub(crate) fn start_named_node(app: &TestApp, token_file: &Path, port: u16, node_id: &str) -> Proc {
     let mut cmd = Command::new(weir_bin());
     cmd.args(["run", "--control", &app.url(), "--gateway", "shop", "--env", "dev", "--poll-interval", "200ms"])
         .arg("--token-file")
@@ -93,9 +98,9 @@ pub(crate) fn start_node(app: &TestApp, token_file: &Path, port: u16) -> Proc {
         .arg("--trust")
         .arg(weir_management::domain::signing::public_path(&app.signing_key))
         .arg("--cache-dir")
-        .arg(app.dir.path().join("cache"))
-        .args(["--node-id", "e2e-node", "-p", &port.to_string()]);
-    Proc::start(cmd, &app.dir.path().join(format!("node-{port}.log")))
+        .arg(app.dir.path().join(format!("cache-{node_id}")))
+        .args(["--node-id", node_id, "-p", &port.to_string()]);
+    Proc::start(cmd, &app.dir.path().join(format!("node-{node_id}-{port}.log")))
 }
 
 async fn a_node_follows_promotions_and_reports_rejections(db: Db) {

@@ -7,5 +7,6 @@ mod browser;
 mod cli;
 mod fleet;
 mod oidc;
+mod portal;
 mod support;
 mod ui;
