@@ -312,3 +312,66 @@ async fn single_sign_on_maps_groups_to_roles() {
     assert_eq!(grace.role, Role::Admin);
     assert!(users.iter().all(|u| u.email != "mallory@example.com"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_goes_from_sign_up_to_a_working_key_and_revokes_it() {
+    use crate::portal::{call, keyed_shop, spawn_portal};
+    let app = spawn_app(Db::Sqlite).await;
+    let (_nodes, ports) = keyed_shop(&app, 1, "auto").await;
+    let gateway = format!("http://127.0.0.1:{}", ports[0]);
+    let portal = spawn_portal(&app, false, gateway.clone()).await;
+    let started = std::time::Instant::now();
+
+    let b = Browser::start().await;
+    b.go(&format!("{portal}/")).await;
+    assert!(b.text(".cards").await.contains("orders API"));
+    b.screenshot("portal-catalog").await;
+    b.click("a.button.primary").await; // Sign up to get a key
+    b.fill("input[name=email]", "grace@example.com").await;
+    b.fill("input[name=password]", "correct horse battery staple").await;
+    b.click("button[type=submit]").await;
+    assert!(b.text(".notice").await.contains("Sign in to continue"));
+    b.fill("input[name=password]", "correct horse battery staple").await;
+    b.click("button[type=submit]").await;
+    assert!(b.text("h1").await.contains("My apps"));
+
+    b.fill("input[name=name]", "Grace's dashboard").await;
+    b.click("form.inline button.primary").await;
+    assert!(b.text("section.app h2").await.contains("Grace's dashboard"));
+    b.client.execute("document.querySelector('select[name=plan]').value = 'orders/free';", vec![]).await.unwrap();
+    b.click("section.app form.inline button").await; // Subscribe
+    assert!(b.text(".subscription h3").await.contains("active"));
+    b.click(".subscription form button.primary").await; // Get a new key
+    let key = b.text("#secret").await;
+    assert!(key.starts_with("wk_"), "{key}");
+    b.screenshot("portal-key").await;
+
+    // The key works on the gateway (within the propagation time), then is revoked in the UI.
+    let works = eventually(Duration::from_secs(10), || async {
+        let (status, _, body) = call("GET", &format!("{gateway}/orders/7"), &[("x-api-key", &key)], None).await;
+        (status == http::StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(works.unwrap()["v"], 1);
+    eprintln!("sign-up to a working key in the browser: {} ms", started.elapsed().as_millis());
+
+    // The docs name the endpoint and how to send the key; "try it" calls the gateway.
+    b.go(&format!("{portal}/docs/orders")).await;
+    assert!(b.text(".lead").await.contains("X-Api-Key"));
+    b.fill("form.try input[name=path]", "/orders/42").await;
+    b.fill("form.try input[name=key]", &key).await;
+    b.click("form.try button").await;
+    assert!(b.text(".tried h2").await.contains("200"));
+    b.screenshot("portal-docs").await;
+
+    b.go(&format!("{portal}/apps")).await;
+    b.screenshot("portal-apps").await;
+    b.click("button.danger").await; // Revoke
+    assert!(b.text(".subscription table").await.contains("revoked"));
+    let refused = eventually(Duration::from_secs(10), || async {
+        let (status, _, body) = call("GET", &format!("{gateway}/orders/7"), &[("x-api-key", &key)], None).await;
+        (status == http::StatusCode::UNAUTHORIZED).then_some(body)
+    })
+    .await;
+    assert_eq!(refused.unwrap()["error"], "api key revoked");
+}
