@@ -53,6 +53,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/users", get(users_page).post(create_user))
         .route("/users/{id}/role", post(set_role))
         .route("/audit", get(audit_page))
+        .route("/products", get(products_page).post(create_product))
+        .route("/subscriptions/{id}/approve", post(approve_subscription))
+        .route("/subscriptions/{id}/reject", post(reject_subscription))
+        .route("/developers/{id}/approve", post(approve_developer))
 }
 
 fn heartbeat_ms(state: &AppState) -> i64 {
@@ -995,4 +999,170 @@ async fn audit_page(
         actor: q.actor,
         target: q.target,
     })
+}
+
+struct ProductCard {
+    name: String,
+    title: String,
+    description: String,
+    gateway: String,
+    environment: String,
+    approval: String,
+    /// (plan, what it allows)
+    plans: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "products.html")]
+struct ProductsPage {
+    nav: Nav,
+    products: Vec<ProductCard>,
+    environments: Vec<String>,
+    subscriptions: Vec<crate::store::portal::Subscription>,
+    developers: Vec<crate::store::portal::Developer>,
+}
+
+fn plan_summary(p: &crate::store::portal::Plan) -> String {
+    let parts: Vec<String> = [
+        (p.rate_per_second, "/s"),
+        (p.rate_per_minute, "/min"),
+        (p.quota_per_day, "/day"),
+        (p.quota_per_month, "/month"),
+    ]
+    .iter()
+    .filter_map(|(n, unit)| n.map(|n| format!("{n}{unit}")))
+    .chain(p.key_ttl_days.map(|d| format!("keys valid {d} days")))
+    .collect();
+    if parts.is_empty() { "no limits".into() } else { parts.join(", ") }
+}
+
+async fn products_page(State(state): State<AppState>, signed: Signed) -> Result<Response, UiError> {
+    let products = state
+        .store
+        .products()
+        .await?
+        .into_iter()
+        .map(|p| ProductCard {
+            plans: p.plans.iter().map(|plan| (plan.name.clone(), plan_summary(plan))).collect(),
+            name: p.name,
+            title: p.title,
+            description: p.description,
+            gateway: p.gateway,
+            environment: p.environment,
+            approval: p.approval,
+        })
+        .collect();
+    let developers = if signed.user.role.includes(Role::Admin) { state.store.developers().await? } else { Vec::new() };
+    render(&ProductsPage {
+        nav: signed.nav("products"),
+        products,
+        environments: state
+            .store
+            .all_environments()
+            .await?
+            .into_iter()
+            .map(|e| format!("{}/{}", e.gateway, e.name))
+            .collect(),
+        subscriptions: state.store.subscriptions(None).await?,
+        developers,
+    })
+}
+
+#[derive(Deserialize)]
+struct ProductForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    environment: String,
+    approval: String,
+    plans: String,
+}
+
+/// `free rate_per_second=5 quota_per_day=1000`, one plan per line.
+fn parse_plans(text: &str) -> Result<Vec<crate::store::portal::Plan>, UiError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let mut plan =
+                crate::store::portal::Plan { name: words.next().unwrap_or_default().to_owned(), ..Default::default() };
+            for word in words {
+                let bad = || UiError::BadRequest(format!("In {line:?}: {word:?} is not key=number"));
+                let (key, value) = word.split_once('=').ok_or_else(bad)?;
+                let value: i64 = value.parse().map_err(|_| bad())?;
+                let slot = match key {
+                    "rate_per_second" => &mut plan.rate_per_second,
+                    "rate_per_minute" => &mut plan.rate_per_minute,
+                    "quota_per_day" => &mut plan.quota_per_day,
+                    "quota_per_month" => &mut plan.quota_per_month,
+                    "key_ttl_days" => &mut plan.key_ttl_days,
+                    _ => return Err(UiError::BadRequest(format!("In {line:?}: {key:?} is not a plan limit"))),
+                };
+                *slot = Some(value);
+            }
+            Ok(plan)
+        })
+        .collect()
+}
+
+async fn create_product(
+    State(state): State<AppState>,
+    signed: Signed,
+    Form(f): Form<ProductForm>,
+) -> Result<Response, UiError> {
+    signed.check(&f.csrf)?;
+    signed.require(Role::Operator)?;
+    let (gateway, environment) =
+        f.environment.split_once('/').ok_or_else(|| UiError::BadRequest("Choose an environment.".into()))?;
+    let product = control::NewProduct {
+        name: f.name.trim().to_owned(),
+        title: f.title.trim().to_owned(),
+        description: f.description.trim().to_owned(),
+        gateway: gateway.to_owned(),
+        environment: environment.to_owned(),
+        approval: Some(f.approval),
+        plans: parse_plans(&f.plans)?,
+    };
+    control::create_product(&state.store, &signed.actor(), &product).await?;
+    Ok(Redirect::to("/products").into_response())
+}
+
+async fn approve_subscription(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, UiError> {
+    signed.check(&f.csrf)?;
+    signed.require(Role::Operator)?;
+    control::decide_subscription(&state.store, &signed.actor(), id, true).await?;
+    Ok(Redirect::to("/products").into_response())
+}
+
+async fn reject_subscription(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, UiError> {
+    signed.check(&f.csrf)?;
+    signed.require(Role::Operator)?;
+    control::decide_subscription(&state.store, &signed.actor(), id, false).await?;
+    Ok(Redirect::to("/products").into_response())
+}
+
+async fn approve_developer(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, UiError> {
+    signed.check(&f.csrf)?;
+    signed.require(Role::Admin)?;
+    control::approve_developer(&state.store, &signed.actor(), id).await?;
+    Ok(Redirect::to("/products").into_response())
 }

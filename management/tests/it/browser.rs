@@ -227,6 +227,16 @@ async fn an_operator_uploads_diffs_promotes_and_watches_the_node_sync() {
     }
     let audit = b.text("table").await;
     assert!(audit.contains("environment.promote") && audit.contains("user:ops@example.com"), "{audit}");
+
+    // Publish an API product from the UI.
+    b.go(&format!("{}/products", app.url())).await;
+    b.fill("#new-product input[name=name]", "orders").await;
+    b.fill("#new-product input[name=title]", "Orders API").await;
+    b.click("#new-product button").await;
+    let card = b.text(".cards .card").await;
+    assert!(card.contains("Orders API") && card.contains("5/s, 1000/day"), "{card}");
+    b.screenshot("products").await;
+    b.go(&format!("{}/audit", app.url())).await;
     assert!(b.text(".notice.ok").await.contains("Hash chain intact"));
 }
 

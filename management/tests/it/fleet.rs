@@ -164,7 +164,7 @@ async fn a_node_follows_promotions_and_reports_rejections(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_suite_starts_serves_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, gateway, demo) = (free_port(), free_port(), free_port());
+    let (api, gateway, demo, portal) = (free_port(), free_port(), free_port(), free_port());
     let start = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-control"));
         cmd.current_dir(dir.path()).args([
@@ -175,6 +175,8 @@ async fn dev_suite_starts_serves_and_restarts() {
             &gateway.to_string(),
             "--demo-port",
             &demo.to_string(),
+            "--portal-port",
+            &portal.to_string(),
         ]);
         Proc::start(cmd, &dir.path().join("dev.log"))
     };
@@ -218,6 +220,41 @@ async fn dev_suite_starts_serves_and_restarts() {
     })
     .await;
     assert!(nodes.is_some(), "the dev node never reported SYNCED:\n{}", suite.log());
+
+    // The portal hands out a key for the demo Orders API that the dev gateway accepts.
+    let portal = format!("http://127.0.0.1:{portal}");
+    let developer = crate::portal::developer(&portal, "dev@example.com").await;
+    let auth = format!("Bearer {developer}");
+    let (_, _, app) = crate::portal::call(
+        "POST",
+        &format!("{portal}/api/v1/apps"),
+        &[("authorization", &auth)],
+        Some(json!({"name": "try"})),
+    )
+    .await;
+    let subscribe = format!("{portal}/api/v1/apps/{}/subscriptions", app["id"]);
+    let (_, _, sub) = crate::portal::call(
+        "POST",
+        &subscribe,
+        &[("authorization", &auth)],
+        Some(json!({"product": "orders", "plan": "free"})),
+    )
+    .await;
+    let issue = format!("{portal}/api/v1/subscriptions/{}/keys", sub["id"]);
+    let (_, _, key) = crate::portal::call("POST", &issue, &[("authorization", &auth)], None).await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let order = eventually(Duration::from_secs(10), || async {
+        let (status, _, body) = crate::portal::try_call(
+            "GET",
+            &format!("http://127.0.0.1:{gateway}/api/orders/3"),
+            &[("x-api-key", &key)],
+            None,
+        )
+        .await?;
+        (status == http::StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(order.unwrap()["status"], "delivered");
 
     // Ctrl-C stops everything cleanly; a second start reuses the data dir.
     let pid = suite.child.id().to_string();
