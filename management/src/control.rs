@@ -475,3 +475,19 @@ pub async fn approve_developer(store: &Store, actor: &str, id: i64) -> ApiResult
     .await?;
     Ok(())
 }
+
+/// Stores the OpenAPI document operators wrote for a product (merged into its docs).
+pub async fn set_product_openapi(store: &Store, actor: &str, product: &str, spec: &str) -> ApiResult<()> {
+    let p = store.product(product).await?;
+    let mut w = store.write().await?;
+    store.set_product_openapi(&mut w.tx, p.id, spec).await?;
+    w.commit(Change {
+        actor: actor.to_owned(),
+        action: "product.openapi",
+        target: format!("product:{product}"),
+        after: Some(weir_gateway::bundle::digest(spec.as_bytes())),
+        ..Change::default()
+    })
+    .await?;
+    Ok(())
+}

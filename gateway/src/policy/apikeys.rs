@@ -17,7 +17,13 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::jwt::Denied;
-use super::keyring::{KeyRefusal, Keyring};
+use super::keyring::{KeyRefusal, Keyring, SharedQuota};
+
+/// A key that passed: headers for the backends, and quotas still to count in Redis.
+pub struct KeyAdmission {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub shared_quota: Option<SharedQuota>,
+}
 use super::{Problems, problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,8 @@ pub struct ApiKeys {
     keys: ArcSwap<HashMap<[u8; 32], Entry>>,
     /// Keys issued at run time (a bundle's keyring), looked up after the config's own.
     keyring: ArcSwap<Keyring>,
+    /// Where keyring quotas are counted for the whole fleet (`weir/keyring.quota_redis`).
+    quota_redis: Option<Arc<super::redis_limit::Pool>>,
     propagate_role: Option<HeaderName>,
 }
 
@@ -179,8 +187,19 @@ impl ApiKeys {
             salt: obj.get("salt").and_then(Value::as_str).unwrap_or("").to_owned(),
             keys: ArcSwap::from_pointee(keys),
             keyring: ArcSwap::from_pointee(Keyring::default()),
+            quota_redis: None,
             propagate_role,
         })
+    }
+
+    /// Counts keyring quotas in this Redis pool, shared by every node.
+    pub fn share_quotas(&mut self, pool: Arc<super::redis_limit::Pool>) {
+        self.quota_redis = Some(pool);
+    }
+
+    /// Whether keyring quotas are counted in Redis.
+    pub fn shares_quotas(&self) -> bool {
+        self.quota_redis.is_some()
     }
 
     /// Replaces the run-time keys (a new bundle's keyring).
@@ -245,8 +264,8 @@ impl ApiKeyGuard {
     }
 
     /// Checks the request's key. On success returns the headers to add to backend
-    /// requests (`propagate_role`).
-    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Vec<(HeaderName, HeaderValue)>, Denied> {
+    /// requests (`propagate_role`) and the quotas still to count in Redis, if shared.
+    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<KeyAdmission, Denied> {
         let key = self.presented(headers, query).ok_or(Denied::Unauthorized)?;
         let stored = self.keys.stored_form(&key);
         let table = self.keys.keys.load();
@@ -265,12 +284,15 @@ impl ApiKeyGuard {
             Some(roles.iter().find(|r| self.roles.contains(r)).ok_or(Denied::Forbidden)?)
         };
         // Plans count only requests the key may make at all.
+        let mut shared_quota = None;
         if let Some(issued) = issued {
-            issued.admit(std::time::SystemTime::now()).map_err(|refusal| match refusal {
+            let now = std::time::SystemTime::now();
+            issued.admit(now).map_err(|refusal| match refusal {
                 KeyRefusal::Revoked => Denied::KeyRevoked,
                 KeyRefusal::Expired => Denied::KeyExpired,
                 KeyRefusal::Exhausted { retry_after } => Denied::Exhausted(retry_after),
             })?;
+            shared_quota = self.keys.quota_redis.as_ref().and_then(|pool| issued.shared_quota(pool, now));
         }
         let mut out = Vec::new();
         if let (Some(h), Some(role)) = (&self.keys.propagate_role, role)
@@ -278,7 +300,7 @@ impl ApiKeyGuard {
         {
             out.push((h.clone(), v));
         }
-        Ok(out)
+        Ok(KeyAdmission { headers: out, shared_quota })
     }
 }
 
@@ -304,11 +326,11 @@ mod tests {
             json!({"keys": [{"key": "k-admin", "roles": ["admin"]}, {"key": "k-user", "roles": ["user"]}], "propagate_role": "x-role"}),
             json!({"roles": ["admin"]}),
         );
-        let ok = g.check(&header("authorization", "Bearer k-admin"), None).unwrap();
+        let ok = g.check(&header("authorization", "Bearer k-admin"), None).unwrap().headers;
         assert_eq!(ok, vec![(HeaderName::from_static("x-role"), HeaderValue::from_static("admin"))]);
-        assert_eq!(g.check(&header("authorization", "Bearer k-user"), None).unwrap_err(), Denied::Forbidden);
-        assert_eq!(g.check(&header("authorization", "Bearer k-nope"), None).unwrap_err(), Denied::Unauthorized);
-        assert_eq!(g.check(&HeaderMap::new(), None).unwrap_err(), Denied::Unauthorized);
+        assert_eq!(g.check(&header("authorization", "Bearer k-user"), None).err().unwrap(), Denied::Forbidden);
+        assert_eq!(g.check(&header("authorization", "Bearer k-nope"), None).err().unwrap(), Denied::Unauthorized);
+        assert_eq!(g.check(&HeaderMap::new(), None).err().unwrap(), Denied::Unauthorized);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! The control plane sends only SHA-256 hashes of keys. A presented key is hashed once
 //! and looked up; the entry says whom it belongs to, which roles (products) it opens,
 //! when it expires, whether it was revoked, and what its plan allows. Plans are
-//! enforced per key on this node: a rate (governor, per second and per minute) and
-//! quotas per UTC day and calendar month. Quotas are counted per node, so a fleet of N
-//! nodes lets a key through up to N times its quota in the worst case (see the README).
+//! enforced per key: rates (governor, per second and per minute) on this node, and
+//! quotas per UTC day and calendar month either on this node (a fleet of N nodes then
+//! lets a key through up to N times its quota in the worst case) or, with
+//! `weir/keyring.quota_redis`, in Redis, shared by every node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -68,6 +69,64 @@ impl Quota_ {
     }
 }
 
+/// `weir/keyring` (service level): where quotas are counted.
+pub struct KeyringSettings {
+    /// The `redis.connection_pools` name that counts quotas for the whole fleet.
+    pub quota_redis: Option<String>,
+}
+
+impl KeyringSettings {
+    pub fn parse(v: &serde_json::Value, path: &str, redis_pools: &[String]) -> Result<Self, super::Problems> {
+        let Some(obj) = v.as_object() else { return Err(vec![super::problem(path, "must be an object")]) };
+        let mut p = super::Problems::new();
+        for key in obj.keys().filter(|k| *k != "quota_redis" && !crate::config::is_comment_key(k)) {
+            p.push(super::problem(&format!("{path}.{key}"), "unknown key (weir/keyring takes quota_redis)"));
+        }
+        let quota_redis = match obj.get("quota_redis") {
+            None => None,
+            Some(serde_json::Value::String(name)) if redis_pools.contains(name) => Some(name.clone()),
+            Some(serde_json::Value::String(name)) => {
+                p.push(super::problem(
+                    &format!("{path}.quota_redis"),
+                    format!("{name:?} is not a pool of the service's redis.connection_pools"),
+                ));
+                None
+            }
+            Some(_) => {
+                p.push(super::problem(&format!("{path}.quota_redis"), "must be a redis pool name"));
+                None
+            }
+        };
+        if p.is_empty() { Ok(Self { quota_redis }) } else { Err(p) }
+    }
+}
+
+/// Quotas of one request still to count in Redis, shared by the fleet.
+pub struct SharedQuota {
+    pool: Arc<super::redis_limit::Pool>,
+    /// (Redis key, limit, seconds left in the window)
+    windows: Vec<(String, u64, u64)>,
+}
+
+impl SharedQuota {
+    /// Counts the request; `Err(retry_after)` when a window is used up. When Redis
+    /// cannot answer, the request goes through: quotas meter use, and a Redis outage
+    /// must not take the API down (the rates, counted locally, still apply).
+    pub async fn take(&self) -> Result<(), u64> {
+        for (key, limit, left) in &self.windows {
+            match self.pool.count_in_window(key, *left).await {
+                Some(n) if n > *limit => return Err(*left),
+                Some(_) => {}
+                None => {
+                    tracing::warn!("redis did not answer a quota count; letting the request through");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One key's running limits.
 struct Limits {
     plan: PlanLimits,
@@ -78,14 +137,22 @@ struct Limits {
 }
 
 impl Limits {
-    fn new(plan: &PlanLimits) -> Self {
+    fn new(plan: &PlanLimits, shared_quotas: bool) -> Self {
         let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         Self {
             plan: plan.clone(),
             per_second: plan.rate_per_second.map(|n| RateLimiter::direct(Quota::per_second(nz(n)))),
             per_minute: plan.rate_per_minute.map(|n| RateLimiter::direct(Quota::per_minute(nz(n)))),
-            day: plan.quota_per_day.map(|limit| Quota_ { limit, used: Mutex::new((0, 0)), monthly: false }),
-            month: plan.quota_per_month.map(|limit| Quota_ { limit, used: Mutex::new((0, 0)), monthly: true }),
+            day: plan.quota_per_day.filter(|_| !shared_quotas).map(|limit| Quota_ {
+                limit,
+                used: Mutex::new((0, 0)),
+                monthly: false,
+            }),
+            month: plan.quota_per_month.filter(|_| !shared_quotas).map(|limit| Quota_ {
+                limit,
+                used: Mutex::new((0, 0)),
+                monthly: true,
+            }),
         }
     }
 
@@ -111,6 +178,8 @@ pub struct Key {
     expires_at: Option<SystemTime>,
     revoked: bool,
     limits: Option<Arc<Limits>>,
+    /// Hex SHA-256 of the key, naming its shared quota counters.
+    hash: String,
 }
 
 impl Key {
@@ -126,6 +195,20 @@ impl Key {
             Some(limits) => limits.take(now).map_err(|retry_after| KeyRefusal::Exhausted { retry_after }),
             None => Ok(()),
         }
+    }
+
+    /// The quotas to count in Redis for this request, when the keyring shares them.
+    pub fn shared_quota(&self, pool: &Arc<super::redis_limit::Pool>, now: SystemTime) -> Option<SharedQuota> {
+        let limits = self.limits.as_ref()?;
+        let mut windows = Vec::new();
+        for (limit, monthly) in [(limits.plan.quota_per_day, false), (limits.plan.quota_per_month, true)] {
+            if let Some(limit) = limit {
+                let (id, left) = window(now, monthly);
+                let span = if monthly { "month" } else { "day" };
+                windows.push((format!("weir:quota:{}:{span}:{id}", self.hash), limit, left));
+            }
+        }
+        (!windows.is_empty()).then(|| SharedQuota { pool: pool.clone(), windows })
     }
 }
 
@@ -150,7 +233,14 @@ fn parse_hash(hash: &str) -> Option<[u8; 32]> {
 impl Keyring {
     /// Builds a keyring. Keys that keep their plan keep their counters from `previous`,
     /// so a new bundle (another key issued, say) does not reset anyone's limits.
-    pub fn build(entries: &[KeyringEntry], plans: &BTreeMap<String, PlanLimits>, previous: Option<&Keyring>) -> Self {
+    /// With `shared_quotas`, quotas are left to Redis ([`Key::shared_quota`]) and only
+    /// rates are counted here.
+    pub fn build(
+        entries: &[KeyringEntry],
+        plans: &BTreeMap<String, PlanLimits>,
+        previous: Option<&Keyring>,
+        shared_quotas: bool,
+    ) -> Self {
         let mut keys = HashMap::with_capacity(entries.len());
         for e in entries {
             let Some(hash) = parse_hash(&e.hash) else {
@@ -163,12 +253,20 @@ impl Keyring {
                     .and_then(|prev| prev.keys.get(&hash))
                     .and_then(|k| k.limits.clone())
                     .filter(|l| l.plan == *plan)
-                    .unwrap_or_else(|| Arc::new(Limits::new(plan)))
+                    .unwrap_or_else(|| Arc::new(Limits::new(plan, shared_quotas)))
             });
             let expires_at = e.expires_at.as_deref().and_then(crate::time::parse_rfc3339);
+            let hex = e.hash.trim_start_matches("sha256:").to_ascii_lowercase();
             keys.insert(
                 hash,
-                Key { consumer: e.consumer.clone(), roles: e.roles.clone(), expires_at, revoked: e.revoked, limits },
+                Key {
+                    consumer: e.consumer.clone(),
+                    roles: e.roles.clone(),
+                    expires_at,
+                    revoked: e.revoked,
+                    limits,
+                    hash: hex,
+                },
             );
         }
         Self { keys }
@@ -216,7 +314,7 @@ mod tests {
         revoked.revoked = true;
         let mut expired = entry("k-expired", None);
         expired.expires_at = Some("2020-01-01T00:00:00Z".into());
-        let ring = Keyring::build(&[entry("k-live", None), revoked, expired], &BTreeMap::new(), None);
+        let ring = Keyring::build(&[entry("k-live", None), revoked, expired], &BTreeMap::new(), None, false);
         let now = SystemTime::now();
         assert_eq!(ring.find("k-live").unwrap().admit(now), Ok(()));
         assert_eq!(ring.find("k-live").unwrap().roles, vec!["orders"]);
@@ -229,7 +327,7 @@ mod tests {
     fn plans_limit_each_key_and_survive_a_new_keyring() {
         let plans =
             BTreeMap::from([("free".to_owned(), PlanLimits { quota_per_day: Some(3), ..PlanLimits::default() })]);
-        let ring = Keyring::build(&[entry("k1", Some("free")), entry("k2", Some("free"))], &plans, None);
+        let ring = Keyring::build(&[entry("k1", Some("free")), entry("k2", Some("free"))], &plans, None, false);
         let now = SystemTime::now();
         for _ in 0..3 {
             assert_eq!(ring.find("k1").unwrap().admit(now), Ok(()));
@@ -240,7 +338,7 @@ mod tests {
         assert!(retry_after > 0 && retry_after <= 86_400);
         assert_eq!(ring.find("k2").unwrap().admit(now), Ok(()), "limits are per key");
         // A new keyring with the same plan keeps the count.
-        let next = Keyring::build(&[entry("k1", Some("free"))], &plans, Some(&ring));
+        let next = Keyring::build(&[entry("k1", Some("free"))], &plans, Some(&ring), false);
         assert!(next.find("k1").unwrap().admit(now).is_err());
         // The next day starts afresh.
         let tomorrow = now + Duration::from_secs(86_400);
@@ -251,11 +349,22 @@ mod tests {
     fn rates_refuse_bursts_with_a_retry_after() {
         let plans =
             BTreeMap::from([("burst".to_owned(), PlanLimits { rate_per_second: Some(2), ..PlanLimits::default() })]);
-        let ring = Keyring::build(&[entry("k", Some("burst"))], &plans, None);
+        let ring = Keyring::build(&[entry("k", Some("burst"))], &plans, None, false);
         let now = SystemTime::now();
         assert!(ring.find("k").unwrap().admit(now).is_ok());
         assert!(ring.find("k").unwrap().admit(now).is_ok());
         assert!(matches!(ring.find("k").unwrap().admit(now), Err(KeyRefusal::Exhausted { retry_after: 1 })));
+    }
+
+    #[test]
+    fn shared_quotas_name_a_declared_redis_pool() {
+        let pools = vec!["quotas".to_owned()];
+        let ok = KeyringSettings::parse(&serde_json::json!({"quota_redis": "quotas"}), "k", &pools).unwrap();
+        assert_eq!(ok.quota_redis.as_deref(), Some("quotas"));
+        let err = KeyringSettings::parse(&serde_json::json!({"quota_redis": "nope"}), "k", &pools).err().unwrap();
+        assert_eq!(err[0].path, "k.quota_redis");
+        let err = KeyringSettings::parse(&serde_json::json!({"quota": 1}), "k", &pools).err().unwrap();
+        assert_eq!(err[0].path, "k.quota");
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub fn supports(scope: Scope, ns: &str) -> bool {
                 | "security/bot-detector"
                 | "weir/ip-filter"
                 | "weir/compression"
+                | "weir/keyring"
                 | "telemetry/opentelemetry"
         ),
         Scope::Endpoint => matches!(
@@ -120,6 +121,7 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "security/bot-detector") => bot::BotDetector::compile(v, path).map(drop),
         (_, "weir/ip-filter") => ip::IpFilter::compile(v, path).map(drop),
         (_, "weir/compression") => compress::Compression::compile(v, path).map(drop),
+        (_, "weir/keyring") => keyring::KeyringSettings::parse(v, path, &declares.redis_pools).map(drop),
         (_, "qos/ratelimit/router/redis") => {
             let p = redis_limit::validate(v, path, &declares.redis_pools);
             if p.is_empty() { Ok(()) } else { Err(p) }
@@ -149,8 +151,30 @@ impl ServicePolicies {
 
     /// Builds the service-level components (reads htpasswd files).
     pub fn build(extra: &Map<String, Value>) -> Result<Self, String> {
+        let redis = match extra.get("redis") {
+            Some(v) => redis_limit::Pools::compile(v, "extra_config.redis").map_err(joined)?,
+            None => redis_limit::Pools::default(),
+        };
         let api_keys = match extra.get("auth/api-keys") {
-            Some(v) => Some(Arc::new(apikeys::ApiKeys::compile(v, "extra_config.auth/api-keys").map_err(joined)?)),
+            Some(v) => {
+                let mut keys = apikeys::ApiKeys::compile(v, "extra_config.auth/api-keys").map_err(joined)?;
+                if let Some(settings) = extra.get("weir/keyring") {
+                    let names: Vec<String> = extra
+                        .get("redis")
+                        .and_then(|r| r.get("connection_pools"))
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter().filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned)).collect()
+                        })
+                        .unwrap_or_default();
+                    let settings = keyring::KeyringSettings::parse(settings, "extra_config.weir/keyring", &names)
+                        .map_err(joined)?;
+                    if let Some(pool) = settings.quota_redis.as_deref().and_then(|n| redis.get(n)) {
+                        keys.share_quotas(pool.clone());
+                    }
+                }
+                Some(Arc::new(keys))
+            }
             None => None,
         };
         let basic = match extra.get("auth/basic") {
@@ -159,10 +183,6 @@ impl ServicePolicies {
                 Some(Arc::new(basic::BasicAuth::build(settings)?))
             }
             None => None,
-        };
-        let redis = match extra.get("redis") {
-            Some(v) => redis_limit::Pools::compile(v, "extra_config.redis").map_err(joined)?,
-            None => redis_limit::Pools::default(),
         };
         Ok(Self { api_keys, basic, redis })
     }
@@ -337,9 +357,11 @@ impl Guards {
             admitted.claims = Some(claims);
         }
         if let Some(keys) = &self.api_keys {
-            admitted
-                .backend_headers
-                .extend(keys.check(headers, req.parts.uri.query()).map_err(|d| denied(d, "ApiKey"))?);
+            let admission = keys.check(headers, req.parts.uri.query()).map_err(|d| denied(d, "ApiKey"))?;
+            admitted.backend_headers.extend(admission.headers);
+            if let Some(quota) = admission.shared_quota {
+                quota.take().await.map_err(|retry| denied(jwt::Denied::Exhausted(retry), "ApiKey"))?;
+            }
         }
         if let Some(basic) = &self.basic {
             basic.check(headers).await.map_err(|d| denied(d, "Basic realm=\"weir\""))?;

@@ -59,6 +59,24 @@ impl Pool {
     }
 }
 
+/// Counts one request in a quota window shared by every node: returns the window's
+/// count so far, or `None` when Redis cannot answer in time.
+const WINDOW: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+impl Pool {
+    pub async fn count_in_window(&self, key: &str, window_secs: u64) -> Option<u64> {
+        let mut conn = self.connection().await?;
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let mut invocation = SCRIPT.get_or_init(|| redis::Script::new(WINDOW)).key(key);
+        invocation.arg(window_secs);
+        tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await.ok()?.ok()
+    }
+}
+
 /// The service's `redis.connection_pools`, by name.
 #[derive(Default)]
 pub struct Pools {
@@ -66,6 +84,10 @@ pub struct Pools {
 }
 
 impl Pools {
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
     pub fn compile(v: &Value, path: &str) -> Result<Self, Problems> {
         let mut p = Problems::new();
         let mut pools = HashMap::new();

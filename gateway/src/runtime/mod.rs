@@ -114,7 +114,7 @@ impl Runtime {
             return entries.is_empty();
         };
         let before = previous.and_then(|p| p.api_keys.as_ref()).map(|k| k.keyring());
-        keys.install(crate::policy::keyring::Keyring::build(entries, plans, before.as_deref()));
+        keys.install(crate::policy::keyring::Keyring::build(entries, plans, before.as_deref(), keys.shares_quotas()));
         true
     }
 

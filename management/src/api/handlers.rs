@@ -399,3 +399,17 @@ pub(super) async fn approve_developer(
     control::approve_developer(&s.store, &caller.actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+pub(super) async fn put_product_openapi(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(product): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<StatusCode> {
+    let doc: Value = body(&bytes)?;
+    if !doc.get("openapi").and_then(Value::as_str).is_some_and(|v| v.starts_with('3')) {
+        return Err(ApiError::BadRequest("this is not an OpenAPI 3 document (no \"openapi\": \"3.x\")".into()));
+    }
+    control::set_product_openapi(&s.store, &caller.actor, &product, &doc.to_string()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -349,6 +349,18 @@ pub fn operations() -> Vec<(Operation, MethodRouter<AppState>)> {
         ),
         (
             op(
+                Method::PUT,
+                "/api/v1/products/{product}/openapi",
+                "putProductOpenapi",
+                "Upload an OpenAPI document for a product; the portal merges it over the reference generated from the config",
+                OPERATOR,
+                Some((JSON, "An OpenAPI 3.x document (JSON)")),
+                (204, "Stored"),
+            ),
+            on(MethodFilter::PUT, h::put_product_openapi),
+        ),
+        (
+            op(
                 Method::GET,
                 "/api/v1/subscriptions",
                 "listSubscriptions",

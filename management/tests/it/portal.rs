@@ -12,6 +12,7 @@ use crate::on_both_databases;
 use crate::support::{Db, TestApp, free_port, spawn_app};
 
 on_both_databases!(
+    quotas_are_shared_by_the_fleet_through_redis,
     keys_reach_every_node_and_their_revocation_too,
     plans_rotation_and_isolation_between_developers,
     manual_approvals_for_subscriptions_and_sign_ups,
@@ -65,11 +66,15 @@ pub(crate) async fn spawn_portal(app: &TestApp, approve_sign_ups: bool, gateway_
     url
 }
 
-/// A gateway config with an Orders product (role `orders`) and another one.
-pub(crate) fn keyed_config(backend: &str, port: u16) -> Value {
-    json!({"version": 3, "port": port,
-    "extra_config": {"auth/api-keys": {"keys": [], "identifier": "X-Api-Key"}},
-    "endpoints": [
+/// A gateway config with an Orders product (role `orders`) and another one; quotas are
+/// counted in the Redis on 127.0.0.1:6379 when `shared_quotas`.
+pub(crate) fn keyed_config(backend: &str, port: u16, shared_quotas: bool) -> Value {
+    let mut extra = json!({"auth/api-keys": {"keys": [], "identifier": "X-Api-Key"}});
+    if shared_quotas {
+        extra["redis"] = json!({"connection_pools": [{"name": "quotas", "address": "127.0.0.1:6379"}]});
+        extra["weir/keyring"] = json!({"quota_redis": "quotas"});
+    }
+    json!({"version": 3, "port": port, "extra_config": extra, "endpoints": [
         {"endpoint": "/orders/{id}", "extra_config": {"auth/api-keys": {"roles": ["orders"]}},
          "backend": [{"host": [backend], "url_pattern": "/v1"}]},
         {"endpoint": "/billing", "extra_config": {"auth/api-keys": {"roles": ["billing"]}},
@@ -80,11 +85,20 @@ pub(crate) fn keyed_config(backend: &str, port: u16) -> Value {
 /// shop/dev running `keyed_config`, with products `orders` (plans `free`, `tiny`: two
 /// requests a day) and `billing`, and `nodes` real nodes.
 pub(crate) async fn keyed_shop(app: &TestApp, nodes: usize, orders_approval: &str) -> (Vec<Proc>, Vec<u16>) {
+    keyed_shop_with(app, nodes, orders_approval, false).await
+}
+
+pub(crate) async fn keyed_shop_with(
+    app: &TestApp,
+    nodes: usize,
+    orders_approval: &str,
+    shared_quotas: bool,
+) -> (Vec<Proc>, Vec<u16>) {
     let upstream = backend().await;
     let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
     app.gateway("shop", &[("dev", None)]).await;
     // Every node reads its port from the config; each gets its own with -p.
-    let pushed = app.push("shop", &keyed_config(&upstream, ports[0]), "keys").await;
+    let pushed = app.push("shop", &keyed_config(&upstream, ports[0], shared_quotas), "keys").await;
     assert_eq!(pushed.status, StatusCode::CREATED, "{}", pushed.text);
     app.promote("shop", "dev", 1).await;
     for (name, approval, plans) in [
@@ -181,6 +195,23 @@ async fn everywhere(ports: &[u16], key: &str, want: StatusCode) -> Duration {
     .await;
     assert!(done.is_some(), "not every node answered {want} within 20 s");
     started.elapsed()
+}
+
+async fn quotas_are_shared_by_the_fleet_through_redis(db: Db) {
+    let app = spawn_app(db).await;
+    let (_nodes, ports) = keyed_shop_with(&app, 2, "auto", true).await;
+    let portal = spawn_portal(&app, false, format!("http://127.0.0.1:{}", ports[0])).await;
+    let dev = Dev { portal: &portal, token: developer(&portal, "quota@example.com").await };
+    let (tiny, _) = dev.subscribe("fleet-app", "orders", "tiny").await;
+    let (_, key) = dev.key(tiny).await;
+    // Wait on the second node only, so that the first one has not counted anything yet.
+    everywhere(&ports[1..], &key, StatusCode::OK).await;
+    assert_eq!(with_key(ports[0], "/orders/1", &key).await.0, StatusCode::OK, "the second of two a day");
+    // Counted per node, the first node would still have one left; shared, the day is over.
+    let (status, headers, _) = with_key(ports[0], "/orders/1", &key).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(with_key(ports[1], "/orders/1", &key).await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
 async fn keys_reach_every_node_and_their_revocation_too(db: Db) {
@@ -330,4 +361,17 @@ async fn manual_approvals_for_subscriptions_and_sign_ups(db: Db) {
     everywhere(&ports, &key, StatusCode::UNAUTHORIZED).await;
     let subs = app.get("/api/v1/subscriptions", &app.admin_token).await;
     assert_eq!(subs.body[0]["status"], "rejected");
+
+    // Operators' own OpenAPI text is merged over the generated reference.
+    let spec = json!({"openapi": "3.1.0", "paths": {"/orders/{id}": {"get": {"summary": "Fetch one order"}}}});
+    let put =
+        app.request(http::Method::PUT, "/api/v1/products/orders/openapi", Some(&operator), &[], spec.to_string()).await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{}", put.text);
+    let bad = app.request(http::Method::PUT, "/api/v1/products/orders/openapi", Some(&operator), &[], "{}").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let (s, _, doc) = call("GET", &format!("{portal}/docs/orders/openapi.json"), &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["paths"]["/orders/{id}"]["get"]["summary"], "Fetch one order");
+    assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["name"], "X-Api-Key");
+    assert!(doc["paths"].get("/billing").is_none(), "only the product's endpoints");
 }
