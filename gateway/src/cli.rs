@@ -100,6 +100,9 @@ struct ManagedArgs {
     /// Node id reported to the control plane (default: the host name).
     #[arg(long, env = "WEIR_NODE_ID")]
     node_id: Option<String>,
+    /// How often request metrics go to the control plane as OTLP/HTTP (0s: never).
+    #[arg(long, env = "WEIR_METRICS_INTERVAL", default_value = "10s", value_parser = config::parse_duration)]
+    metrics_interval: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +329,7 @@ fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
         poll_interval: args.poll_interval,
         node_id,
         flags: Flags { debug: opts.debug },
+        metrics_interval: Some(args.metrics_interval).filter(|d| !d.is_zero()),
     };
     let tokio = match tokio_runtime(opts.workers) {
         Ok(t) => t,

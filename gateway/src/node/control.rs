@@ -19,11 +19,13 @@ pub const LONG_POLL: Duration = Duration::from_secs(20);
 const MAX_BUNDLE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Where and as whom a node talks to its control plane.
+#[derive(Clone)]
 pub struct ControlPlane {
     client: Client,
     bundle_url: Uri,
     long_poll_url: Uri,
     status_url: Uri,
+    metrics_url: Uri,
     authorization: HeaderValue,
 }
 
@@ -67,6 +69,7 @@ impl ControlPlane {
             bundle_url: parse(format!("{env_url}/bundle"))?,
             long_poll_url: parse(format!("{env_url}/bundle?wait={}", LONG_POLL.as_secs()))?,
             status_url: parse(format!("{env_url}/nodes/{node_id}/status"))?,
+            metrics_url: parse(format!("{base}/v1/metrics"))?,
             authorization: HeaderValue::try_from(format!("Bearer {}", token.trim()))
                 .map_err(|_| ControlError::Url("the node token has characters a header cannot carry".into()))?,
         })
@@ -109,6 +112,21 @@ impl ControlPlane {
             status => {
                 Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })
             }
+        }
+    }
+
+    /// Sends an OTLP/HTTP JSON metrics export. Failures are returned for logging only.
+    pub async fn export_metrics(&self, body: String) -> Result<(), ControlError> {
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.metrics_url.clone();
+        request.headers_mut().insert(header::AUTHORIZATION, self.authorization.clone());
+        request.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let (status, _, body) = self.send(request, REQUEST_TIMEOUT).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })
         }
     }
 

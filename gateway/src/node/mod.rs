@@ -37,6 +37,8 @@ pub struct Managed {
     pub poll_interval: Duration,
     pub node_id: String,
     pub flags: Flags,
+    /// How often request metrics go to the control plane as OTLP (none: never).
+    pub metrics_interval: Option<Duration>,
 }
 
 /// What the node runs now and what happened last.
@@ -55,6 +57,8 @@ pub struct Node {
     control: ControlPlane,
     state: State,
     hostname: String,
+    /// The running serial, shared with the metrics exporter.
+    serial: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a managed node could not start.
@@ -81,7 +85,7 @@ impl Node {
             .map(|h| h.trim().to_owned())
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "unknown".into());
-        let mut node = Self { settings, control, state: State::default(), hostname };
+        let mut node = Self { settings, control, state: State::default(), hostname, serial: Arc::default() };
         let cache_file = node.cache_file();
         let fetch_problem = match node.control.fetch(None).await {
             Ok(Fetched::Bundle { bytes, etag }) => {
@@ -153,6 +157,7 @@ impl Node {
         let m = verified.payload.metadata;
         tracing::info!(serial = m.serial, digest = %m.config_digest, kid = %verified.kid, "bundle accepted");
         self.state.serial = Some(m.serial);
+        self.serial.store(m.serial, std::sync::atomic::Ordering::Relaxed);
         self.state.digest = Some(m.config_digest);
         self.state.last_result = "applied".into();
         Ok(Some((runtime, verified.service)))
@@ -179,8 +184,18 @@ impl Node {
         }
     }
 
-    /// Polls for new bundles and reports status, forever. Runs beside the server.
+    /// Polls for new bundles and reports status, forever. Runs beside the server, with
+    /// the metrics exporter beside it when the settings ask for one.
     pub async fn follow(mut self, shared: Shared) {
+        if let Some(every) = self.settings.metrics_interval {
+            let resource = vec![
+                ("service.name", "weir".to_owned()),
+                ("service.instance.id", self.settings.node_id.clone()),
+                ("weir.gateway", self.settings.gateway.clone()),
+                ("weir.environment", self.settings.environment.clone()),
+            ];
+            tokio::spawn(export_metrics(self.control.clone(), shared.clone(), every, resource, self.serial.clone()));
+        }
         let mut wait = self.settings.poll_interval;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
@@ -249,6 +264,29 @@ pub async fn serve_managed(
     crate::server::serve(listener, server_settings, shared, shutdown).await;
     follower.abort();
     Ok(())
+}
+
+/// Sends the running runtime's request metrics to the control plane as OTLP, forever.
+async fn export_metrics(
+    control: ControlPlane,
+    shared: Shared,
+    every: Duration,
+    resource: Vec<(&'static str, String)>,
+    serial: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let mut attributes = resource.clone();
+        attributes.push(("weir.config_serial", serial.load(std::sync::atomic::Ordering::Relaxed).to_string()));
+        let runtime = shared.load_full();
+        let body = crate::telemetry::otlp::export_json(runtime.metrics(), &attributes, SystemTime::now());
+        if let Err(e) = control.export_metrics(body).await {
+            tracing::debug!(error = %e, "metrics export failed");
+        }
+    }
 }
 
 /// Spreads polls of a fleet over ±10 % of the interval.

@@ -155,8 +155,9 @@ impl Runtime {
                 Err(status) => self.error_page(status, None),
             },
             Target::Endpoint(pipeline) => {
+                let started = std::time::Instant::now();
                 let response = self.endpoint(pipeline, &route.params, parts, body, client_ip).await;
-                pipeline.stats().response(response.status().as_u16());
+                pipeline.stats().record(response.status().as_u16(), started.elapsed());
                 response
             }
         }
@@ -208,6 +209,11 @@ impl Runtime {
     }
 
     /// Every counter in the Prometheus text format.
+    /// This runtime's counters.
+    pub fn metrics(&self) -> &crate::telemetry::Registry {
+        &self.metrics
+    }
+
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
     }

@@ -1,6 +1,9 @@
 //! Request and policy metrics: counters resolved when the config is compiled
 //! (one set per endpoint, plus the service-wide checks), updated with relaxed atomic
-//! adds on the request path, and exposed in the Prometheus text format.
+//! adds on the request path, and exposed in the Prometheus text format and as OTLP
+//! (see [`otlp`]).
+
+pub mod otlp;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -53,23 +56,82 @@ impl Refusal {
     }
 }
 
+/// Upper bounds (milliseconds) of the request-duration buckets; one more bucket holds
+/// everything slower. Chosen around gateway latencies: a few ms of own work, backend
+/// calls from tens of ms to the default 2 s timeout and beyond.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// Request durations of one status class: a fixed-bucket histogram of atomics.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, elapsed: std::time::Duration) {
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `(count, sum in seconds, bucket counts)`.
+    pub fn snapshot(&self) -> (u64, f64, [u64; BUCKETS]) {
+        let buckets: [u64; BUCKETS] = std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        // The sum's microseconds fit an f64 exactly for 285 years of request time.
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets.iter().sum(), sum, buckets)
+    }
+}
+
 /// Counters of one endpoint.
 pub struct EndpointStats {
     route: Box<str>,
     method: Box<str>,
     /// Responses by status class: 1xx .. 5xx.
     responses: [AtomicU64; 5],
+    /// Durations by status class: 1xx .. 5xx.
+    latency: [Latency; 5],
     refusals: [AtomicU64; 6],
 }
 
 impl EndpointStats {
     pub fn new(route: &str, method: &str) -> Self {
-        Self { route: route.into(), method: method.into(), responses: Default::default(), refusals: Default::default() }
+        Self {
+            route: route.into(),
+            method: method.into(),
+            responses: Default::default(),
+            latency: Default::default(),
+            refusals: Default::default(),
+        }
     }
 
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a response and its duration (until its headers were ready).
+    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.latency[class].record(elapsed);
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Durations of responses of status class `class` (1 to 5).
+    pub fn latency(&self, class: usize) -> &Latency {
+        &self.latency[class.clamp(1, 5) - 1]
     }
 
     pub fn refused(&self, why: Refusal) {
@@ -91,12 +153,24 @@ impl FrontStats {
     }
 }
 
-/// Every counter of a runtime, for the exporter.
-#[derive(Default)]
+/// Every counter of a runtime, for the exporters.
 pub struct Registry {
     pub endpoints: Vec<Arc<EndpointStats>>,
     pub front: FrontStats,
     pub breakers: Vec<(String, Arc<CircuitBreaker>)>,
+    /// When the counters started (the runtime's compile time): cumulative series begin here.
+    pub started: std::time::SystemTime,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            front: FrontStats::default(),
+            breakers: Vec::new(),
+            started: std::time::SystemTime::now(),
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -118,6 +192,29 @@ impl Registry {
                     i + 1,
                     n.load(Ordering::Relaxed)
                 );
+            }
+        }
+        out.push_str("# HELP weir_request_duration_seconds Time to response headers by endpoint and status class.\n# TYPE weir_request_duration_seconds histogram\n");
+        for e in &self.endpoints {
+            for class in 1..=5 {
+                let (count, sum, buckets) = e.latency(class).snapshot();
+                if count == 0 {
+                    continue;
+                }
+                let labels =
+                    format!("route=\"{}\",method=\"{}\",status_class=\"{class}xx\"", escape(&e.route), e.method);
+                let mut cumulative = 0;
+                for (bound, n) in LATENCY_BOUNDS_MS.iter().zip(&buckets) {
+                    cumulative += n;
+                    let _ = writeln!(
+                        out,
+                        "weir_request_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                        *bound as f64 / 1000.0
+                    );
+                }
+                let _ = writeln!(out, "weir_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "weir_request_duration_seconds_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "weir_request_duration_seconds_count{{{labels}}} {count}");
             }
         }
         out.push_str("# HELP weir_refusals_total Requests refused by a policy before reaching backends.\n# TYPE weir_refusals_total counter\n");

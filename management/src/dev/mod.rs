@@ -173,6 +173,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
         poll_interval: NODE_POLL,
         node_id: NODE_ID.into(),
         flags: weir_gateway::runtime::Flags::default(),
+        // A laptop dashboard should move as soon as traffic does.
+        metrics_interval: Some(Duration::from_secs(2)),
     };
     let node = tokio::spawn(weir_gateway::node::serve_managed(
         settings,
