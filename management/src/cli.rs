@@ -361,9 +361,11 @@ async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(addr = %listen, database = ?store.kind(), kid = keys.active().kid(), "weir-control listening");
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
+    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone()));
     let state = AppState { store: store.clone(), signing_key, heartbeat, ui: std::sync::Arc::new(ui) };
     crate::serve(listener, state, weir_gateway::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
     publisher.abort();
+    pruner.abort();
     store.close().await;
     Ok(())
 }

@@ -19,6 +19,8 @@ pub enum Access {
     Role(Role),
     /// A node token scoped to the `{gateway}`/`{environment}` of the path.
     Node,
+    /// A node token of any environment; the handler reads the scope from the caller.
+    AnyNode,
 }
 
 /// The authenticated caller, for handlers and the audit log.
@@ -26,6 +28,8 @@ pub enum Access {
 pub struct Caller {
     pub token_id: i64,
     pub role: Role,
+    /// A node token's gateway and environment.
+    pub scope: Option<(String, String)>,
     /// How the audit log names the caller: `token:<name>`.
     pub actor: String,
 }
@@ -75,6 +79,11 @@ async fn authorize(
                 )));
             }
         }
+        Access::AnyNode => {
+            if token.role != Role::Node {
+                return Err(ApiError::Forbidden("only node tokens send metrics".into()));
+            }
+        }
         Access::Node => {
             let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
             let scope_matches = token.role == Role::Node
@@ -88,5 +97,6 @@ async fn authorize(
             }
         }
     }
-    Ok(Some(Caller { token_id: token.id, role: token.role, actor: format!("token:{}", token.name) }))
+    let scope = token.gateway.clone().zip(token.environment.clone());
+    Ok(Some(Caller { token_id: token.id, role: token.role, scope, actor: format!("token:{}", token.name) }))
 }

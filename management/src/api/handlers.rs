@@ -413,3 +413,82 @@ pub(super) async fn put_product_openapi(
     control::set_product_openapi(&s.store, &caller.actor, &product, &doc.to_string()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Exports larger than this (compressed or not) are refused with 413.
+const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
+
+pub(super) async fn receive_metrics(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let too_large =
+        || (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"code": "too_large", "message": "the export is over 4 MiB"})));
+    if bytes.len() > MAX_EXPORT_BYTES {
+        return Ok(too_large().into_response());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        let message = "send OTLP/HTTP JSON (application/json); protobuf is not accepted yet";
+        return Ok((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(json!({"code": "unsupported_media_type", "message": message})),
+        )
+            .into_response());
+    }
+    let gzipped = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let bytes = if gzipped {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        let limit = u64::try_from(MAX_EXPORT_BYTES).unwrap_or(u64::MAX) + 1;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .take(limit)
+            .read_to_end(&mut out)
+            .map_err(|e| ApiError::BadRequest(format!("gzip: {e}")))?;
+        if out.len() > MAX_EXPORT_BYTES {
+            return Ok(too_large().into_response());
+        }
+        Bytes::from(out)
+    } else {
+        bytes
+    };
+    let export: Value = body(&bytes)?;
+    let (gateway, environment) = caller.scope.clone().ok_or_else(|| ApiError::Forbidden("not a node token".into()))?;
+    let points = crate::domain::traffic::points_from_otlp(&export, &caller.actor).map_err(ApiError::BadRequest)?;
+    let env = s.store.environment(&gateway, &environment).await?;
+    s.store.ingest_metrics(env.id, &points).await?;
+    Ok(Json(json!({"partialSuccess": {}})).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct RangeQuery {
+    #[serde(default)]
+    range: Option<String>,
+}
+
+pub(super) async fn environment_metrics(
+    State(s): State<AppState>,
+    Path((gateway, environment)): Path<(String, String)>,
+    Query(q): Query<RangeQuery>,
+) -> ApiResult<Json<crate::domain::traffic::Traffic>> {
+    let env = s.store.environment(&gateway, &environment).await?;
+    Ok(Json(traffic(&s.store, env.id, q.range.as_deref().unwrap_or("15m")).await?))
+}
+
+/// An environment's traffic figures for a named range.
+pub(crate) async fn traffic(
+    store: &crate::store::Store,
+    environment_id: i64,
+    range: &str,
+) -> ApiResult<crate::domain::traffic::Traffic> {
+    use crate::domain::traffic::{RANGES, summarize};
+    let minutes = RANGES
+        .iter()
+        .find(|r| r.0 == range)
+        .map(|r| r.1)
+        .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}: use 15m, 1h, 24h or 7d")))?;
+    let now_minute = now_ms() / 60_000;
+    let rows = store.metric_minutes(environment_id, now_minute - minutes + 1).await?;
+    summarize(&rows, range, now_minute).ok_or_else(|| ApiError::BadRequest(format!("range {range:?}")))
+}

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+pub(crate) use handlers::traffic;
 pub mod openapi;
 
 use std::path::PathBuf;
@@ -322,6 +323,30 @@ pub fn operations() -> Vec<(Operation, MethodRouter<AppState>)> {
                 (204, "Revoked"),
             ),
             on(MethodFilter::DELETE, h::revoke_token),
+        ),
+        (
+            op(
+                Method::POST,
+                "/v1/metrics",
+                "exportMetrics",
+                "OTLP/HTTP metrics receiver (JSON, optionally gzip) for the nodes' request durations",
+                Access::AnyNode,
+                Some((JSON, "An OTLP ExportMetricsServiceRequest")),
+                (200, "Accepted"),
+            ),
+            on(MethodFilter::POST, h::receive_metrics),
+        ),
+        (
+            op(
+                Method::GET,
+                "/api/v1/gateways/{gateway}/environments/{environment}/metrics",
+                "environmentMetrics",
+                "Traffic of an environment (?range=15m|1h|24h|7d): totals, per-step series, status classes, top routes, nodes",
+                VIEWER,
+                None,
+                (200, "Traffic"),
+            ),
+            on(MethodFilter::GET, h::environment_metrics),
         ),
         (
             op(

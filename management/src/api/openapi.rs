@@ -29,7 +29,7 @@ pub fn document() -> Value {
         let error = json!({ "$ref": "#/components/responses/Error" });
         match op.access {
             Access::Public => {}
-            Access::Role(_) | Access::Node => {
+            Access::Role(_) | Access::Node | Access::AnyNode => {
                 responses.insert("401".into(), error.clone());
                 responses.insert("403".into(), error.clone());
             }
@@ -53,6 +53,7 @@ pub fn document() -> Value {
             Access::Public => "public".to_owned(),
             Access::Role(role) => role.to_string(),
             Access::Node => "node token of this environment".to_owned(),
+            Access::AnyNode => "node token".to_owned(),
         };
         let mut operation = json!({
             "operationId": op.id,

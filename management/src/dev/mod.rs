@@ -152,6 +152,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     };
     let api = tokio::spawn(crate::serve(api_listener, state, until_stopped(stopped.clone())));
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
+    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone()));
     let demo = tokio::spawn(upstream::serve(demo_listener, until_stopped(stopped.clone())));
     let portal = weir_portal::Portal::new(
         std::sync::Arc::new(store.clone()),
@@ -188,6 +189,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     eprintln!("stopping…");
     let _ = stop.send(true);
     publisher.abort();
+    pruner.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = node.await;
         let _ = api.await;

@@ -5,4 +5,5 @@ pub mod annotate;
 pub mod diff;
 pub mod fleet;
 pub mod signing;
+pub mod traffic;
 pub mod upload;

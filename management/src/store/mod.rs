@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod gateways;
+pub mod metrics;
 pub mod nodes;
 pub mod portal;
 pub mod promotions;
@@ -71,11 +72,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/postgres/0001_control_plane.sql")),
     (2, "operator ui", include_str!("../../../migrations/postgres/0002_operator_ui.sql")),
     (3, "portal", include_str!("../../../migrations/postgres/0003_portal.sql")),
+    (4, "metrics", include_str!("../../../migrations/postgres/0004_metrics.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
     (2, "operator ui", include_str!("../../../migrations/sqlite/0002_operator_ui.sql")),
     (3, "portal", include_str!("../../../migrations/sqlite/0003_portal.sql")),
+    (4, "metrics", include_str!("../../../migrations/sqlite/0004_metrics.sql")),
 ];
 
 impl Store {

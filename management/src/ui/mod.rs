@@ -6,6 +6,7 @@
 //! Sessions are cookies holding a random id (stored hashed); every form carries the
 //! session's CSRF token; sign-ins are rate-limited per client address and per account.
 
+mod charts;
 mod login;
 mod pages;
 pub mod sso;

@@ -53,6 +53,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/users", get(users_page).post(create_user))
         .route("/users/{id}/role", post(set_role))
         .route("/audit", get(audit_page))
+        .route("/gateways/{gw}/environments/{env}/dashboard", get(dashboard))
         .route("/products", get(products_page).post(create_product))
         .route("/subscriptions/{id}/approve", post(approve_subscription))
         .route("/subscriptions/{id}/reject", post(reject_subscription))
@@ -1165,4 +1166,113 @@ async fn approve_developer(
     signed.require(Role::Admin)?;
     control::approve_developer(&state.store, &signed.actor(), id).await?;
     Ok(Redirect::to("/products").into_response())
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    nav: Nav,
+    gateway: String,
+    env: String,
+    range: String,
+    ranges: Vec<&'static str>,
+    requests: i64,
+    rps: String,
+    error_rate: String,
+    latency: String,
+    status: Vec<(String, i64)>,
+    rps_chart: String,
+    latency_chart: String,
+    /// (route, requests, errors, p95)
+    routes: Vec<(String, i64, i64, String)>,
+    nodes: Vec<(String, i64, i64, String)>,
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    #[serde(default)]
+    range: Option<String>,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| if v >= 100.0 { format!("{v:.0} ms") } else { format!("{v:.1} ms") })
+}
+
+fn clock(minute: i64) -> String {
+    rfc3339(minute * 60_000).get(11..16).unwrap_or_default().to_owned()
+}
+
+async fn dashboard(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((gw, env)): Path<(String, String)>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, UiError> {
+    use super::charts::{Line, line_chart};
+    let e = state.store.environment(&gw, &env).await?;
+    let range = q.range.unwrap_or_else(|| "15m".into());
+    let t = crate::api::traffic(&state.store, e.id, &range).await?;
+    // Promotions inside the range, placed on the step axis.
+    #[allow(clippy::cast_precision_loss)]
+    let markers: Vec<(f64, String)> = state
+        .store
+        .promotions(e.id)
+        .await?
+        .iter()
+        .filter(|p| p.created_at / 60_000 >= t.from_minute)
+        .map(|p| {
+            let at = (p.created_at / 60_000 - t.from_minute) as f64 / t.step_minutes as f64;
+            (at, format!("serial {} (v{}) by {}", p.serial, p.version, p.promoted_by))
+        })
+        .collect();
+    let (first, last) = (clock(t.from_minute), clock(t.to_minute));
+    let has = |f: &crate::domain::traffic::Figures| f.requests > 0;
+    let rps_chart = line_chart(
+        "Requests per second",
+        "/s",
+        &[Line {
+            label: "requests per second",
+            color: "#0b5cad",
+            values: t.series.iter().map(|s| Some(s.figures.rps)).collect(),
+        }],
+        &first,
+        &last,
+        &markers,
+    );
+    let latency_line = |label, color, pick: fn(&crate::domain::traffic::Figures) -> Option<f64>| Line {
+        label,
+        color,
+        values: t.series.iter().map(|s| if has(&s.figures) { pick(&s.figures) } else { None }).collect(),
+    };
+    let latency_chart = line_chart(
+        "Latency percentiles",
+        "ms",
+        &[
+            latency_line("p50", "#17733a", |f| f.p50_ms),
+            latency_line("p95", "#8a5a00", |f| f.p95_ms),
+            latency_line("p99", "#b3261e", |f| f.p99_ms),
+        ],
+        &first,
+        &last,
+        &markers,
+    );
+    let rows = |v: &[crate::domain::traffic::Named]| {
+        v.iter().map(|n| (n.name.clone(), n.figures.requests, n.figures.errors, ms(n.figures.p95_ms))).collect()
+    };
+    render(&DashboardPage {
+        nav: signed.nav("gateways"),
+        gateway: gw,
+        env: e.name,
+        ranges: crate::domain::traffic::RANGES.iter().map(|r| r.0).collect(),
+        requests: t.totals.requests,
+        rps: format!("{:.2}", t.totals.rps),
+        error_rate: format!("{:.2} %", t.totals.error_rate * 100.0),
+        latency: format!("{} / {} / {}", ms(t.totals.p50_ms), ms(t.totals.p95_ms), ms(t.totals.p99_ms)),
+        status: t.status.clone().into_iter().collect(),
+        rps_chart,
+        latency_chart,
+        routes: rows(&t.routes),
+        nodes: rows(&t.nodes),
+        range: t.range,
+    })
 }

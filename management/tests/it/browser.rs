@@ -210,6 +210,20 @@ async fn an_operator_uploads_diffs_promotes_and_watches_the_node_sync() {
     assert!(b.text("#nodes").await.contains("SYNCED"));
     b.screenshot("environment").await;
 
+    // Traffic through the node shows on the dashboard within an export interval.
+    for _ in 0..12 {
+        crate::portal::call("GET", &format!("http://127.0.0.1:{node_port}/hello"), &[], None).await;
+    }
+    let shown = eventually(Duration::from_secs(10), || async {
+        b.go(&format!("{}/gateways/shop/environments/dev/dashboard", app.url())).await;
+        let n = b.text("#requests").await;
+        (n == "12").then_some(n)
+    })
+    .await;
+    assert!(shown.is_some(), "the dashboard never counted 12 requests: {}", b.text("dl.facts").await);
+    assert!(b.source().await.contains("<path d=\"M"), "the charts have lines");
+    b.screenshot("dashboard").await;
+
     // prod only takes what ran in dev: v1 ran there, so the rule lets it through.
     b.go(&format!("{}/gateways/shop/promote?env=prod&version=2", app.url())).await;
     assert!(b.source().await.contains("Roll back") || b.source().await.contains("Promote prod"));

@@ -93,6 +93,7 @@ pub(crate) fn start_node(app: &TestApp, token_file: &Path, port: u16) -> Proc {
 pub(crate) fn start_named_node(app: &TestApp, token_file: &Path, port: u16, node_id: &str) -> Proc {
     let mut cmd = Command::new(weir_bin());
     cmd.args(["run", "--control", &app.url(), "--gateway", "shop", "--env", "dev", "--poll-interval", "200ms"])
+        .args(["--metrics-interval", "300ms"])
         .arg("--token-file")
         .arg(token_file)
         .arg("--trust")

@@ -9,4 +9,5 @@ mod fleet;
 mod oidc;
 mod portal;
 mod support;
+mod traffic;
 mod ui;

@@ -1,0 +1,298 @@
+//! Traffic figures: reading OTLP exports into points, and turning minute rollups into
+//! what the dashboard shows (rates, error rates, latency percentiles, top routes).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::metrics::{BUCKETS, Minute, Point};
+
+/// Upper bounds of the buckets in milliseconds (the gateway's), the last one open.
+const BOUNDS_MS: [f64; BUCKETS - 1] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// The metric the gateway exports request durations as.
+const DURATION_METRIC: &str = "http.server.request.duration";
+
+fn attributes(v: &Value) -> BTreeMap<String, String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let key = a.get("key")?.as_str()?.to_owned();
+            let value = a.get("value")?;
+            let text =
+                value.get("stringValue").and_then(Value::as_str).map(str::to_owned).or_else(|| {
+                    value.get("intValue").map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                })?;
+            Some((key, text))
+        })
+        .collect()
+}
+
+/// OTLP JSON writes 64-bit integers as strings; accept numbers too.
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// The request-duration points of an OTLP/HTTP JSON export. `node_fallback` names
+/// the node when the export does not (`service.instance.id`).
+pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>, String> {
+    let resources = body.get("resourceMetrics").and_then(Value::as_array).ok_or("no resourceMetrics")?;
+    let mut points = Vec::new();
+    for rm in resources {
+        let resource = attributes(rm.pointer("/resource/attributes").unwrap_or(&Value::Null));
+        let node_id = resource.get("service.instance.id").cloned().unwrap_or_else(|| node_fallback.to_owned());
+        let serial = resource.get("weir.config_serial").and_then(|s| s.parse().ok()).unwrap_or(0);
+        for sm in rm.get("scopeMetrics").and_then(Value::as_array).into_iter().flatten() {
+            for metric in sm.get("metrics").and_then(Value::as_array).into_iter().flatten() {
+                if metric.get("name").and_then(Value::as_str) != Some(DURATION_METRIC) {
+                    continue;
+                }
+                let Some(histogram) = metric.get("histogram") else { continue };
+                let cumulative = int(histogram.get("aggregationTemporality")) != Some(1);
+                for dp in histogram.get("dataPoints").and_then(Value::as_array).into_iter().flatten() {
+                    let attrs = attributes(dp.get("attributes").unwrap_or(&Value::Null));
+                    let counts: Vec<i64> = dp
+                        .get("bucketCounts")
+                        .and_then(Value::as_array)
+                        .map(|b| b.iter().filter_map(|c| int(Some(c))).collect())
+                        .unwrap_or_default();
+                    let bounds_ok = dp.get("explicitBounds").and_then(Value::as_array).is_some_and(|b| {
+                        b.len() == BOUNDS_MS.len()
+                            && b.iter()
+                                .zip(BOUNDS_MS)
+                                .all(|(x, ms)| x.as_f64().is_some_and(|x| (x * 1000.0 - ms).abs() < 1e-6))
+                    });
+                    if !bounds_ok || counts.len() != BUCKETS {
+                        return Err("histogram buckets differ from the gateway's (5 ms ... 10 s)".into());
+                    }
+                    let mut buckets = [0i64; BUCKETS];
+                    buckets.copy_from_slice(&counts);
+                    let time_ns: i128 =
+                        dp.get("timeUnixNano").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    points.push(Point {
+                        node_id: node_id.clone(),
+                        route: attrs.get("http.route").cloned().unwrap_or_default(),
+                        method: attrs.get("http.request.method").cloned().unwrap_or_default(),
+                        status_class: attrs.get("weir.status_class").cloned().unwrap_or_else(|| "?".into()),
+                        serial,
+                        start_ns: dp.get("startTimeUnixNano").and_then(Value::as_str).unwrap_or("0").to_owned(),
+                        time_ms: i64::try_from(time_ns / 1_000_000).unwrap_or(0),
+                        cumulative,
+                        requests: int(dp.get("count")).unwrap_or(0),
+                        // Seconds in OTLP, microseconds here.
+                        #[allow(clippy::cast_possible_truncation)]
+                        sum_us: (dp.get("sum").and_then(Value::as_f64).unwrap_or(0.0) * 1e6).round() as i64,
+                        buckets,
+                    });
+                }
+            }
+        }
+    }
+    Ok(points)
+}
+
+/// A latency percentile (0..1) from bucket counts, interpolated inside its bucket.
+pub fn percentile(buckets: &[i64; BUCKETS], q: f64) -> Option<f64> {
+    let total: i64 = buckets.iter().sum();
+    if total <= 0 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rank = q * total as f64;
+    let mut seen = 0i64;
+    for (i, n) in buckets.iter().enumerate() {
+        #[allow(clippy::cast_precision_loss)]
+        if *n > 0 && (seen + n) as f64 >= rank {
+            let lower = if i == 0 { 0.0 } else { BOUNDS_MS[i - 1] };
+            let Some(upper) = BOUNDS_MS.get(i) else { return Some(BOUNDS_MS[BOUNDS_MS.len() - 1]) };
+            #[allow(clippy::cast_precision_loss)]
+            let within = ((rank - seen as f64) / *n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        seen += n;
+    }
+    Some(BOUNDS_MS[BOUNDS_MS.len() - 1])
+}
+
+/// Request count, errors and latency of a set of rows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub requests: i64,
+    /// 5xx responses.
+    pub errors: i64,
+    pub rps: f64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    requests: i64,
+    errors: i64,
+    buckets: [i64; BUCKETS],
+}
+
+impl Acc {
+    fn add(&mut self, m: &Minute) {
+        self.requests += m.requests;
+        if m.status_class == "5xx" {
+            self.errors += m.requests;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(m.buckets) {
+            *a += b;
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn figures(&self, seconds: f64) -> Figures {
+        Figures {
+            requests: self.requests,
+            errors: self.errors,
+            rps: if seconds > 0.0 { self.requests as f64 / seconds } else { 0.0 },
+            error_rate: if self.requests > 0 { self.errors as f64 / self.requests as f64 } else { 0.0 },
+            p50_ms: percentile(&self.buckets, 0.50),
+            p95_ms: percentile(&self.buckets, 0.95),
+            p99_ms: percentile(&self.buckets, 0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesPoint {
+    pub minute: i64,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Named {
+    pub name: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// What a dashboard shows for one environment and time range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Traffic {
+    pub range: String,
+    pub step_minutes: i64,
+    pub from_minute: i64,
+    pub to_minute: i64,
+    pub totals: Figures,
+    pub status: BTreeMap<String, i64>,
+    /// One point per step, oldest first, zero-filled.
+    pub series: Vec<SeriesPoint>,
+    /// The busiest routes (`METHOD route`).
+    pub routes: Vec<Named>,
+    pub nodes: Vec<Named>,
+}
+
+/// The ranges the dashboard offers: (name, minutes, step in minutes).
+pub const RANGES: [(&str, i64, i64); 4] = [("15m", 15, 1), ("1h", 60, 1), ("24h", 1440, 30), ("7d", 10080, 360)];
+
+/// Figures for `range` ending at `now_minute` (inclusive).
+pub fn summarize(rows: &[Minute], range: &str, now_minute: i64) -> Option<Traffic> {
+    let (name, minutes, step) = RANGES.iter().find(|r| r.0 == range).copied()?;
+    let from = now_minute - minutes + 1;
+    let mut total = Acc::default();
+    let mut status: BTreeMap<String, i64> = BTreeMap::new();
+    let steps = usize::try_from(minutes / step).unwrap_or(1);
+    let mut series: Vec<Acc> = (0..steps).map(|_| Acc::default()).collect();
+    let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, Acc> = BTreeMap::new();
+    for m in rows.iter().filter(|m| m.minute >= from && m.minute <= now_minute) {
+        total.add(m);
+        *status.entry(m.status_class.clone()).or_default() += m.requests;
+        if let Some(slot) = usize::try_from((m.minute - from) / step).ok().and_then(|i| series.get_mut(i)) {
+            slot.add(m);
+        }
+        routes.entry(format!("{} {}", m.method, m.route)).or_default().add(m);
+        nodes.entry(m.node_id.clone()).or_default().add(m);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (minutes * 60) as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let step_seconds = (step * 60) as f64;
+    let named = |map: BTreeMap<String, Acc>, limit: usize| {
+        let mut v: Vec<Named> = map.into_iter().map(|(name, a)| Named { name, figures: a.figures(seconds) }).collect();
+        v.sort_by(|a, b| b.figures.requests.cmp(&a.figures.requests).then_with(|| a.name.cmp(&b.name)));
+        v.truncate(limit);
+        v
+    };
+    Some(Traffic {
+        range: name.to_owned(),
+        step_minutes: step,
+        from_minute: from,
+        to_minute: now_minute,
+        totals: total.figures(seconds),
+        status,
+        series: series
+            .iter()
+            .enumerate()
+            .map(|(i, a)| SeriesPoint {
+                minute: from + i64::try_from(i).unwrap_or(0) * step,
+                figures: a.figures(step_seconds),
+            })
+            .collect(),
+        routes: named(routes, 10),
+        nodes: named(nodes, 100),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate_within_buckets() {
+        let mut b = [0i64; BUCKETS];
+        b[0] = 50; // <= 5 ms
+        b[3] = 50; // 25..50 ms
+        assert_eq!(percentile(&b, 0.5), Some(5.0));
+        let p95 = percentile(&b, 0.95).unwrap();
+        assert!((p95 - 47.5).abs() < 1e-9, "{p95}");
+        assert_eq!(percentile(&[0; BUCKETS], 0.5), None);
+        let mut slow = [0i64; BUCKETS];
+        slow[BUCKETS - 1] = 1;
+        assert_eq!(percentile(&slow, 0.99), Some(10000.0));
+    }
+
+    #[test]
+    fn summaries_zero_fill_and_rank_routes() {
+        let row = |minute, route: &str, class: &str, n| Minute {
+            minute,
+            node_id: "n1".into(),
+            route: route.into(),
+            method: "GET".into(),
+            status_class: class.into(),
+            serial: 1,
+            requests: n,
+            sum_us: 0,
+            buckets: {
+                let mut b = [0; BUCKETS];
+                b[1] = n;
+                b
+            },
+        };
+        let rows = vec![row(100, "/a", "2xx", 30), row(100, "/b", "5xx", 10), row(105, "/a", "2xx", 60)];
+        let t = summarize(&rows, "15m", 110).unwrap();
+        assert_eq!(t.series.len(), 15);
+        assert_eq!(t.totals.requests, 100);
+        assert_eq!(t.totals.errors, 10);
+        assert!((t.totals.error_rate - 0.1).abs() < 1e-9);
+        assert_eq!(t.series.iter().map(|s| s.figures.requests).sum::<i64>(), 100);
+        assert_eq!(t.series[4].figures.requests, 40, "minute 100 is the 5th of 96..110");
+        assert_eq!(t.series[9].figures.requests, 60);
+        assert_eq!(t.routes[0].name, "GET /a");
+        assert_eq!(t.status.get("5xx"), Some(&10));
+        assert!(summarize(&rows, "2w", 110).is_none());
+    }
+}

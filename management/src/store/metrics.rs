@@ -1,0 +1,171 @@
+//! Request metrics: OTLP points folded into per-minute rollups, and read back for the
+//! dashboard. Cumulative points become deltas against the last point of their series;
+//! a series whose start time changed or whose count went down was reset (a restarted
+//! node, a new config) and counts from zero.
+
+use sqlx::any::AnyRow;
+
+use super::{Result, Store, get};
+
+/// Buckets per histogram (the gateway's 11 bounds, then everything slower).
+pub const BUCKETS: usize = 12;
+
+/// One histogram data point of an export.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub node_id: String,
+    pub route: String,
+    pub method: String,
+    pub status_class: String,
+    pub serial: i64,
+    pub start_ns: String,
+    pub time_ms: i64,
+    /// Cumulative (since `start_ns`) rather than a delta.
+    pub cumulative: bool,
+    pub requests: i64,
+    pub sum_us: i64,
+    pub buckets: [i64; BUCKETS],
+}
+
+/// One minute of one series.
+#[derive(Debug, Clone)]
+pub struct Minute {
+    pub minute: i64,
+    pub node_id: String,
+    pub route: String,
+    pub method: String,
+    pub status_class: String,
+    pub serial: i64,
+    pub requests: i64,
+    pub sum_us: i64,
+    pub buckets: [i64; BUCKETS],
+}
+
+fn buckets_text(b: &[i64; BUCKETS]) -> String {
+    b.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_buckets(s: &str) -> Option<[i64; BUCKETS]> {
+    let v: Vec<i64> = s.split(',').map(str::parse).collect::<std::result::Result<_, _>>().ok()?;
+    v.try_into().ok()
+}
+
+fn minute_from_row(r: &AnyRow) -> Result<Minute> {
+    let mut buckets = [0i64; BUCKETS];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        *b = get(r, &format!("b{i}"))?;
+    }
+    Ok(Minute {
+        minute: get(r, "minute")?,
+        node_id: get(r, "node_id")?,
+        route: get(r, "route")?,
+        method: get(r, "method")?,
+        status_class: get(r, "status_class")?,
+        serial: get(r, "serial")?,
+        requests: get(r, "requests")?,
+        sum_us: get(r, "sum_us")?,
+        buckets,
+    })
+}
+
+impl Store {
+    /// Folds an export's points into the rollups; returns how many requests it added.
+    pub async fn ingest_metrics(&self, environment_id: i64, points: &[Point]) -> Result<i64> {
+        let mut tx = self.pool().begin().await?;
+        let mut added = 0;
+        for p in points {
+            let (mut requests, mut sum_us, mut buckets) = (p.requests, p.sum_us, p.buckets);
+            if p.cumulative {
+                let last = sqlx::query(
+                    "SELECT start_ns, requests, sum_us, buckets FROM metric_series WHERE environment_id = $1 \
+                     AND node_id = $2 AND route = $3 AND method = $4 AND status_class = $5",
+                )
+                .bind(environment_id)
+                .bind(&p.node_id)
+                .bind(&p.route)
+                .bind(&p.method)
+                .bind(&p.status_class)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(last) = last {
+                    let start: String = get(&last, "start_ns")?;
+                    let last_requests: i64 = get(&last, "requests")?;
+                    let last_buckets = parse_buckets(&get::<String>(&last, "buckets")?);
+                    // Same series, not reset: only what is new since the last export counts.
+                    if let (true, Some(lb)) = (start == p.start_ns && p.requests >= last_requests, last_buckets) {
+                        requests -= last_requests;
+                        sum_us -= get::<i64>(&last, "sum_us")?;
+                        for (b, l) in buckets.iter_mut().zip(lb) {
+                            *b = (*b - l).max(0);
+                        }
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO metric_series (environment_id, node_id, route, method, status_class, start_ns, requests, \
+                     sum_us, buckets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (environment_id, node_id, \
+                     route, method, status_class) DO UPDATE SET start_ns = excluded.start_ns, requests = excluded.requests, \
+                     sum_us = excluded.sum_us, buckets = excluded.buckets",
+                )
+                .bind(environment_id)
+                .bind(&p.node_id)
+                .bind(&p.route)
+                .bind(&p.method)
+                .bind(&p.status_class)
+                .bind(&p.start_ns)
+                .bind(p.requests)
+                .bind(p.sum_us)
+                .bind(buckets_text(&p.buckets))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if requests <= 0 {
+                continue;
+            }
+            added += requests;
+            let mut q = sqlx::query(
+                "INSERT INTO metric_minutes (environment_id, minute, node_id, route, method, status_class, serial, \
+                 requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+                 ON CONFLICT (environment_id, minute, node_id, route, method, status_class, serial) DO UPDATE SET \
+                 requests = metric_minutes.requests + excluded.requests, sum_us = metric_minutes.sum_us + excluded.sum_us, \
+                 b0 = metric_minutes.b0 + excluded.b0, b1 = metric_minutes.b1 + excluded.b1, b2 = metric_minutes.b2 + excluded.b2, b3 = metric_minutes.b3 + excluded.b3, b4 = metric_minutes.b4 + excluded.b4, b5 = metric_minutes.b5 + excluded.b5, b6 = metric_minutes.b6 + excluded.b6, b7 = metric_minutes.b7 + excluded.b7, b8 = metric_minutes.b8 + excluded.b8, b9 = metric_minutes.b9 + excluded.b9, b10 = metric_minutes.b10 + excluded.b10, b11 = metric_minutes.b11 + excluded.b11",
+            )
+            .bind(environment_id)
+            .bind(p.time_ms / 60_000)
+            .bind(&p.node_id)
+            .bind(&p.route)
+            .bind(&p.method)
+            .bind(&p.status_class)
+            .bind(p.serial)
+            .bind(requests)
+            .bind(sum_us.max(0));
+            for b in buckets {
+                q = q.bind(b);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// Every minute row of an environment since `since_minute`, oldest first.
+    pub async fn metric_minutes(&self, environment_id: i64, since_minute: i64) -> Result<Vec<Minute>> {
+        let rows = sqlx::query(
+            "SELECT minute, node_id, route, method, status_class, serial, requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 \
+             FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 ORDER BY minute",
+        )
+        .bind(environment_id)
+        .bind(since_minute)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(minute_from_row).collect()
+    }
+
+    /// Drops minute rollups older than `before_minute` (retention).
+    pub async fn prune_metrics(&self, before_minute: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM metric_minutes WHERE minute < $1")
+            .bind(before_minute)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,155 @@
+//! Request metrics: a real node's OTLP exports, rolled up and read back, on both databases.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::fleet::{Proc, backend, eventually};
+use crate::on_both_databases;
+use crate::portal::{call, try_call};
+use crate::support::{Db, TestApp, free_port, spawn_app, weir_bin};
+
+on_both_databases!(node_traffic_reaches_the_dashboard_figures, exports_become_deltas_and_resets_count_from_zero);
+
+async fn metrics(app: &TestApp, range: &str) -> Value {
+    app.get(&format!("/api/v1/gateways/shop/environments/dev/metrics?range={range}"), &app.admin_token).await.body
+}
+
+async fn node_traffic_reaches_the_dashboard_figures(db: Db) {
+    let app = spawn_app(db).await;
+    let upstream = backend().await;
+    let port = free_port();
+    app.gateway("shop", &[("dev", None)]).await;
+    let config = json!({"version": 3, "port": port, "endpoints": [
+        {"endpoint": "/hello", "backend": [{"host": [upstream], "url_pattern": "/v1"}]},
+        {"endpoint": "/broken", "backend": [{"host": [upstream], "url_pattern": "/missing"}]},
+    ]});
+    app.push("shop", &config, "traffic").await;
+    app.promote("shop", "dev", 1).await;
+    let token_file = app.dir.path().join("node-token");
+    std::fs::write(&token_file, app.node_token("shop", "dev", "metrics").await).unwrap();
+    let mut cmd = Command::new(weir_bin());
+    cmd.args(["run", "--control", &app.url(), "--gateway", "shop", "--env", "dev", "--metrics-interval", "300ms"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--trust")
+        .arg(weir_management::domain::signing::public_path(&app.signing_key))
+        .arg("--cache-dir")
+        .arg(app.dir.path().join("cache-metrics"))
+        .args(["--node-id", "metered", "-p", &port.to_string()]);
+    let node = Proc::start(cmd, &app.dir.path().join("metered.log"));
+    let up = eventually(Duration::from_secs(15), || async {
+        try_call("GET", &format!("http://127.0.0.1:{port}/__health"), &[], None).await.filter(|r| r.0 == StatusCode::OK)
+    })
+    .await;
+    assert!(up.is_some(), "{}", node.log());
+
+    for _ in 0..20 {
+        assert_eq!(call("GET", &format!("http://127.0.0.1:{port}/hello"), &[], None).await.0, StatusCode::OK);
+    }
+    let mut broken_status = StatusCode::OK;
+    for _ in 0..5 {
+        broken_status = call("GET", &format!("http://127.0.0.1:{port}/broken"), &[], None).await.0;
+    }
+    assert!(broken_status.is_server_error(), "{broken_status}");
+
+    let figures = eventually(Duration::from_secs(10), || async {
+        let m = metrics(&app, "15m").await;
+        (m["totals"]["requests"] == 25).then_some(m)
+    })
+    .await;
+    let m = figures.unwrap_or_else(|| panic!("the dashboard never showed 25 requests:\n{}", node.log()));
+    assert_eq!(m["totals"]["errors"], 5);
+    assert!((m["totals"]["error_rate"].as_f64().unwrap() - 0.2).abs() < 1e-9);
+    assert_eq!(m["status"]["2xx"], 20);
+    assert_eq!(m["status"]["5xx"], 5);
+    assert_eq!(m["routes"][0]["name"], "GET /hello");
+    assert_eq!(m["routes"][0]["requests"], 20);
+    assert_eq!(m["nodes"][0]["name"], "metered");
+    let p50 = m["totals"]["p50_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= 100.0, "loopback requests take milliseconds: {p50}");
+    let series_total: i64 = m["series"].as_array().unwrap().iter().map(|s| s["requests"].as_i64().unwrap()).sum();
+    assert_eq!(series_total, 25);
+    // More exports of the same counters add nothing.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(metrics(&app, "15m").await["totals"]["requests"], 25);
+    assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 25);
+    assert_eq!(
+        app.get("/api/v1/gateways/shop/environments/dev/metrics?range=2w", &app.admin_token).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+fn export(start: &str, count: i64, fast: i64) -> Value {
+    let now = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()).to_string();
+    let mut buckets = vec!["0".to_owned(); 12];
+    buckets[0] = fast.to_string();
+    buckets[6] = (count - fast).to_string();
+    json!({"resourceMetrics": [{"resource": {"attributes": [{"key": "service.instance.id", "value": {"stringValue": "n1"}}]},
+        "scopeMetrics": [{"metrics": [{"name": "http.server.request.duration", "histogram": {"aggregationTemporality": 2,
+            "dataPoints": [{"attributes": [
+                {"key": "http.route", "value": {"stringValue": "/a"}},
+                {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                {"key": "weir.status_class", "value": {"stringValue": "2xx"}}],
+              "startTimeUnixNano": start, "timeUnixNano": now, "count": count.to_string(), "sum": 0.5,
+              "bucketCounts": buckets, "explicitBounds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]}]}}]}]}]})
+}
+
+async fn exports_become_deltas_and_resets_count_from_zero(db: Db) {
+    let app = spawn_app(db).await;
+    app.gateway("shop", &[("dev", None)]).await;
+    let node = app.node_token("shop", "dev", "n1").await;
+    let post = |body: Value, token: String, headers: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        async move {
+            let mut h = vec![("content-type", "application/json")];
+            h.extend(headers);
+            app.request(Method::POST, "/v1/metrics", Some(&token), &h, body.to_string()).await
+        }
+    };
+    for (start, count, total) in [("1", 10, 10), ("1", 15, 15), ("2", 4, 19), ("2", 4, 19), ("2", 1, 20)] {
+        let a = post(export(start, count, 1), node.clone(), vec![]).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(metrics(&app, "15m").await["totals"]["requests"], total, "after count {count} from start {start}");
+    }
+    let m = metrics(&app, "1h").await;
+    assert!(m["totals"]["p99_ms"].as_f64().unwrap() > 250.0, "most requests were in the 250-500 ms bucket: {m}");
+
+    // gzip is accepted; protobuf, other tokens and oversized bodies are refused.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, export("3", 5, 5).to_string().as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let a = app
+        .request(
+            Method::POST,
+            "/v1/metrics",
+            Some(&node),
+            &[("content-type", "application/json"), ("content-encoding", "gzip")],
+            gz,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(metrics(&app, "15m").await["totals"]["requests"], 25);
+    let proto = app
+        .request(
+            Method::POST,
+            "/v1/metrics",
+            Some(&node),
+            &[("content-type", "application/x-protobuf")],
+            Bytes::from_static(b"\x0a\x00"),
+        )
+        .await;
+    assert_eq!(proto.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let operator = app.token("ops", "operator").await;
+    assert_eq!(post(export("1", 1, 1), operator, vec![]).await.status, StatusCode::FORBIDDEN);
+    let none = app.request(Method::POST, "/v1/metrics", None, &[("content-type", "application/json")], "{}").await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let a = app.request(Method::POST, "/v1/metrics", Some(&node), &[("content-type", "application/json")], huge).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let bad = post(json!({"nothing": true}), node.clone(), vec![]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
