@@ -250,6 +250,11 @@ async fn serve(service: &Service, port: Option<u16>, shared: crate::runtime::Sha
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    let collectors = crate::telemetry::otlp::collectors(&service.extra_config);
+    if !collectors.urls.is_empty() {
+        tracing::info!(collectors = collectors.urls.len(), every = ?collectors.period, "exporting metrics as OTLP/HTTP");
+        tokio::spawn(crate::telemetry::otlp::export_to_collectors(collectors, shared.clone()));
+    }
     for addr in crate::telemetry::prometheus_addrs(&service.extra_config) {
         match server::bind(addr) {
             Ok(l) => {

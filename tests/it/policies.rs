@@ -544,10 +544,25 @@ async fn refusals_and_breaker_states_are_counted() {
     let ok = Backend::json(json!({"ok": true})).await;
     let broken = Backend::start(|_| Reply::status(500)).await;
     let metrics_port = crate::support::free_port();
+    // A stand-in OpenTelemetry Collector: keeps what it receives.
+    let exports = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = exports.clone();
+    let collector = Backend::start(move |s| {
+        if s.method == Method::POST && s.uri == "/v1/metrics" {
+            seen.lock().unwrap().push(serde_json::from_slice(&s.body).unwrap_or(Value::Null));
+        }
+        Reply::json(json!({}))
+    })
+    .await;
+    let collector_addr = collector.url.trim_start_matches("http://").to_owned();
+    let (collector_host, collector_port) = collector_addr.rsplit_once(':').unwrap();
+    let collector_port: u16 = collector_port.parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("k.json");
     let config = json!({"version": 3, "listen_ip": "127.0.0.1", "port": 1,
-    "extra_config": {"telemetry/opentelemetry": {"exporters": {"prometheus": [{"name": "local", "port": metrics_port, "listen_ip": "127.0.0.1"}]}}},
+    "extra_config": {"telemetry/opentelemetry": {"service_name": "policy-test", "metric_reporting_period": 1, "exporters": {
+        "prometheus": [{"name": "local", "port": metrics_port, "listen_ip": "127.0.0.1"}],
+        "otlp": [{"name": "collector", "host": collector_host, "port": collector_port, "use_http": true}]}}},
     "endpoints": [
         {"endpoint": "/limited", "backend": [{"host": [ok.url], "url_pattern": "/"}],
          "extra_config": {"qos/ratelimit/router": {"client_max_rate": 1, "every": "1h"}}},
@@ -580,9 +595,29 @@ async fn refusals_and_breaker_states_are_counted() {
         "weir_responses_total{route=\"/flaky\",method=\"GET\",status_class=\"5xx\"} 2",
         "weir_circuit_breaker_state{backend=\"GET /flaky backend 0\"} 1",
         "weir_circuit_breaker_transitions_total{backend=\"GET /flaky backend 0\",to=\"open\"} 1",
+        "weir_request_duration_seconds_count{route=\"/limited\",method=\"GET\",status_class=\"2xx\"} 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
+    // The same figures reach the collector as OTLP/HTTP JSON every reporting period.
+    let mut export = None;
+    for _ in 0..50 {
+        export = exports.lock().unwrap().last().cloned();
+        if export.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let export = export.expect("an OTLP export within 5 s");
+    let resource = &export["resourceMetrics"][0];
+    assert_eq!(resource["resource"]["attributes"][0]["value"]["stringValue"], "policy-test");
+    let metric = &resource["scopeMetrics"][0]["metrics"][0];
+    assert_eq!(metric["name"], "http.server.request.duration");
+    let points = metric["histogram"]["dataPoints"].as_array().unwrap();
+    let flaky =
+        points.iter().find(|p| p["attributes"][0]["value"]["stringValue"] == "/flaky").expect("a point for /flaky");
+    assert_eq!(flaky["count"], "2");
+    assert_eq!(flaky["attributes"][2]["value"]["stringValue"], "5xx");
 }
 
 /// An ES512 token signed by `openssl` (jsonwebtoken cannot make one), independently of

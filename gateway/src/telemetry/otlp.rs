@@ -67,6 +67,76 @@ pub fn export_json(registry: &Registry, resource: &[(&str, String)], now: System
     .to_string()
 }
 
+/// `telemetry/opentelemetry` `exporters.otlp[]` with `use_http: true`: the collectors
+/// to send metrics to, and how often (`metric_reporting_period`, seconds, default 30).
+pub struct Collectors {
+    pub urls: Vec<http::Uri>,
+    pub period: std::time::Duration,
+    pub service_name: String,
+}
+
+/// KrakenD's default reporting period.
+const DEFAULT_PERIOD_SECS: u64 = 30;
+
+pub fn collectors(extra: &serde_json::Map<String, Value>) -> Collectors {
+    let otel = extra.get("telemetry/opentelemetry");
+    let mut urls = Vec::new();
+    for e in otel.and_then(|t| t.pointer("/exporters/otlp")).and_then(Value::as_array).into_iter().flatten() {
+        let host = e.get("host").and_then(Value::as_str).unwrap_or("localhost");
+        if e.get("use_http").and_then(Value::as_bool) != Some(true) {
+            tracing::warn!(
+                host,
+                "OTLP over gRPC is not supported yet: set \"use_http\": true to export to this collector"
+            );
+            continue;
+        }
+        let port = e.get("port").and_then(Value::as_u64).unwrap_or(4318);
+        let host = if host.contains("://") { host.to_owned() } else { format!("http://{host}") };
+        match format!("{}:{port}/v1/metrics", host.trim_end_matches('/')).parse() {
+            Ok(url) => urls.push(url),
+            Err(e) => tracing::warn!(host, error = %e, "OTLP exporter skipped"),
+        }
+    }
+    Collectors {
+        urls,
+        period: std::time::Duration::from_secs(
+            otel.and_then(|t| t.get("metric_reporting_period"))
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_PERIOD_SECS)
+                .max(1),
+        ),
+        service_name: otel.and_then(|t| t.get("service_name")).and_then(Value::as_str).unwrap_or("weir").to_owned(),
+    }
+}
+
+/// Sends the current runtime's metrics to each collector every period, forever.
+pub async fn export_to_collectors(collectors: Collectors, runtime: crate::runtime::Shared) {
+    let Ok(client) = crate::proxy::client::build(1) else { return };
+    let instance =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let resource = [("service.name", collectors.service_name.clone()), ("service.instance.id", instance)];
+    let mut tick = tokio::time::interval(collectors.period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let body = bytes::Bytes::from(export_json(runtime.load_full().metrics(), &resource, SystemTime::now()));
+        for url in &collectors.urls {
+            let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = url.clone();
+            request
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request)).await {
+                Ok(Ok(r)) if r.status().is_success() => {}
+                Ok(Ok(r)) => tracing::warn!(%url, status = %r.status(), "OTLP collector refused the metrics"),
+                Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector unreachable"),
+                Err(_) => tracing::warn!(%url, "OTLP collector did not answer in 10 s"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -74,6 +144,18 @@ mod tests {
 
     use super::*;
     use crate::telemetry::EndpointStats;
+
+    #[test]
+    fn http_collectors_come_from_krakend_settings() {
+        let extra = serde_json::json!({"telemetry/opentelemetry": {"service_name": "shop", "metric_reporting_period": 5,
+            "exporters": {"otlp": [{"name": "a", "host": "collector", "port": 4318, "use_http": true},
+                                   {"name": "b", "host": "grpc-only", "port": 4317}]}}});
+        let c = collectors(extra.as_object().unwrap());
+        assert_eq!(c.urls.len(), 1, "gRPC exporters are skipped");
+        assert_eq!(c.urls[0].to_string(), "http://collector:4318/v1/metrics");
+        assert_eq!(c.period, std::time::Duration::from_secs(5));
+        assert_eq!(c.service_name, "shop");
+    }
 
     #[test]
     fn exports_cumulative_histograms_per_route_and_status_class() {
