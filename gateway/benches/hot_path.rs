@@ -229,5 +229,17 @@ fn decode_shape_render(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, url, decode_json, shape, flatmap, merge, render_json, decode_shape_render);
+/// What telemetry adds to every request: reading the clock twice and recording the
+/// duration in the endpoint's histogram (atomic adds).
+fn telemetry(c: &mut Criterion) {
+    let stats = weir_gateway::telemetry::EndpointStats::new("/users/{id}", "GET");
+    c.bench_function("telemetry_time_and_record", |b| {
+        b.iter(|| {
+            let started = std::time::Instant::now();
+            stats.record(std::hint::black_box(200), started.elapsed());
+        })
+    });
+}
+
+criterion_group!(benches, router, url, decode_json, shape, flatmap, merge, render_json, decode_shape_render, telemetry);
 criterion_main!(benches);

@@ -29,10 +29,19 @@ pub struct ControlPlane {
     authorization: HeaderValue,
 }
 
+/// The header a control plane sets on a 304 it held until its long poll ran out.
+pub const LONG_POLL_HEADER: &str = "x-weir-long-poll";
+
 /// What a bundle fetch returned.
 pub enum Fetched {
-    NotModified,
-    Bundle { bytes: Bytes, etag: Option<HeaderValue> },
+    /// Unchanged; `held` when the control plane long-polled (asking again at once is fine).
+    NotModified {
+        held: bool,
+    },
+    Bundle {
+        bytes: Bytes,
+        etag: Option<HeaderValue>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +116,7 @@ impl ControlPlane {
         let answer_within = if etag.is_some() { REQUEST_TIMEOUT + LONG_POLL } else { REQUEST_TIMEOUT };
         let (status, headers, body) = self.send(request, answer_within).await?;
         match status {
-            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
+            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified { held: headers.contains_key(LONG_POLL_HEADER) }),
             StatusCode::OK => Ok(Fetched::Bundle { bytes: body, etag: headers.get(header::ETAG).cloned() }),
             status => {
                 Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })

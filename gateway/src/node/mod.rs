@@ -21,8 +21,6 @@ use control::{ControlError, ControlPlane, Fetched, Status};
 
 /// How often a managed node tells the control plane it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(30);
-/// A fetch answered after this long was held by a long-polling control plane.
-const LONG_POLL_SEEN: Duration = Duration::from_secs(1);
 /// Longest wait between fetch attempts while the control plane is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -108,7 +106,7 @@ impl Node {
                     }
                 }
             }
-            Ok(Fetched::NotModified) => "it answered 304 to a request without ETag".to_owned(),
+            Ok(Fetched::NotModified { .. }) => "it answered 304 to a request without ETag".to_owned(),
             Err(e) => e.to_string(),
         };
         tracing::warn!(problem = %fetch_problem, "starting from the cached bundle");
@@ -207,12 +205,11 @@ impl Node {
                     continue;
                 }
             }
-            let started = std::time::Instant::now();
             wait = match self.poll(&shared).await {
                 // A control plane that held the request (long poll) already waited for
                 // us: ask again at once, so the next bundle finds us waiting.
-                Ok(()) if started.elapsed() >= LONG_POLL_SEEN => Duration::from_millis(50),
-                Ok(()) => self.settings.poll_interval,
+                Ok(true) => Duration::from_millis(50),
+                Ok(false) => self.settings.poll_interval,
                 Err(e) => {
                     tracing::warn!(error = %e, "bundle fetch failed; serving the running bundle");
                     (wait * 2).min(MAX_BACKOFF).max(self.settings.poll_interval)
@@ -221,11 +218,13 @@ impl Node {
         }
     }
 
-    async fn poll(&mut self, shared: &Shared) -> Result<(), ControlError> {
+    /// One fetch; returns whether the control plane held it (long poll).
+    async fn poll(&mut self, shared: &Shared) -> Result<bool, ControlError> {
         let fetched = self.control.fetch(self.state.etag.as_ref()).await?;
         self.state.last_fetch_at = Some(bundle::now_rfc3339());
-        let Fetched::Bundle { bytes, etag } = fetched else {
-            return Ok(());
+        let (bytes, etag) = match fetched {
+            Fetched::NotModified { held } => return Ok(held),
+            Fetched::Bundle { bytes, etag } => (bytes, etag),
         };
         let running = shared.load_full();
         match self.accept(&bytes, Some(&running)) {
@@ -245,7 +244,7 @@ impl Node {
             }
         }
         self.report().await;
-        Ok(())
+        Ok(false)
     }
 }
 

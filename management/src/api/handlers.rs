@@ -228,7 +228,14 @@ pub(super) async fn get_bundle(
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+                // Tells the node the wait was held here, so it may ask again at once.
+                let mut response = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+                if q.wait > 0 {
+                    response
+                        .headers_mut()
+                        .insert(weir_gateway::node::control::LONG_POLL_HEADER, http::HeaderValue::from_static("1"));
+                }
+                return Ok(response);
             }
             // Other control-plane replicas sign bundles too: look again every second.
             let _ = tokio::time::timeout(left.min(std::time::Duration::from_secs(1)), signed).await;

@@ -55,8 +55,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/audit", get(audit_page))
         .route("/gateways/{gw}/environments/{env}/dashboard", get(dashboard))
         .route("/products", get(products_page).post(create_product))
-        .route("/subscriptions/{id}/approve", post(approve_subscription))
-        .route("/subscriptions/{id}/reject", post(reject_subscription))
+        .route("/subscriptions/{id}/{decision}", post(decide_subscription))
         .route("/developers/{id}/approve", post(approve_developer))
 }
 
@@ -1132,27 +1131,21 @@ async fn create_product(
     Ok(Redirect::to("/products").into_response())
 }
 
-async fn approve_subscription(
+/// `approve` or `reject` a subscription.
+async fn decide_subscription(
     State(state): State<AppState>,
     signed: Signed,
-    Path(id): Path<i64>,
+    Path((id, decision)): Path<(i64, String)>,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, UiError> {
     signed.check(&f.csrf)?;
     signed.require(Role::Operator)?;
-    control::decide_subscription(&state.store, &signed.actor(), id, true).await?;
-    Ok(Redirect::to("/products").into_response())
-}
-
-async fn reject_subscription(
-    State(state): State<AppState>,
-    signed: Signed,
-    Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
-) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Operator)?;
-    control::decide_subscription(&state.store, &signed.actor(), id, false).await?;
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(UiError::NotFound("There is no such page.".into())),
+    };
+    control::decide_subscription(&state.store, &signed.actor(), id, approve).await?;
     Ok(Redirect::to("/products").into_response())
 }
 
