@@ -298,7 +298,7 @@ pub async fn publish_keyring(store: &Store, signing_key: &Path, environment_id: 
 
 /// How often pending keyrings are looked for: a new or revoked key reaches long-polling
 /// nodes within about this much plus one round trip.
-const KEYRING_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const KEYRING_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Publishes the keyrings the portal asks for, forever (the control plane runs this;
 /// the portal never signs).

@@ -29,19 +29,15 @@ pub struct ControlPlane {
     authorization: HeaderValue,
 }
 
-/// The header a control plane sets on a 304 it held until its long poll ran out.
+/// The header a control plane sets on answers to long polls (`?wait=`) it supports.
 pub const LONG_POLL_HEADER: &str = "x-weir-long-poll";
 
 /// What a bundle fetch returned.
 pub enum Fetched {
     /// Unchanged; `held` when the control plane long-polled (asking again at once is fine).
-    NotModified {
-        held: bool,
-    },
-    Bundle {
-        bytes: Bytes,
-        etag: Option<HeaderValue>,
-    },
+    NotModified { held: bool },
+    /// A bundle; `long_poll` when the control plane holds requests (ask again at once).
+    Bundle { bytes: Bytes, etag: Option<HeaderValue>, long_poll: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +113,11 @@ impl ControlPlane {
         let (status, headers, body) = self.send(request, answer_within).await?;
         match status {
             StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified { held: headers.contains_key(LONG_POLL_HEADER) }),
-            StatusCode::OK => Ok(Fetched::Bundle { bytes: body, etag: headers.get(header::ETAG).cloned() }),
+            StatusCode::OK => Ok(Fetched::Bundle {
+                bytes: body,
+                etag: headers.get(header::ETAG).cloned(),
+                long_poll: headers.contains_key(LONG_POLL_HEADER),
+            }),
             status => {
                 Err(ControlError::Status { status, body: String::from_utf8_lossy(&body).chars().take(200).collect() })
             }

@@ -86,7 +86,7 @@ impl Node {
         let mut node = Self { settings, control, state: State::default(), hostname, serial: Arc::default() };
         let cache_file = node.cache_file();
         let fetch_problem = match node.control.fetch(None).await {
-            Ok(Fetched::Bundle { bytes, etag }) => {
+            Ok(Fetched::Bundle { bytes, etag, .. }) => {
                 node.state.last_fetch_at = Some(bundle::now_rfc3339());
                 match node.accept(&bytes, None) {
                     Ok(Some((runtime, service))) => {
@@ -222,9 +222,9 @@ impl Node {
     async fn poll(&mut self, shared: &Shared) -> Result<bool, ControlError> {
         let fetched = self.control.fetch(self.state.etag.as_ref()).await?;
         self.state.last_fetch_at = Some(bundle::now_rfc3339());
-        let (bytes, etag) = match fetched {
+        let (bytes, etag, long_poll) = match fetched {
             Fetched::NotModified { held } => return Ok(held),
-            Fetched::Bundle { bytes, etag } => (bytes, etag),
+            Fetched::Bundle { bytes, etag, long_poll } => (bytes, etag, long_poll),
         };
         let running = shared.load_full();
         match self.accept(&bytes, Some(&running)) {
@@ -244,7 +244,7 @@ impl Node {
             }
         }
         self.report().await;
-        Ok(false)
+        Ok(long_poll)
     }
 }
 

@@ -246,7 +246,7 @@ pub(super) async fn get_bundle(
         .current_bundle(env.id)
         .await?
         .ok_or_else(|| ApiError::NoBundle(format!("{gateway}/{environment} has no promoted version yet")))?;
-    Ok((
+    let mut response = (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "application/jose+json".to_owned()),
@@ -255,7 +255,13 @@ pub(super) async fn get_bundle(
         ],
         bundle,
     )
-        .into_response())
+        .into_response();
+    if q.wait > 0 {
+        response
+            .headers_mut()
+            .insert(weir_gateway::node::control::LONG_POLL_HEADER, http::HeaderValue::from_static("1"));
+    }
+    Ok(response)
 }
 
 pub(super) async fn report_node_status(
