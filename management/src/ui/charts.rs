@@ -82,6 +82,17 @@ pub fn line_chart(
             match v {
                 Some(v) => {
                     let _ = write!(path, "{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(i as f64), y(*v));
+                    // A value with no neighbour draws no line: mark it with a dot.
+                    let alone = !pen_down && line.values.get(i + 1).is_none_or(Option::is_none);
+                    if alone {
+                        let _ = write!(
+                            svg,
+                            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                            x(i as f64),
+                            y(*v),
+                            line.color
+                        );
+                    }
                     pen_down = true;
                 }
                 None => pen_down = false,
@@ -122,6 +133,7 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert_eq!(svg.matches('M').count(), 2, "a gap lifts the pen: {svg}");
+        assert_eq!(svg.matches("<circle").count(), 1, "the lone first value is a dot");
         assert!(svg.contains("serial 4") && svg.contains("5.0 /s"), "{svg}");
         assert_eq!(nice(7.3), 10.0);
         assert_eq!(nice(0.0), 1.0);
