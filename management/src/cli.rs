@@ -97,6 +97,9 @@ enum Command {
         /// How often nodes report (their heartbeat); silent for three of these = STALE.
         #[arg(long, env = "WEIR_NODE_HEARTBEAT", default_value = "30s", value_parser = weir_gateway::config::parse_duration)]
         node_heartbeat: Duration,
+        /// How long per-minute request metrics are kept (Go duration).
+        #[arg(long, env = "WEIR_METRICS_RETENTION", default_value = "168h", value_parser = weir_gateway::config::parse_duration)]
+        metrics_retention: Duration,
         #[command(flatten)]
         web: WebArgs,
     },
@@ -266,9 +269,10 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Serve { storage, listen, signing_key, node_heartbeat, web } => {
+            Command::Serve { storage, listen, signing_key, node_heartbeat, metrics_retention, web } => {
                 let ui = web.settings(listen)?;
-                serve(&storage, listen, storage.signing_key(signing_key.as_ref()), node_heartbeat, ui).await
+                let key = storage.signing_key(signing_key.as_ref());
+                serve(&storage, listen, key, (node_heartbeat, metrics_retention), ui).await
             }
             Command::Portal { storage, listen, gateway_url, approve_sign_ups, insecure_cookies } => {
                 let store = storage.open().await?;
@@ -347,13 +351,15 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `timing`: the nodes' heartbeat, and how long request metrics are kept.
 async fn serve(
     storage: &Storage,
     listen: SocketAddr,
     signing_key: PathBuf,
-    heartbeat: Duration,
+    timing: (Duration, Duration),
     ui: crate::ui::UiSettings,
 ) -> Result<(), String> {
+    let (heartbeat, metrics_retention) = timing;
     let keys = SigningKeys::load(&signing_key)
         .map_err(|e| format!("{e}\n(create a signing key with `weir-control keys init`)"))?;
     let store = storage.open().await?;
@@ -361,7 +367,7 @@ async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(addr = %listen, database = ?store.kind(), kid = keys.active().kid(), "weir-control listening");
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
-    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone()));
+    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone(), metrics_retention));
     let state = AppState { store: store.clone(), signing_key, heartbeat, ui: std::sync::Arc::new(ui) };
     crate::serve(listener, state, weir_gateway::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
     publisher.abort();

@@ -492,15 +492,13 @@ pub async fn set_product_openapi(store: &Store, actor: &str, product: &str, spec
     Ok(())
 }
 
-/// How long minute rollups of request metrics are kept.
-const METRICS_RETENTION_MINUTES: i64 = 7 * 24 * 60;
-
-/// Drops request metrics past their retention, hourly, forever.
-pub async fn prune_metrics(store: Store) {
+/// Drops request metrics older than `retention`, hourly, forever.
+pub async fn prune_metrics(store: Store, retention: std::time::Duration) {
+    let keep_minutes = i64::try_from(retention.as_secs() / 60).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let cutoff = crate::store::now_ms() / 60_000 - METRICS_RETENTION_MINUTES;
+        let cutoff = crate::store::now_ms() / 60_000 - keep_minutes;
         match store.prune_metrics(cutoff).await {
             Ok(n) if n > 0 => tracing::info!(rows = n, "old request metrics pruned"),
             Ok(_) => {}
