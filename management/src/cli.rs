@@ -97,8 +97,8 @@ enum Command {
         /// How often nodes report (their heartbeat); silent for three of these = STALE.
         #[arg(long, env = "WEIR_NODE_HEARTBEAT", default_value = "30s", value_parser = weir_gateway::config::parse_duration)]
         node_heartbeat: Duration,
-        /// How long per-minute request metrics are kept (Go duration).
-        #[arg(long, env = "WEIR_METRICS_RETENTION", default_value = "168h", value_parser = weir_gateway::config::parse_duration)]
+        /// How long request metrics are kept, as hourly rollups after their first day (Go duration).
+        #[arg(long, env = "WEIR_METRICS_RETENTION", default_value = "2160h", value_parser = weir_gateway::config::parse_duration)]
         metrics_retention: Duration,
         #[command(flatten)]
         web: WebArgs,

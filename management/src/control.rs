@@ -492,17 +492,21 @@ pub async fn set_product_openapi(store: &Store, actor: &str, product: &str, spec
     Ok(())
 }
 
-/// Drops request metrics older than `retention`, hourly, forever.
+/// Minute rollups older than this are folded into hours.
+const MINUTES_KEPT: i64 = 24 * 60;
+
+/// Folds day-old minute metrics into hours and drops hours older than `retention`,
+/// hourly, forever.
 pub async fn prune_metrics(store: Store, retention: std::time::Duration) {
-    let keep_minutes = i64::try_from(retention.as_secs() / 60).unwrap_or(i64::MAX);
+    let keep_hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let cutoff = crate::store::now_ms() / 60_000 - keep_minutes;
-        match store.prune_metrics(cutoff).await {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "old request metrics pruned"),
+        let now_minute = crate::store::now_ms() / 60_000;
+        match store.roll_up_metrics(now_minute - MINUTES_KEPT, now_minute / 60 - keep_hours).await {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "minute metrics folded into hours"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot prune request metrics"),
+            Err(e) => tracing::warn!(error = %e, "cannot roll up request metrics"),
         }
     }
 }

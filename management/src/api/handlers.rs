@@ -502,6 +502,8 @@ pub(crate) async fn traffic(
         .map(|r| r.1)
         .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}: use 15m, 1h, 24h or 7d")))?;
     let now_minute = now_ms() / 60_000;
-    let rows = store.metric_minutes(environment_id, now_minute - minutes + 1).await?;
+    let since = now_minute - minutes + 1;
+    let mut rows = store.metric_hours(environment_id, since.div_euclid(60)).await?;
+    rows.extend(store.metric_minutes(environment_id, since).await?);
     summarize(&rows, range, now_minute).ok_or_else(|| ApiError::BadRequest(format!("range {range:?}")))
 }

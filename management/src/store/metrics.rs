@@ -1,5 +1,5 @@
-//! Request metrics: OTLP points folded into per-minute rollups, and read back for the
-//! dashboard. Cumulative points become deltas against the last point of their series;
+//! Request metrics: OTLP points folded into per-minute rollups (and, after a day, into
+//! hourly ones), and read back for the dashboard. Cumulative points become deltas against the last point of their series;
 //! a series whose start time changed or whose count went down was reset (a restarted
 //! node, a new config) and counts from zero.
 
@@ -160,12 +160,40 @@ impl Store {
         rows.iter().map(minute_from_row).collect()
     }
 
-    /// Drops minute rollups older than `before_minute` (retention).
-    pub async fn prune_metrics(&self, before_minute: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM metric_minutes WHERE minute < $1")
-            .bind(before_minute)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected())
+    /// Folds minute rows older than `before_minute` (whole hours only) into hourly rows,
+    /// then drops hourly rows older than `before_hour` (retention). Returns the minute
+    /// rows folded.
+    pub async fn roll_up_metrics(&self, before_minute: i64, before_hour: i64) -> Result<u64> {
+        let cutoff = before_minute - before_minute.rem_euclid(60);
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO metric_hours (environment_id, hour, node_id, route, method, status_class, serial, requests, \
+             sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11) SELECT environment_id, minute / 60, node_id, route, method, status_class, serial, \
+             SUM(requests), SUM(sum_us), SUM(b0), SUM(b1), SUM(b2), SUM(b3), SUM(b4), SUM(b5), SUM(b6), SUM(b7), SUM(b8), SUM(b9), SUM(b10), SUM(b11) FROM metric_minutes WHERE minute < $1 \
+             GROUP BY environment_id, minute / 60, node_id, route, method, status_class, serial \
+             ON CONFLICT (environment_id, hour, node_id, route, method, status_class, serial) DO UPDATE SET \
+             requests = metric_hours.requests + excluded.requests, sum_us = metric_hours.sum_us + excluded.sum_us, \
+             b0 = metric_hours.b0 + excluded.b0, b1 = metric_hours.b1 + excluded.b1, b2 = metric_hours.b2 + excluded.b2, b3 = metric_hours.b3 + excluded.b3, b4 = metric_hours.b4 + excluded.b4, b5 = metric_hours.b5 + excluded.b5, b6 = metric_hours.b6 + excluded.b6, b7 = metric_hours.b7 + excluded.b7, b8 = metric_hours.b8 + excluded.b8, b9 = metric_hours.b9 + excluded.b9, b10 = metric_hours.b10 + excluded.b10, b11 = metric_hours.b11 + excluded.b11",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let folded = sqlx::query("DELETE FROM metric_minutes WHERE minute < $1").bind(cutoff).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM metric_hours WHERE hour < $1").bind(before_hour).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(folded.rows_affected())
+    }
+
+    /// Hourly rows since `since_hour`, as minute rows at the start of their hour.
+    pub async fn metric_hours(&self, environment_id: i64, since_hour: i64) -> Result<Vec<Minute>> {
+        let rows = sqlx::query(
+            "SELECT hour * 60 AS minute, node_id, route, method, status_class, serial, requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 \
+             FROM metric_hours WHERE environment_id = $1 AND hour >= $2 ORDER BY hour",
+        )
+        .bind(environment_id)
+        .bind(since_hour)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(minute_from_row).collect()
     }
 }

@@ -73,12 +73,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "operator ui", include_str!("../../../migrations/postgres/0002_operator_ui.sql")),
     (3, "portal", include_str!("../../../migrations/postgres/0003_portal.sql")),
     (4, "metrics", include_str!("../../../migrations/postgres/0004_metrics.sql")),
+    (5, "metric hours", include_str!("../../../migrations/postgres/0005_metric_hours.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
     (2, "operator ui", include_str!("../../../migrations/sqlite/0002_operator_ui.sql")),
     (3, "portal", include_str!("../../../migrations/sqlite/0003_portal.sql")),
     (4, "metrics", include_str!("../../../migrations/sqlite/0004_metrics.sql")),
+    (5, "metric hours", include_str!("../../../migrations/sqlite/0005_metric_hours.sql")),
 ];
 
 impl Store {

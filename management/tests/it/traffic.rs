@@ -152,4 +152,14 @@ async fn exports_become_deltas_and_resets_count_from_zero(db: Db) {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     let bad = post(json!({"nothing": true}), node.clone(), vec![]).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // Folding minutes into hours keeps every request, and retention drops old hours.
+    let now_minute = weir_management::store::now_ms() / 60_000;
+    let folded = app.store.roll_up_metrics(now_minute + 120, 0).await.unwrap();
+    assert!(folded > 0);
+    assert_eq!(metrics(&app, "24h").await["totals"]["requests"], 25);
+    assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 25);
+    assert_eq!(app.store.roll_up_metrics(now_minute + 120, 0).await.unwrap(), 0, "nothing left to fold");
+    app.store.roll_up_metrics(now_minute, now_minute / 60 + 2).await.unwrap();
+    assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 0, "hours past retention are dropped");
 }
