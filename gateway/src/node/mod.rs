@@ -238,9 +238,10 @@ impl Node {
                 }
             }
             Err(reason) => {
-                // Keep the ETag of what is running so the same bad bundle is fetched (and
-                // refused) again only if it changes, and report it each time it does.
+                // Ask with the refused bundle's ETag from now on: the same bad bundle is not
+                // fetched (and refused) again, and the next one arrives as soon as it is signed.
                 self.reject(&reason);
+                self.state.etag = etag;
             }
         }
         self.report().await;

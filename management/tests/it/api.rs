@@ -278,7 +278,9 @@ async fn token_roles_and_scopes_are_enforced(db: Db) {
 }
 
 async fn node_reports_become_synced_stale_or_rejected(db: Db) {
-    let app = spawn_app_with(db, Duration::from_millis(400)).await;
+    // Heartbeats of a second: the states are read well within three of them, and the
+    // silence below lasts well over three.
+    let app = spawn_app_with(db, Duration::from_secs(1)).await;
     app.gateway("shop", &[("dev", None)]).await;
     app.push("shop", &config(BACKEND, &[("/a", "/a")]), "one").await;
     app.promote("shop", "dev", 1).await;
@@ -321,7 +323,7 @@ async fn node_reports_become_synced_stale_or_rejected(db: Db) {
     assert_eq!(nodes.body["nodes"][2]["reason"], "signature does not verify");
 
     // Silent for more than three heartbeats: STALE.
-    tokio::time::sleep(Duration::from_millis(1400)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let nodes = app.get("/api/v1/gateways/shop/environments/dev/nodes", &app.admin_token).await;
     assert_eq!(states(&nodes.body)[0], ("n1".into(), "STALE".into()));
     assert!(nodes.body["nodes"][0]["reason"].as_str().unwrap().starts_with("silent"));
