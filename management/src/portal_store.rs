@@ -2,7 +2,7 @@
 //! change is audited; key changes ask for the environment's keyring to be published,
 //! which the control plane (never the portal) signs.
 
-use weir_portal::{App, Developer, Fut, Key, Plan, PortalError, PortalStore, Product, Subscription};
+use weir_portal::{App, AppUsage, Developer, Fut, Key, Plan, PortalError, PortalStore, Product, Subscription};
 
 use crate::store::{Change, Store, StoreError, now_ms};
 
@@ -273,6 +273,33 @@ impl PortalStore for Store {
             ))
             .await?;
             Ok(())
+        })
+    }
+
+    fn usage(&self, developer: i64) -> Fut<'_, Vec<AppUsage>> {
+        Box::pin(async move {
+            let now_minute = now_ms() / 60_000;
+            // Consumers are named `<app name>#<app id>` in keyrings (see control::keyring).
+            let by_app = |rows: Vec<(String, i64)>| -> std::collections::HashMap<i64, i64> {
+                rows.into_iter().filter_map(|(consumer, n)| Some((consumer.rsplit_once('#')?.1.parse().ok()?, n))).fold(
+                    std::collections::HashMap::new(),
+                    |mut m, (app, n)| {
+                        *m.entry(app).or_insert(0) += n;
+                        m
+                    },
+                )
+            };
+            let day = by_app(self.consumer_requests(now_minute - 24 * 60).await?);
+            let month = by_app(self.consumer_requests(now_minute - 30 * 24 * 60).await?);
+            Ok(Store::apps(self, developer)
+                .await?
+                .into_iter()
+                .map(|a| AppUsage {
+                    app_id: a.id,
+                    last_day: day.get(&a.id).copied().unwrap_or(0),
+                    last_30_days: month.get(&a.id).copied().unwrap_or(0),
+                })
+                .collect())
         })
     }
 }

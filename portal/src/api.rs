@@ -29,6 +29,7 @@ pub(crate) fn router() -> Router<Portal> {
         .route("/api/v1/subscriptions", get(subscriptions_api))
         .route("/api/v1/subscriptions/{id}/keys", post(issue_key_api))
         .route("/api/v1/keys", get(keys_api))
+        .route("/api/v1/usage", get(usage_api))
         .route("/api/v1/keys/{id}/revoke", post(revoke_key_api))
         .route("/api/v1/keys/{id}/rotate", post(rotate_key_api))
 }
@@ -263,4 +264,8 @@ async fn rotate_key_api(
 ) -> ApiResult<Response> {
     let issued = rotate_key(&portal, signed.developer.id, key, r.grace_hours).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn usage_api(State(portal): State<Portal>, signed: Signed) -> ApiResult<Response> {
+    Ok(Json(portal.store.usage(signed.developer.id).await?).into_response())
 }

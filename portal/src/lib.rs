@@ -120,6 +120,14 @@ pub struct Key {
     pub revoked_at: Option<i64>,
 }
 
+/// Requests an app made with its keys (counted by the gateway nodes).
+#[derive(Debug, Clone, Serialize)]
+pub struct AppUsage {
+    pub app_id: i64,
+    pub last_day: i64,
+    pub last_30_days: i64,
+}
+
 /// A key just issued: the secret is here once and nowhere else.
 #[derive(Debug, Clone, Serialize)]
 pub struct IssuedKey {
@@ -160,6 +168,8 @@ pub trait PortalStore: Send + Sync + 'static {
     fn revoke_key(&self, developer: i64, key: i64) -> Fut<'_, ()>;
     /// Lets the old key live `grace_ms` more, then expire.
     fn expire_key(&self, developer: i64, key: i64, grace_ms: i64) -> Fut<'_, ()>;
+    /// Requests of each of the developer's apps, from the nodes' metrics.
+    fn usage(&self, developer: i64) -> Fut<'_, Vec<AppUsage>>;
 }
 
 /// Portal settings.

@@ -265,6 +265,8 @@ struct AppView {
     id: i64,
     name: String,
     description: String,
+    /// Requests in the last day and the last 30 days.
+    usage: (i64, i64),
     subscriptions: Vec<SubscriptionView>,
 }
 
@@ -290,11 +292,12 @@ fn date(ms: i64) -> String {
 
 async fn apps(State(portal): State<Portal>, signed: Signed) -> PageResult {
     let id = signed.developer.id;
-    let (apps, subscriptions, keys, products) = (
+    let (apps, subscriptions, keys, products, usage) = (
         portal.store.apps(id).await?,
         portal.store.subscriptions(id).await?,
         portal.store.keys(id).await?,
         portal.store.products().await?,
+        portal.store.usage(id).await?,
     );
     let now = crate::auth::now_ms();
     let apps = apps
@@ -332,6 +335,7 @@ async fn apps(State(portal): State<Portal>, signed: Signed) -> PageResult {
                         .collect(),
                 })
                 .collect(),
+            usage: usage.iter().find(|u| u.app_id == a.id).map_or((0, 0), |u| (u.last_day, u.last_30_days)),
             id: a.id,
             name: a.name,
             description: a.description,

@@ -282,7 +282,8 @@ async fn export_metrics(
         let mut attributes = resource.clone();
         attributes.push(("weir.config_serial", serial.load(std::sync::atomic::Ordering::Relaxed).to_string()));
         let runtime = shared.load_full();
-        let body = crate::telemetry::otlp::export_json(runtime.metrics(), &attributes, SystemTime::now());
+        let usage = runtime.consumer_usage();
+        let body = crate::telemetry::otlp::export_with_usage(runtime.metrics(), &usage, &attributes, SystemTime::now());
         if let Err(e) = control.export_metrics(body).await {
             tracing::debug!(error = %e, "metrics export failed");
         }

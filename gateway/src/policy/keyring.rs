@@ -171,9 +171,18 @@ impl Limits {
     }
 }
 
+/// Requests a consumer (an app) made with its keys, since `started`. Shared by all of
+/// the consumer's keys and carried from keyring to keyring, so the count is cumulative.
+pub struct Usage {
+    pub consumer: String,
+    pub started: SystemTime,
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
 /// A key of the keyring.
 pub struct Key {
     pub consumer: String,
+    usage: Arc<Usage>,
     pub roles: Vec<String>,
     expires_at: Option<SystemTime>,
     revoked: bool,
@@ -191,10 +200,11 @@ impl Key {
         if self.expires_at.is_some_and(|t| now >= t) {
             return Err(KeyRefusal::Expired);
         }
-        match &self.limits {
-            Some(limits) => limits.take(now).map_err(|retry_after| KeyRefusal::Exhausted { retry_after }),
-            None => Ok(()),
+        if let Some(limits) = &self.limits {
+            limits.take(now).map_err(|retry_after| KeyRefusal::Exhausted { retry_after })?;
         }
+        self.usage.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The quotas to count in Redis for this request, when the keyring shares them.
@@ -216,6 +226,7 @@ impl Key {
 #[derive(Default)]
 pub struct Keyring {
     keys: HashMap<[u8; 32], Key>,
+    usage: Vec<Arc<Usage>>,
 }
 
 fn parse_hash(hash: &str) -> Option<[u8; 32]> {
@@ -242,6 +253,7 @@ impl Keyring {
         shared_quotas: bool,
     ) -> Self {
         let mut keys = HashMap::with_capacity(entries.len());
+        let mut usage: HashMap<String, Arc<Usage>> = HashMap::new();
         for e in entries {
             let Some(hash) = parse_hash(&e.hash) else {
                 tracing::warn!(consumer = %e.consumer, "keyring entry with an unreadable hash skipped");
@@ -257,9 +269,24 @@ impl Keyring {
             });
             let expires_at = e.expires_at.as_deref().and_then(crate::time::parse_rfc3339);
             let hex = e.hash.trim_start_matches("sha256:").to_ascii_lowercase();
+            let counter = usage
+                .entry(e.consumer.clone())
+                .or_insert_with(|| {
+                    previous
+                        .and_then(|prev| prev.usage.iter().find(|u| u.consumer == e.consumer).cloned())
+                        .unwrap_or_else(|| {
+                            Arc::new(Usage {
+                                consumer: e.consumer.clone(),
+                                started: SystemTime::now(),
+                                requests: std::sync::atomic::AtomicU64::new(0),
+                            })
+                        })
+                })
+                .clone();
             keys.insert(
                 hash,
                 Key {
+                    usage: counter,
                     consumer: e.consumer.clone(),
                     roles: e.roles.clone(),
                     expires_at,
@@ -269,7 +296,12 @@ impl Keyring {
                 },
             );
         }
-        Self { keys }
+        Self { keys, usage: usage.into_values().collect() }
+    }
+
+    /// Requests per consumer, for the exporters.
+    pub fn usage(&self) -> &[Arc<Usage>] {
+        &self.usage
     }
 
     /// The entry for a presented key.
@@ -337,8 +369,11 @@ mod tests {
         };
         assert!(retry_after > 0 && retry_after <= 86_400);
         assert_eq!(ring.find("k2").unwrap().admit(now), Ok(()), "limits are per key");
+        let used = |r: &Keyring| r.usage()[0].requests.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(used(&ring), 4, "both keys are app-1's; refused requests are not counted");
         // A new keyring with the same plan keeps the count.
         let next = Keyring::build(&[entry("k1", Some("free"))], &plans, Some(&ring), false);
+        assert_eq!(used(&next), 4, "usage carries over to the next keyring");
         assert!(next.find("k1").unwrap().admit(now).is_err());
         // The next day starts afresh.
         let tomorrow = now + Duration::from_secs(86_400);

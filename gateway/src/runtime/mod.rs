@@ -214,6 +214,11 @@ impl Runtime {
         &self.metrics
     }
 
+    /// Requests per API-key consumer (keyring keys), cumulative since each one's start.
+    pub fn consumer_usage(&self) -> Vec<std::sync::Arc<crate::policy::keyring::Usage>> {
+        self.api_keys.as_ref().map(|k| k.keyring().usage().to_vec()).unwrap_or_default()
+    }
+
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
     }

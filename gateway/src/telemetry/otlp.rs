@@ -20,9 +20,22 @@ fn attribute(key: &str, value: &str) -> Value {
     json!({"key": key, "value": {"stringValue": value}})
 }
 
+/// Requests made with each consumer's API keys (keyring keys), a cumulative sum.
+pub const CONSUMER_METRIC: &str = "weir.consumer.requests";
+
 /// The request body of one export. `resource` are the resource attributes (service,
 /// gateway, environment, node, config serial).
 pub fn export_json(registry: &Registry, resource: &[(&str, String)], now: SystemTime) -> String {
+    export_with_usage(registry, &[], resource, now)
+}
+
+/// The same, with the requests of each API-key consumer.
+pub fn export_with_usage(
+    registry: &Registry,
+    usage: &[std::sync::Arc<crate::policy::keyring::Usage>],
+    resource: &[(&str, String)],
+    now: SystemTime,
+) -> String {
     // Bounds in seconds, as the semantic conventions want durations.
     #[allow(clippy::cast_precision_loss)]
     let bounds: Vec<f64> = LATENCY_BOUNDS_MS.iter().map(|ms| *ms as f64 / 1000.0).collect();
@@ -52,17 +65,34 @@ pub fn export_json(registry: &Registry, resource: &[(&str, String)], now: System
         }
     }
     let attributes: Vec<Value> = resource.iter().map(|(k, v)| attribute(k, v)).collect();
+    let mut metrics = vec![json!({
+        "name": DURATION_METRIC,
+        "unit": "s",
+        "description": "Time to response headers, by route and status class",
+        "histogram": {"aggregationTemporality": 2, "dataPoints": points},
+    })];
+    if !usage.is_empty() {
+        let points: Vec<Value> = usage
+            .iter()
+            .map(|u| {
+                json!({
+                    "attributes": [attribute("weir.consumer", &u.consumer)],
+                    "startTimeUnixNano": nanos(u.started),
+                    "timeUnixNano": now,
+                    "asInt": u.requests.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+                })
+            })
+            .collect();
+        metrics.push(json!({
+            "name": CONSUMER_METRIC,
+            "unit": "{request}",
+            "description": "Requests admitted with each consumer's API keys",
+            "sum": {"aggregationTemporality": 2, "isMonotonic": true, "dataPoints": points},
+        }));
+    }
     json!({"resourceMetrics": [{
         "resource": {"attributes": attributes},
-        "scopeMetrics": [{
-            "scope": {"name": "weir", "version": crate::VERSION},
-            "metrics": [{
-                "name": DURATION_METRIC,
-                "unit": "s",
-                "description": "Time to response headers, by route and status class",
-                "histogram": {"aggregationTemporality": 2, "dataPoints": points},
-            }],
-        }],
+        "scopeMetrics": [{"scope": {"name": "weir", "version": crate::VERSION}, "metrics": metrics}],
     }]})
     .to_string()
 }
@@ -119,7 +149,13 @@ pub async fn export_to_collectors(collectors: Collectors, runtime: crate::runtim
     tick.tick().await;
     loop {
         tick.tick().await;
-        let body = bytes::Bytes::from(export_json(runtime.load_full().metrics(), &resource, SystemTime::now()));
+        let current = runtime.load_full();
+        let body = bytes::Bytes::from(export_with_usage(
+            current.metrics(),
+            &current.consumer_usage(),
+            &resource,
+            SystemTime::now(),
+        ));
         for url in &collectors.urls {
             let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
             *request.method_mut() = http::Method::POST;

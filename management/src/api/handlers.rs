@@ -471,6 +471,10 @@ pub(super) async fn receive_metrics(
     let points = crate::domain::traffic::points_from_otlp(&export, &caller.actor).map_err(ApiError::BadRequest)?;
     let env = s.store.environment(&gateway, &environment).await?;
     s.store.ingest_metrics(env.id, &points).await?;
+    let usage = crate::domain::traffic::usage_from_otlp(&export, &caller.actor);
+    if !usage.is_empty() {
+        s.store.ingest_usage(env.id, &usage).await?;
+    }
     Ok(Json(json!({"partialSuccess": {}})).into_response())
 }
 

@@ -97,6 +97,36 @@ pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>,
     Ok(points)
 }
 
+/// The per-consumer request counts of an export (`weir.consumer.requests`).
+pub fn usage_from_otlp(body: &Value, node_fallback: &str) -> Vec<crate::store::metrics::Usage> {
+    let mut out = Vec::new();
+    for rm in body.get("resourceMetrics").and_then(Value::as_array).into_iter().flatten() {
+        let resource = attributes(rm.pointer("/resource/attributes").unwrap_or(&Value::Null));
+        let node_id = resource.get("service.instance.id").cloned().unwrap_or_else(|| node_fallback.to_owned());
+        for sm in rm.get("scopeMetrics").and_then(Value::as_array).into_iter().flatten() {
+            for metric in sm.get("metrics").and_then(Value::as_array).into_iter().flatten() {
+                if metric.get("name").and_then(Value::as_str) != Some("weir.consumer.requests") {
+                    continue;
+                }
+                for dp in metric.pointer("/sum/dataPoints").and_then(Value::as_array).into_iter().flatten() {
+                    let attrs = attributes(dp.get("attributes").unwrap_or(&Value::Null));
+                    let Some(consumer) = attrs.get("weir.consumer") else { continue };
+                    let time_ns: i128 =
+                        dp.get("timeUnixNano").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    out.push(crate::store::metrics::Usage {
+                        node_id: node_id.clone(),
+                        consumer: consumer.clone(),
+                        start_ns: dp.get("startTimeUnixNano").and_then(Value::as_str).unwrap_or("0").to_owned(),
+                        time_ms: i64::try_from(time_ns / 1_000_000).unwrap_or(0),
+                        requests: int(dp.get("asInt")).unwrap_or(0),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A latency percentile (0..1) from bucket counts, interpolated inside its bucket.
 pub fn percentile(buckets: &[i64; BUCKETS], q: f64) -> Option<f64> {
     let total: i64 = buckets.iter().sum();

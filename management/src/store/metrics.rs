@@ -27,6 +27,16 @@ pub struct Point {
     pub buckets: [i64; BUCKETS],
 }
 
+/// A consumer's cumulative request count from one node.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub node_id: String,
+    pub consumer: String,
+    pub start_ns: String,
+    pub time_ms: i64,
+    pub requests: i64,
+}
+
 /// One minute of one series.
 #[derive(Debug, Clone)]
 pub struct Minute {
@@ -180,6 +190,10 @@ impl Store {
         .await?;
         let folded = sqlx::query("DELETE FROM metric_minutes WHERE minute < $1").bind(cutoff).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM metric_hours WHERE hour < $1").bind(before_hour).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM consumer_minutes WHERE minute < $1")
+            .bind(before_hour.saturating_mul(60))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(folded.rows_affected())
     }
@@ -195,5 +209,68 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(minute_from_row).collect()
+    }
+
+    /// Folds consumers' cumulative counts into per-minute usage (resets count from zero).
+    pub async fn ingest_usage(&self, environment_id: i64, points: &[Usage]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for p in points {
+            let last = sqlx::query(
+                "SELECT start_ns, requests FROM consumer_series WHERE environment_id = $1 AND node_id = $2 \
+                 AND consumer = $3",
+            )
+            .bind(environment_id)
+            .bind(&p.node_id)
+            .bind(&p.consumer)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut delta = p.requests;
+            if let Some(last) = last {
+                let (start, count): (String, i64) = (get(&last, "start_ns")?, get(&last, "requests")?);
+                if start == p.start_ns && p.requests >= count {
+                    delta -= count;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO consumer_series (environment_id, node_id, consumer, start_ns, requests) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (environment_id, node_id, consumer) DO UPDATE SET \
+                 start_ns = excluded.start_ns, requests = excluded.requests",
+            )
+            .bind(environment_id)
+            .bind(&p.node_id)
+            .bind(&p.consumer)
+            .bind(&p.start_ns)
+            .bind(p.requests)
+            .execute(&mut *tx)
+            .await?;
+            if delta > 0 {
+                sqlx::query(
+                    "INSERT INTO consumer_minutes (environment_id, minute, consumer, node_id, requests) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (environment_id, minute, consumer, node_id) DO UPDATE SET \
+                     requests = consumer_minutes.requests + excluded.requests",
+                )
+                .bind(environment_id)
+                .bind(p.time_ms / 60_000)
+                .bind(&p.consumer)
+                .bind(&p.node_id)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Requests of each consumer since `since_minute`, over every environment.
+    pub async fn consumer_requests(&self, since_minute: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT consumer, CAST(SUM(requests) AS BIGINT) AS requests FROM consumer_minutes WHERE minute >= $1 \
+             GROUP BY consumer",
+        )
+        .bind(since_minute)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok((get(r, "consumer")?, get(r, "requests")?))).collect()
     }
 }

@@ -74,6 +74,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "portal", include_str!("../../../migrations/postgres/0003_portal.sql")),
     (4, "metrics", include_str!("../../../migrations/postgres/0004_metrics.sql")),
     (5, "metric hours", include_str!("../../../migrations/postgres/0005_metric_hours.sql")),
+    (6, "consumer usage", include_str!("../../../migrations/postgres/0006_consumer_usage.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
@@ -81,6 +82,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "portal", include_str!("../../../migrations/sqlite/0003_portal.sql")),
     (4, "metrics", include_str!("../../../migrations/sqlite/0004_metrics.sql")),
     (5, "metric hours", include_str!("../../../migrations/sqlite/0005_metric_hours.sql")),
+    (6, "consumer usage", include_str!("../../../migrations/sqlite/0006_consumer_usage.sql")),
 ];
 
 impl Store {

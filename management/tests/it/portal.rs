@@ -315,6 +315,18 @@ async fn plans_rotation_and_isolation_between_developers(db: Db) {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(with_key(ports[0], "/orders/1", &old).await.0, StatusCode::OK, "Ada's key still works");
 
+    // The nodes report each app's requests; the tiny plan let exactly two through.
+    let tiny_app = ada_apps.as_array().unwrap().iter().find(|a| a["name"] == "tiny-app").unwrap()["id"].clone();
+    let usage = eventually(Duration::from_secs(10), || async {
+        let (_, usage) = ada.get("/api/v1/usage").await;
+        let tiny = usage.as_array()?.iter().find(|u| u["app_id"] == tiny_app)?.clone();
+        (tiny["last_day"] == 2).then_some(tiny)
+    })
+    .await;
+    assert_eq!(usage.expect("usage reported within 10 s")["last_30_days"], 2);
+    let (_, bob_usage) = bob.get("/api/v1/usage").await;
+    assert_eq!(bob_usage, json!([]), "Bob sees no usage of Ada's apps");
+
     // Signing up again with a known address reads the same as a new one; no token, no API.
     let again = json!({"email": "ada@example.com", "password": "another long password"});
     let (s, _, body) = call("POST", &format!("{portal}/api/v1/signup"), &[], Some(again)).await;
