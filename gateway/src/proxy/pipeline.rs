@@ -68,6 +68,11 @@ struct Merged {
 }
 
 impl Pipeline {
+    /// Keeps counting into `stats` (a previous runtime's, for the same endpoint).
+    pub(crate) fn adopt_stats(&mut self, stats: std::sync::Arc<crate::telemetry::EndpointStats>) {
+        self.stats = stats;
+    }
+
     pub fn compile(
         e: &Endpoint,
         default_hosts: &[String],

@@ -86,8 +86,17 @@ impl Runtime {
             },
         };
         let policies = crate::policy::ServicePolicies::build(&service.extra_config).map_err(CompileError::Policy)?;
-        let router = Router::compile(service, flags, &common, &policies)?;
-        let metrics = router.registry();
+        let mut router = Router::compile(service, flags, &common, &policies)?;
+        let metrics = match previous {
+            Some(p) => {
+                router.adopt_stats(&p.metrics);
+                let mut registry = router.registry();
+                // The counters go on, so their cumulative series keep their start.
+                registry.started = p.metrics.started;
+                registry
+            }
+            None => router.registry(),
+        };
         Ok(Self {
             router,
             client,
@@ -304,3 +313,27 @@ impl Runtime {
 
 /// The runtime a server answers with, replaceable while it serves.
 pub type Shared = Arc<arc_swap::ArcSwap<Runtime>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_runtime_keeps_counting_into_the_old_counters() {
+        let service = |endpoints: &str| {
+            let text = format!(r#"{{"version": 3, "host": ["http://127.0.0.1:9"], "endpoints": [{endpoints}]}}"#);
+            crate::config::parse(&text, crate::config::Format::Json, |_| None).service.unwrap()
+        };
+        let a = r#"{"endpoint": "/a", "backend": [{"url_pattern": "/"}]}"#;
+        let b = r#"{"endpoint": "/b", "backend": [{"url_pattern": "/"}]}"#;
+        let first = Runtime::compile(&service(a), Flags::default()).unwrap();
+        first.metrics.endpoints[0].record(200, std::time::Duration::from_millis(1));
+        let second = Runtime::compile_after(&service(&format!("{a}, {b}")), Flags::default(), Some(&first)).unwrap();
+        assert_eq!(second.metrics.started, first.metrics.started, "the cumulative series go on");
+        let count = |rt: &Runtime, route: &str| {
+            rt.metrics.endpoints.iter().find(|e| e.route() == route).map(|e| e.latency(2).snapshot().0)
+        };
+        assert_eq!(count(&second, "/a"), Some(1), "/a kept its count");
+        assert_eq!(count(&second, "/b"), Some(0), "/b is new");
+    }
+}

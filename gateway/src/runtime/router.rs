@@ -149,6 +149,24 @@ impl Router {
         })
     }
 
+    /// Makes endpoints that `previous` also had keep counting into its counters, so a
+    /// reload or a new bundle does not reset them (and loses nothing between exports).
+    pub fn adopt_stats(&mut self, previous: &crate::telemetry::Registry) {
+        for route in &mut self.routes {
+            if let RouteTarget::Endpoints { methods, .. } = &mut route.target {
+                for (method, pipeline) in methods.iter_mut() {
+                    let same = previous
+                        .endpoints
+                        .iter()
+                        .find(|s| s.route() == route.template && s.method() == method.as_str());
+                    if let Some(stats) = same {
+                        pipeline.adopt_stats(stats.clone());
+                    }
+                }
+            }
+        }
+    }
+
     /// The counters of every endpoint and breaker, for the runtime's exporter.
     pub fn registry(&self) -> crate::telemetry::Registry {
         let mut registry = crate::telemetry::Registry::default();
