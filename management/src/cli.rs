@@ -68,11 +68,11 @@ struct Remote {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the whole suite locally: control plane, a managed gateway node and a demo upstream.
+    /// Start the whole suite locally: control plane, developer portal, a managed gateway node and a demo upstream.
     Dev {
         #[command(flatten)]
         storage: Storage,
-        /// Management API address.
+        /// Address of the management API and the operator UI.
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
         /// Port of the embedded gateway node.
@@ -89,6 +89,7 @@ enum Command {
     Serve {
         #[command(flatten)]
         storage: Storage,
+        /// Address of the management API and the operator UI.
         #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
         /// Private signing key set (JWK Set); default <data-dir>/signing.key.
@@ -169,8 +170,10 @@ struct WebArgs {
     /// OpenID Connect issuer URL; turns on single sign-on.
     #[arg(long, env = "WEIR_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_client_secret", "oidc_role_map"])]
     oidc_issuer: Option<String>,
+    /// The client id Weir is registered with at the provider.
     #[arg(long, env = "WEIR_OIDC_CLIENT_ID")]
     oidc_client_id: Option<String>,
+    /// The client's secret (prefer the environment variable to the command line).
     #[arg(long, env = "WEIR_OIDC_CLIENT_SECRET", hide_env_values = true)]
     oidc_client_secret: Option<String>,
     /// The ID-token claim listing the user's groups.
