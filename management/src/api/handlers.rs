@@ -494,21 +494,24 @@ pub(super) async fn environment_metrics(
     Ok(Json(traffic(&s.store, env.id, q.range.as_deref().unwrap_or("15m")).await?))
 }
 
-/// An environment's traffic figures for a named range.
+/// An environment's traffic figures for a named range, summed by the database.
 pub(crate) async fn traffic(
     store: &crate::store::Store,
     environment_id: i64,
     range: &str,
 ) -> ApiResult<crate::domain::traffic::Traffic> {
-    use crate::domain::traffic::{RANGES, summarize};
-    let minutes = RANGES
+    use crate::domain::traffic::{RANGES, summarize_grouped};
+    use crate::store::metrics::Grouping;
+    let (_, minutes, step) = RANGES
         .iter()
         .find(|r| r.0 == range)
-        .map(|r| r.1)
+        .copied()
         .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}: use 15m, 1h, 24h or 7d")))?;
     let now_minute = now_ms() / 60_000;
-    let since = now_minute - minutes + 1;
-    let mut rows = store.metric_hours(environment_id, since.div_euclid(60)).await?;
-    rows.extend(store.metric_minutes(environment_id, since).await?);
-    summarize(&rows, range, now_minute).ok_or_else(|| ApiError::BadRequest(format!("range {range:?}")))
+    let from = now_minute - minutes + 1;
+    let slots = store.metric_groups(environment_id, from, step, Grouping::Slot).await?;
+    let routes = store.metric_groups(environment_id, from, step, Grouping::Route).await?;
+    let nodes = store.metric_groups(environment_id, from, step, Grouping::Node).await?;
+    summarize_grouped(&slots, &routes, &nodes, range, now_minute)
+        .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}")))
 }

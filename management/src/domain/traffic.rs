@@ -251,12 +251,7 @@ pub fn summarize(rows: &[Minute], range: &str, now_minute: i64) -> Option<Traffi
     let seconds = (minutes * 60) as f64;
     #[allow(clippy::cast_precision_loss)]
     let step_seconds = (step * 60) as f64;
-    let named = |map: BTreeMap<String, Acc>, limit: usize| {
-        let mut v: Vec<Named> = map.into_iter().map(|(name, a)| Named { name, figures: a.figures(seconds) }).collect();
-        v.sort_by(|a, b| b.figures.requests.cmp(&a.figures.requests).then_with(|| a.name.cmp(&b.name)));
-        v.truncate(limit);
-        v
-    };
+    let named = |map: BTreeMap<String, Acc>, limit: usize| ranked(map, seconds, limit);
     Some(Traffic {
         range: name.to_owned(),
         step_minutes: step,
@@ -275,6 +270,38 @@ pub fn summarize(rows: &[Minute], range: &str, now_minute: i64) -> Option<Traffi
         routes: named(routes, 10),
         nodes: named(nodes, 100),
     })
+}
+
+fn ranked(map: BTreeMap<String, Acc>, seconds: f64, limit: usize) -> Vec<Named> {
+    let mut v: Vec<Named> = map.into_iter().map(|(name, a)| Named { name, figures: a.figures(seconds) }).collect();
+    v.sort_by(|a, b| b.figures.requests.cmp(&a.figures.requests).then_with(|| a.name.cmp(&b.name)));
+    v.truncate(limit);
+    v
+}
+
+/// Figures for `range` from rollups the database already summed: by time slot
+/// (totals, status classes, series), by route, and by node.
+pub fn summarize_grouped(
+    slots: &[Minute],
+    by_route: &[Minute],
+    by_node: &[Minute],
+    range: &str,
+    now_minute: i64,
+) -> Option<Traffic> {
+    let mut traffic = summarize(slots, range, now_minute)?;
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (RANGES.iter().find(|r| r.0 == range)?.1 * 60) as f64;
+    let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
+    for m in by_route {
+        routes.entry(format!("{} {}", m.method, m.route)).or_default().add(m);
+    }
+    let mut nodes: BTreeMap<String, Acc> = BTreeMap::new();
+    for m in by_node {
+        nodes.entry(m.node_id.clone()).or_default().add(m);
+    }
+    traffic.routes = ranked(routes, seconds, 10);
+    traffic.nodes = ranked(nodes, seconds, 100);
+    Some(traffic)
 }
 
 #[cfg(test)]

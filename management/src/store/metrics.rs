@@ -60,24 +60,6 @@ fn parse_buckets(s: &str) -> Option<[i64; BUCKETS]> {
     v.try_into().ok()
 }
 
-fn minute_from_row(r: &AnyRow) -> Result<Minute> {
-    let mut buckets = [0i64; BUCKETS];
-    for (i, b) in buckets.iter_mut().enumerate() {
-        *b = get(r, &format!("b{i}"))?;
-    }
-    Ok(Minute {
-        minute: get(r, "minute")?,
-        node_id: get(r, "node_id")?,
-        route: get(r, "route")?,
-        method: get(r, "method")?,
-        status_class: get(r, "status_class")?,
-        serial: get(r, "serial")?,
-        requests: get(r, "requests")?,
-        sum_us: get(r, "sum_us")?,
-        buckets,
-    })
-}
-
 impl Store {
     /// Folds an export's points into the rollups; returns how many requests it added.
     pub async fn ingest_metrics(&self, environment_id: i64, points: &[Point]) -> Result<i64> {
@@ -157,19 +139,6 @@ impl Store {
         Ok(added)
     }
 
-    /// Every minute row of an environment since `since_minute`, oldest first.
-    pub async fn metric_minutes(&self, environment_id: i64, since_minute: i64) -> Result<Vec<Minute>> {
-        let rows = sqlx::query(
-            "SELECT minute, node_id, route, method, status_class, serial, requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 \
-             FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 ORDER BY minute",
-        )
-        .bind(environment_id)
-        .bind(since_minute)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(minute_from_row).collect()
-    }
-
     /// Folds minute rows older than `before_minute` (whole hours only) into hourly rows,
     /// then drops hourly rows older than `before_hour` (retention). Returns the minute
     /// rows folded.
@@ -196,19 +165,6 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(folded.rows_affected())
-    }
-
-    /// Hourly rows since `since_hour`, as minute rows at the start of their hour.
-    pub async fn metric_hours(&self, environment_id: i64, since_hour: i64) -> Result<Vec<Minute>> {
-        let rows = sqlx::query(
-            "SELECT hour * 60 AS minute, node_id, route, method, status_class, serial, requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 \
-             FROM metric_hours WHERE environment_id = $1 AND hour >= $2 ORDER BY hour",
-        )
-        .bind(environment_id)
-        .bind(since_hour)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(minute_from_row).collect()
     }
 
     /// Folds consumers' cumulative counts into per-minute usage (resets count from zero).
@@ -272,5 +228,73 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| Ok((get(r, "consumer")?, get(r, "requests")?))).collect()
+    }
+}
+
+/// How the dashboard groups rollups: by time slot, by route, or by node (each also by
+/// status class). The database does the summing, so a week of a large fleet is a few
+/// hundred rows, not millions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    Slot,
+    Route,
+    Node,
+}
+
+fn grouped_from_row(r: &AnyRow, by: Grouping, from_minute: i64, step: i64) -> Result<Minute> {
+    let mut buckets = [0i64; BUCKETS];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        *b = get(r, &format!("b{i}"))?;
+    }
+    let text = |c: &str| -> Result<String> { get(r, c) };
+    Ok(Minute {
+        minute: if by == Grouping::Slot { from_minute + get::<i64>(r, "slot")? * step } else { from_minute },
+        node_id: if by == Grouping::Node { text("node_id")? } else { String::new() },
+        route: if by == Grouping::Route { text("route")? } else { String::new() },
+        method: if by == Grouping::Route { text("method")? } else { String::new() },
+        status_class: text("status_class")?,
+        serial: 0,
+        requests: get(r, "requests")?,
+        sum_us: get(r, "sum_us")?,
+        buckets,
+    })
+}
+
+impl Store {
+    /// Rollups since `from_minute` (minute and hourly ones together) summed by `by`;
+    /// slots are `step` minutes wide. Rows come back as [`Minute`]s with the grouped-away
+    /// columns empty.
+    pub async fn metric_groups(
+        &self,
+        environment_id: i64,
+        from_minute: i64,
+        step: i64,
+        by: Grouping,
+    ) -> Result<Vec<Minute>> {
+        let (minutes_sql, hours_sql) = match by {
+            Grouping::Slot => (
+                "SELECT (minute - $2) / $3 AS slot, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY (minute - $2) / $3, status_class",
+                "SELECT (hour * 60 - $2) / $3 AS slot, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY (hour * 60 - $2) / $3, status_class",
+            ),
+            Grouping::Route => (
+                "SELECT method, route, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY method, route, status_class",
+                "SELECT method, route, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY method, route, status_class",
+            ),
+            Grouping::Node => (
+                "SELECT node_id, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY node_id, status_class",
+                "SELECT node_id, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY node_id, status_class",
+            ),
+        };
+        let mut out = Vec::new();
+        for sql in [minutes_sql, hours_sql] {
+            let query = sqlx::query(sql).bind(environment_id).bind(from_minute);
+            // Only the slot queries divide by the step; PostgreSQL refuses unused parameters.
+            let query = if by == Grouping::Slot { query.bind(step.max(1)) } else { query };
+            let rows = query.fetch_all(self.pool()).await?;
+            for r in &rows {
+                out.push(grouped_from_row(r, by, from_minute, step)?);
+            }
+        }
+        Ok(out)
     }
 }
