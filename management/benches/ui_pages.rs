@@ -5,6 +5,9 @@
 //! `cargo bench -p weir-management --bench ui_pages` seeds a fresh SQLite database (or
 //! the database in `WEIR_BENCH_DATABASE_URL`, which must be empty), serves it on a
 //! loopback port and times each page over sequential requests. Prints p50/p95/max.
+//!
+//! One environment also gets a week of traffic rollups for 50 nodes x 100 routes (hourly
+//! rows for the week, minute rows for the last hour), for the dashboard's queries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +29,44 @@ const VERSIONS_PER_GATEWAY: usize = 20;
 const NODES_PER_ENVIRONMENT: usize = 10;
 const ENVIRONMENTS: [&str; 3] = ["dev", "staging", "prod"];
 const ROUNDS: usize = 30;
+const TRAFFIC_NODES: i64 = 50;
+const TRAFFIC_ROUTES: i64 = 100;
+
+/// A week of hourly rollups and an hour of minute rollups for one environment.
+async fn seed_traffic(store: &Store, environment_id: i64) {
+    let started = Instant::now();
+    let now_minute = weir_management::store::now_ms() / 60_000;
+    let columns = "environment_id, node_id, route, method, status_class, serial, requests, sum_us, \
+                   b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
+    let mut tx = store.pool().begin().await.unwrap();
+    let mut rows = 0;
+    for (table, time_col, times) in [
+        ("metric_hours", "hour", (now_minute / 60 - 7 * 24..now_minute / 60 - 1).collect::<Vec<_>>()),
+        ("metric_minutes", "minute", (now_minute - 60..=now_minute).collect::<Vec<_>>()),
+    ] {
+        let sql = format!(
+            "INSERT INTO {table} ({time_col}, {columns}) VALUES ($1, $2, $3, $4, 'GET', '2xx', 1, 100, 500000, \
+             10, 30, 30, 20, 5, 3, 1, 1, 0, 0, 0, 0)"
+        );
+        for t in times {
+            for n in 0..TRAFFIC_NODES {
+                for r in 0..TRAFFIC_ROUTES {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(t)
+                        .bind(environment_id)
+                        .bind(format!("node-{n}"))
+                        .bind(format!("/api/resource-{r}/{{id}}"))
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    rows += 1;
+                }
+            }
+        }
+    }
+    tx.commit().await.unwrap();
+    eprintln!("seeded {rows} traffic rollup rows in {:.1} s", started.elapsed().as_secs_f64());
+}
 
 fn config(version: usize) -> String {
     let endpoints: Vec<Value> = (0..12)
@@ -98,6 +139,8 @@ fn main() {
         let key = dir.path().join("signing.key");
         SigningKeys::generate(&key).unwrap();
         seed(&store, &key).await;
+        let prod = store.environment("gw-25", "prod").await.unwrap();
+        seed_traffic(&store, prod.id).await;
 
         let mut w = store.write().await.unwrap();
         let user = store.create_user_in(&mut w.tx, "bench@example.com", "", Role::Admin).await.unwrap();
@@ -125,6 +168,9 @@ fn main() {
             format!("/gateways/gw-25/diff?from=1&to={last}"),
             format!("/gateways/gw-25/promote?env=prod&version={}", last - 1),
             "/gateways/gw-25/environments/prod".into(),
+            "/gateways/gw-25/environments/prod/dashboard?range=1h".into(),
+            "/gateways/gw-25/environments/prod/dashboard?range=24h".into(),
+            "/gateways/gw-25/environments/prod/dashboard?range=7d".into(),
             "/gateways/gw-25/versions/new".into(),
             "/fleet".into(),
             "/tokens".into(),
