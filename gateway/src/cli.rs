@@ -240,35 +240,12 @@ fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Exit
     builder.build().map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
-/// Binds the service's listener and serves `shared` until SIGTERM/SIGINT.
+/// Serves `shared` with the service's listener and exporters until SIGTERM/SIGINT.
 async fn serve(service: &Service, port: Option<u16>, shared: crate::runtime::Shared) -> ExitCode {
-    let settings = match server::Settings::from_service(service) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let listener = match server::bind(server::listen_addr(service, port)) {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
-    let collectors = crate::telemetry::otlp::collectors(&service.extra_config);
-    if !collectors.urls.is_empty() {
-        tracing::info!(collectors = collectors.urls.len(), every = ?collectors.period, "exporting metrics as OTLP/HTTP");
-        tokio::spawn(crate::telemetry::otlp::export_to_collectors(collectors, shared.clone()));
+    match server::run(service, port, shared, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
-    for addr in crate::telemetry::prometheus_addrs(&service.extra_config) {
-        match server::bind(addr) {
-            Ok(l) => {
-                tracing::info!(%addr, "prometheus metrics on /metrics");
-                tokio::spawn(crate::telemetry::serve_prometheus(l, shared.clone()));
-            }
-            Err(e) => return fail(e),
-        }
-    }
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
-    server::serve(listener, settings, shared, server::shutdown_signal()).await;
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
 }
 
 fn run(path: &Path, opts: &RunOptions) -> ExitCode {

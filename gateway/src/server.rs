@@ -139,6 +139,33 @@ fn tls_acceptor(tls: &Tls) -> Result<TlsAcceptor, SetupError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Binds the service's listener and its metric exporters (Prometheus, OTLP collectors),
+/// then serves `shared` until `shutdown`: what `weir run` does, standalone or managed.
+pub async fn run(
+    service: &Service,
+    port: Option<u16>,
+    shared: Shared,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SetupError> {
+    let settings = Settings::from_service(service)?;
+    let listener = bind(listen_addr(service, port))?;
+    let collectors = crate::telemetry::otlp::collectors(&service.extra_config);
+    if !collectors.urls.is_empty() {
+        tracing::info!(collectors = collectors.urls.len(), every = ?collectors.period, "exporting metrics as OTLP/HTTP");
+        tokio::spawn(crate::telemetry::otlp::export_to_collectors(collectors, shared.clone()));
+    }
+    for addr in crate::telemetry::prometheus_addrs(&service.extra_config) {
+        let metrics = bind(addr)?;
+        tracing::info!(%addr, "prometheus metrics on /metrics");
+        tokio::spawn(crate::telemetry::serve_prometheus(metrics, shared.clone()));
+    }
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(addr = %local, endpoints = service.endpoints.len(), tls = service.tls.is_some(), "weir listening");
+    serve(listener, settings, shared, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Serves connections until `shutdown` completes, then stops accepting and waits (up
 /// to the configured bound) for requests in flight.
 pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, shutdown: impl Future<Output = ()>) {

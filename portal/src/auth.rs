@@ -22,20 +22,14 @@ type Keyed<K> =
     governor::RateLimiter<K, governor::state::keyed::DefaultKeyedStateStore<K>, governor::clock::DefaultClock>;
 
 /// Sign-in and sign-up limits per client address and per account.
-pub struct Limits {
+pub(crate) struct Limits {
     sign_in_address: Keyed<IpAddr>,
     sign_in_account: Keyed<String>,
     sign_up_address: Keyed<IpAddr>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Limits {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let per_minute = |n: u32| governor::Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         let per_hour = |n: u32| governor::Quota::per_hour(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Self {

@@ -16,8 +16,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::Limits;
-
 /// A boxed future, so that [`PortalStore`] can be used as a trait object.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, PortalError>> + Send + 'a>>;
 
@@ -187,7 +185,7 @@ pub struct Settings {
 pub struct Portal {
     store: Arc<dyn PortalStore>,
     settings: Arc<Settings>,
-    limits: Arc<Limits>,
+    limits: Arc<auth::Limits>,
     http: weir_gateway::proxy::client::Client,
 }
 
@@ -196,7 +194,7 @@ impl Portal {
         Ok(Self {
             store,
             settings: Arc::new(settings),
-            limits: Arc::new(Limits::new()),
+            limits: Arc::new(auth::Limits::new()),
             http: weir_gateway::proxy::client::build(2).map_err(|e| e.to_string())?,
         })
     }

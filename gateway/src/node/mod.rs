@@ -257,13 +257,11 @@ pub async fn serve_managed(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let (node, runtime, service) = Node::boot(settings).await.map_err(|e| e.to_string())?;
-    let server_settings = crate::server::Settings::from_service(&service).map_err(|e| e.to_string())?;
-    let listener = crate::server::bind(crate::server::listen_addr(&service, port)).map_err(|e| e.to_string())?;
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(runtime));
     let follower = tokio::spawn(node.follow(shared.clone()));
-    crate::server::serve(listener, server_settings, shared, shutdown).await;
+    let served = crate::server::run(&service, port, shared, shutdown).await;
     follower.abort();
-    Ok(())
+    served.map_err(|e| e.to_string())
 }
 
 /// Sends the running runtime's request metrics to the control plane as OTLP, forever.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
@@ -319,13 +319,10 @@ impl Keyring {
     }
 }
 
-/// How long a refusal's `Retry-After` says to wait, at least a second.
-pub fn retry_after(d: Duration) -> u64 {
-    d.as_secs().max(1)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn entry(key: &str, plan: Option<&str>) -> KeyringEntry {

@@ -26,8 +26,6 @@ pub enum Access {
 /// The authenticated caller, for handlers and the audit log.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub token_id: i64,
-    pub role: Role,
     /// A node token's gateway and environment.
     pub scope: Option<(String, String)>,
     /// How the audit log names the caller: `token:<name>`.
@@ -98,5 +96,5 @@ async fn authorize(
         }
     }
     let scope = token.gateway.clone().zip(token.environment.clone());
-    Ok(Some(Caller { token_id: token.id, role: token.role, scope, actor: format!("token:{}", token.name) }))
+    Ok(Some(Caller { scope, actor: format!("token:{}", token.name) }))
 }

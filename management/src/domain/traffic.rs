@@ -228,48 +228,9 @@ pub struct Traffic {
 /// The ranges the dashboard offers: (name, minutes, step in minutes).
 pub const RANGES: [(&str, i64, i64); 4] = [("15m", 15, 1), ("1h", 60, 1), ("24h", 1440, 30), ("7d", 10080, 360)];
 
-/// Figures for `range` ending at `now_minute` (inclusive).
+/// Figures for `range` ending at `now_minute` (inclusive), from rows of any grouping.
 pub fn summarize(rows: &[Minute], range: &str, now_minute: i64) -> Option<Traffic> {
-    let (name, minutes, step) = RANGES.iter().find(|r| r.0 == range).copied()?;
-    let from = now_minute - minutes + 1;
-    let mut total = Acc::default();
-    let mut status: BTreeMap<String, i64> = BTreeMap::new();
-    let steps = usize::try_from(minutes / step).unwrap_or(1);
-    let mut series: Vec<Acc> = (0..steps).map(|_| Acc::default()).collect();
-    let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
-    let mut nodes: BTreeMap<String, Acc> = BTreeMap::new();
-    for m in rows.iter().filter(|m| m.minute >= from && m.minute <= now_minute) {
-        total.add(m);
-        *status.entry(m.status_class.clone()).or_default() += m.requests;
-        if let Some(slot) = usize::try_from((m.minute - from) / step).ok().and_then(|i| series.get_mut(i)) {
-            slot.add(m);
-        }
-        routes.entry(format!("{} {}", m.method, m.route)).or_default().add(m);
-        nodes.entry(m.node_id.clone()).or_default().add(m);
-    }
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = (minutes * 60) as f64;
-    #[allow(clippy::cast_precision_loss)]
-    let step_seconds = (step * 60) as f64;
-    let named = |map: BTreeMap<String, Acc>, limit: usize| ranked(map, seconds, limit);
-    Some(Traffic {
-        range: name.to_owned(),
-        step_minutes: step,
-        from_minute: from,
-        to_minute: now_minute,
-        totals: total.figures(seconds),
-        status,
-        series: series
-            .iter()
-            .enumerate()
-            .map(|(i, a)| SeriesPoint {
-                minute: from + i64::try_from(i).unwrap_or(0) * step,
-                figures: a.figures(step_seconds),
-            })
-            .collect(),
-        routes: named(routes, 10),
-        nodes: named(nodes, 100),
-    })
+    summarize_grouped(rows, rows, rows, range, now_minute)
 }
 
 fn ranked(map: BTreeMap<String, Acc>, seconds: f64, limit: usize) -> Vec<Named> {
@@ -288,20 +249,50 @@ pub fn summarize_grouped(
     range: &str,
     now_minute: i64,
 ) -> Option<Traffic> {
-    let mut traffic = summarize(slots, range, now_minute)?;
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = (RANGES.iter().find(|r| r.0 == range)?.1 * 60) as f64;
+    let (name, minutes, step) = RANGES.iter().find(|r| r.0 == range).copied()?;
+    let from = now_minute - minutes + 1;
+    let in_range = |m: &&Minute| m.minute >= from && m.minute <= now_minute;
+    let mut total = Acc::default();
+    let mut status: BTreeMap<String, i64> = BTreeMap::new();
+    let steps = usize::try_from(minutes / step).unwrap_or(1);
+    let mut series: Vec<Acc> = (0..steps).map(|_| Acc::default()).collect();
+    for m in slots.iter().filter(in_range) {
+        total.add(m);
+        *status.entry(m.status_class.clone()).or_default() += m.requests;
+        if let Some(slot) = usize::try_from((m.minute - from) / step).ok().and_then(|i| series.get_mut(i)) {
+            slot.add(m);
+        }
+    }
     let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
-    for m in by_route {
+    for m in by_route.iter().filter(in_range) {
         routes.entry(format!("{} {}", m.method, m.route)).or_default().add(m);
     }
     let mut nodes: BTreeMap<String, Acc> = BTreeMap::new();
-    for m in by_node {
+    for m in by_node.iter().filter(in_range) {
         nodes.entry(m.node_id.clone()).or_default().add(m);
     }
-    traffic.routes = ranked(routes, seconds, 10);
-    traffic.nodes = ranked(nodes, seconds, 100);
-    Some(traffic)
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (minutes * 60) as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let step_seconds = (step * 60) as f64;
+    Some(Traffic {
+        range: name.to_owned(),
+        step_minutes: step,
+        from_minute: from,
+        to_minute: now_minute,
+        totals: total.figures(seconds),
+        status,
+        series: series
+            .iter()
+            .enumerate()
+            .map(|(i, a)| SeriesPoint {
+                minute: from + i64::try_from(i).unwrap_or(0) * step,
+                figures: a.figures(step_seconds),
+            })
+            .collect(),
+        routes: ranked(routes, seconds, 10),
+        nodes: ranked(nodes, seconds, 100),
+    })
 }
 
 #[cfg(test)]
@@ -330,7 +321,6 @@ mod tests {
             route: route.into(),
             method: "GET".into(),
             status_class: class.into(),
-            serial: 1,
             requests: n,
             sum_us: 0,
             buckets: {

@@ -44,7 +44,7 @@ impl Gateway {
 }
 
 impl Environment {
-    fn from_row(row: &AnyRow) -> Result<Self> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self> {
         Ok(Self {
             id: get(row, "id")?,
             gateway_id: get(row, "gateway_id")?,

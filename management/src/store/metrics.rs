@@ -37,7 +37,7 @@ pub struct Usage {
     pub requests: i64,
 }
 
-/// One minute of one series.
+/// Rollups of one minute (or, grouped, of a slot), one series or a group of them.
 #[derive(Debug, Clone)]
 pub struct Minute {
     pub minute: i64,
@@ -45,7 +45,6 @@ pub struct Minute {
     pub route: String,
     pub method: String,
     pub status_class: String,
-    pub serial: i64,
     pub requests: i64,
     pub sum_us: i64,
     pub buckets: [i64; BUCKETS],
@@ -253,7 +252,6 @@ fn grouped_from_row(r: &AnyRow, by: Grouping, from_minute: i64, step: i64) -> Re
         route: if by == Grouping::Route { text("route")? } else { String::new() },
         method: if by == Grouping::Route { text("method")? } else { String::new() },
         status_class: text("status_class")?,
-        serial: 0,
         requests: get(r, "requests")?,
         sum_us: get(r, "sum_us")?,
         buckets,

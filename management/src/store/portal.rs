@@ -556,10 +556,14 @@ impl Store {
     }
 
     pub async fn environment_by_id(&self, id: i64) -> Result<super::gateways::Environment> {
-        self.all_environments()
-            .await?
-            .into_iter()
-            .find(|e| e.id == id)
-            .ok_or_else(|| StoreError::NotFound(format!("environment {id}")))
+        let row = sqlx::query(
+            "SELECT e.id, e.gateway_id, g.name AS gateway, e.name, e.requires, e.active_version, e.serial, e.created_at \
+             FROM environments e JOIN gateways g ON g.id = e.gateway_id WHERE e.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("environment {id}")))?;
+        super::gateways::Environment::from_row(&row)
     }
 }

@@ -233,25 +233,14 @@ pub(super) async fn sso_callback(
     };
     let mut w = state.store.write().await?;
     let (user_id, created) = state.store.upsert_sso_user(&mut w.tx, &identity.subject, &identity.email, role).await?;
-    if created {
-        w.commit(Change {
-            actor: format!("sso:{}", identity.email),
-            action: "user.create",
-            target: format!("user:{}", identity.email),
-            detail: format!("single sign-on, role {role}"),
-            ..Change::default()
-        })
-        .await?;
-    } else {
-        w.commit(Change {
-            actor: format!("sso:{}", identity.email),
-            action: "user.sso_sign_in",
-            target: format!("user:{}", identity.email),
-            detail: format!("role {role} from groups"),
-            ..Change::default()
-        })
-        .await?;
-    }
+    w.commit(Change {
+        actor: format!("sso:{}", identity.email),
+        action: if created { "user.create" } else { "user.sso_sign_in" },
+        target: format!("user:{}", identity.email),
+        detail: format!("single sign-on, role {role} from groups"),
+        ..Change::default()
+    })
+    .await?;
     let mut response = start_session(&state, user_id, next).await?;
     response.headers_mut().append(header::SET_COOKIE, set_cookie(SSO_COOKIE, "", 0, state.ui.secure_cookies));
     Ok(response)

@@ -139,6 +139,12 @@ impl Signed {
         }
     }
 
+    /// A form that changes something: its CSRF token, then the role it needs.
+    pub fn may(&self, role: Role, csrf: &str) -> Result<(), UiError> {
+        self.check(csrf)?;
+        self.require(role)
+    }
+
     /// An audit actor name for the signed-in account.
     pub fn actor(&self) -> String {
         format!("user:{}", self.user.email)
@@ -207,8 +213,6 @@ pub enum UiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
-    TooManyRequests(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -245,7 +249,6 @@ impl IntoResponse for UiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
-            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "Too many attempts"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
         };
         let (message, operation) = match &self {

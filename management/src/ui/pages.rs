@@ -349,8 +349,7 @@ async fn create_version(
     Path(gw): Path<String>,
     Form(f): Form<VersionForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Operator)?;
+    signed.may(Role::Operator, &f.csrf)?;
     let format = upload::parse_format(&f.format).unwrap_or(Format::Json);
     // Browsers send text areas with CRLF line ends; configs are stored as written on disk.
     let text = f.config.replace("\r\n", "\n");
@@ -493,8 +492,7 @@ async fn promote(
     Path((gw, env)): Path<(String, String)>,
     Form(f): Form<PromoteForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Operator)?;
+    signed.may(Role::Operator, &f.csrf)?;
     let done = control::promote(&state.store, &state.signing_key, &signed.actor(), &gw, &env, f.version).await?;
     Ok(Redirect::to(&format!("/gateways/{gw}/environments/{env}?promoted={}", done.serial)).into_response())
 }
@@ -753,8 +751,7 @@ async fn create_token(
     signed: Signed,
     Form(f): Form<TokenForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     let role = Role::parse(&f.role)
         .filter(|r| *r != Role::Node)
         .ok_or_else(|| UiError::BadRequest("Choose viewer, operator or admin.".into()))?;
@@ -775,8 +772,7 @@ async fn create_node_token(
     signed: Signed,
     Form(f): Form<TokenForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     let (gw, env) =
         f.environment.split_once('/').ok_or_else(|| UiError::BadRequest("Choose an environment.".into()))?;
     let issued =
@@ -804,8 +800,7 @@ async fn revoke_token(
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     control::revoke_token(&state.store, &signed.actor(), id).await?;
     Ok(Redirect::to("/tokens").into_response())
 }
@@ -865,8 +860,7 @@ async fn create_user(
     signed: Signed,
     Form(f): Form<UserForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     let role = parse_operator_role(&f.role)?;
     let email = f.email.trim().to_owned();
     if !email.contains('@') || email.len() > 254 {
@@ -905,8 +899,7 @@ async fn set_role(
     Path(id): Path<i64>,
     Form(f): Form<UserForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     let role = parse_operator_role(&f.role)?;
     let user = state.store.user(id).await?;
     if user.id == signed.user.id && role != Role::Admin {
@@ -1114,8 +1107,7 @@ async fn create_product(
     signed: Signed,
     Form(f): Form<ProductForm>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Operator)?;
+    signed.may(Role::Operator, &f.csrf)?;
     let (gateway, environment) =
         f.environment.split_once('/').ok_or_else(|| UiError::BadRequest("Choose an environment.".into()))?;
     let product = control::NewProduct {
@@ -1138,8 +1130,7 @@ async fn decide_subscription(
     Path((id, decision)): Path<(i64, String)>,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Operator)?;
+    signed.may(Role::Operator, &f.csrf)?;
     let approve = match decision.as_str() {
         "approve" => true,
         "reject" => false,
@@ -1155,8 +1146,7 @@ async fn approve_developer(
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, UiError> {
-    signed.check(&f.csrf)?;
-    signed.require(Role::Admin)?;
+    signed.may(Role::Admin, &f.csrf)?;
     control::approve_developer(&state.store, &signed.actor(), id).await?;
     Ok(Redirect::to("/products").into_response())
 }
