@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every check and test of the project, as CI runs it: formatting, lints, the
-# binaries the end-to-end tests start, then all unit and integration tests.
+# Every check and test of the project, as CI runs it: the deployment files, formatting,
+# lints, the binaries the end-to-end tests start, then all unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,9 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
   step "installing chromium and chromium-driver"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+
+step "deploy/: Dockerfile, Kubernetes manifests, systemd units"
+deploy/check.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

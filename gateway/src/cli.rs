@@ -298,9 +298,7 @@ fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
             Err(e) => return fail(format!("trusted key {e}")),
         }
     }
-    let node_id = args.node_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "node".into(), |h| h.trim().to_owned())
-    });
+    let node_id = args.node_id.clone().or_else(crate::node::hostname).unwrap_or_else(|| "node".into());
     let settings = crate::node::Managed {
         control: args.control.unwrap_or_default(),
         gateway: args.gateway.unwrap_or_default(),

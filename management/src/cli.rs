@@ -30,13 +30,23 @@ struct Storage {
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
     data_dir: PathBuf,
     /// postgres://… or sqlite://… (default: sqlite://<data-dir>/weir.db).
-    #[arg(long, env = "WEIR_DATABASE_URL")]
+    #[arg(long, env = "WEIR_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the database URL (a mounted secret), instead of --database-url.
+    #[arg(long, env = "WEIR_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
 }
 
 impl Storage {
-    fn url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("weir.db").display()))
+    fn url(&self) -> Result<String, String> {
+        if let Some(file) = &self.database_url_file {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            return match text.trim() {
+                "" => Err(format!("{}: the file is empty; it should hold the database URL", file.display())),
+                url => Ok(url.to_owned()),
+            };
+        }
+        Ok(self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("weir.db").display())))
     }
 
     fn signing_key(&self, explicit: Option<&PathBuf>) -> PathBuf {
@@ -45,7 +55,7 @@ impl Storage {
 
     /// Connects and migrates; SQLite's directory is created first.
     async fn open(&self) -> Result<Store, String> {
-        let url = self.url();
+        let url = self.url()?;
         if url.starts_with("sqlite:") {
             std::fs::create_dir_all(&self.data_dir).map_err(|e| format!("{}: {e}", self.data_dir.display()))?;
         }
@@ -264,7 +274,7 @@ pub fn main() -> ExitCode {
             Command::Dev { storage, listen, gateway_port, demo_port, portal_port } => {
                 crate::dev::run(crate::dev::Options {
                     data_dir: storage.data_dir.clone(),
-                    database_url: storage.url(),
+                    database_url: storage.url()?,
                     listen,
                     gateway_port,
                     demo_port,

@@ -234,7 +234,13 @@ async fn sign_bundle(
     action: &'static str,
     before: Option<String>,
 ) -> ApiResult<(i64, String)> {
-    let keys = SigningKeys::load(signing_key).map_err(|e| ApiError::Internal(format!("signing key: {e}")))?;
+    let keys = SigningKeys::load(signing_key).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign: the signing key cannot be read");
+        ApiError::Unavailable(format!(
+            "cannot sign a bundle: the signing key cannot be read ({e}); nothing was promoted. \
+             Restore the key file or create one with `weir-control keys init`"
+        ))
+    })?;
     let key = keys.active();
     let (keyring, plans) = keyring(store, env.id).await?;
     let key_count = keyring.len();

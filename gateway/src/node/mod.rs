@@ -79,10 +79,7 @@ impl Node {
             &settings.node_id,
             &settings.token,
         )?;
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+        let hostname = hostname().unwrap_or_else(|| "unknown".into());
         let mut node = Self { settings, control, state: State::default(), hostname, serial: Arc::default() };
         let cache_file = node.cache_file();
         let fetch_problem = match node.control.fetch(None).await {
@@ -403,4 +400,15 @@ async fn next_hangup(h: &mut Hangups) -> Option<()> {
         let _ = h;
         std::future::pending().await
     }
+}
+
+/// This machine's host name (the kernel's, else `/etc/hostname`, else `$HOSTNAME`), which
+/// names the node by default. Sandboxes such as systemd's `ProcSubset=pid` hide the first.
+pub fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .into_iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .find(|h| !h.is_empty())
 }

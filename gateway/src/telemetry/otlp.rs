@@ -142,8 +142,7 @@ pub fn collectors(extra: &serde_json::Map<String, Value>) -> Collectors {
 /// Sends the current runtime's metrics to each collector every period, forever.
 pub async fn export_to_collectors(collectors: Collectors, runtime: crate::runtime::Shared) {
     let Ok(client) = crate::proxy::client::build(1) else { return };
-    let instance =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let instance = crate::node::hostname().unwrap_or_default();
     let resource = [("service.name", collectors.service_name.clone()), ("service.instance.id", instance)];
     let mut tick = tokio::time::interval(collectors.period);
     tick.tick().await;

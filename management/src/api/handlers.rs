@@ -29,8 +29,17 @@ fn created(value: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
+/// Liveness: the process answers. It does not touch the database, so an outage of the
+/// database does not get healthy control-plane processes restarted.
 pub(super) async fn health(State(s): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "database": format!("{:?}", s.store.kind()).to_lowercase() }))
+}
+
+/// Readiness: the database answers within a second (503 otherwise), so a load balancer
+/// sends callers only to control-plane replicas that can serve them.
+pub(super) async fn ready(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    s.store.ping(std::time::Duration::from_secs(1)).await?;
+    Ok(Json(json!({ "status": "ready" })))
 }
 
 pub(super) async fn openapi() -> Json<Value> {

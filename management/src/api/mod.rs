@@ -89,6 +89,18 @@ pub fn operations() -> Vec<(Operation, MethodRouter<AppState>)> {
         (
             op(
                 Method::GET,
+                "/api/v1/ready",
+                "ready",
+                "Readiness: the database answers (503 unavailable otherwise)",
+                Access::Public,
+                None,
+                (200, "Ready"),
+            ),
+            on(MethodFilter::GET, h::ready),
+        ),
+        (
+            op(
+                Method::GET,
                 "/api/v1/openapi.json",
                 "openapi",
                 "This document",

@@ -46,6 +46,10 @@ pub fn document() -> Value {
         if op.id == "promote" || op.id.starts_with("create") {
             responses.insert("409".into(), error.clone());
         }
+        // Any operation that reads the database answers 503 while it is unreachable.
+        if op.id != "health" && op.id != "openapi" {
+            responses.insert("503".into(), error.clone());
+        }
         if op.id == "getBundle" {
             responses.insert("304".into(), json!({ "description": "Not modified since the ETag sent" }));
         }

@@ -45,6 +45,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -54,6 +56,18 @@ impl StoreError {
             Self::Db(sqlx::Error::Database(e)) => e.is_unique_violation(),
             _ => false,
         }
+    }
+
+    /// Whether the database could not be reached (down, restarting, pool exhausted), as
+    /// opposed to refusing a query: the caller may retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(_)
+                | Self::Db(
+                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+                )
+        )
     }
 }
 
@@ -100,7 +114,8 @@ impl Store {
         let options = AnyPoolOptions::new()
             // SQLite has one writer at a time anyway; a few readers beside it are plenty.
             .max_connections(if kind == Kind::Sqlite { 4 } else { 10 })
-            .acquire_timeout(Duration::from_secs(10));
+            // A database that cannot be reached within this answers 503, not a hang.
+            .acquire_timeout(Duration::from_secs(5));
         let options = if kind == Kind::Sqlite {
             options.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -121,6 +136,14 @@ impl Store {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// Whether the database answers a trivial query within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<()> {
+        match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(done) => done.map(drop).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", within.as_millis()))),
+        }
     }
 
     /// The connection pool, for tools and tests that need raw SQL.

@@ -213,6 +213,8 @@ pub enum UiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -221,6 +223,10 @@ impl From<StoreError> for UiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(format!("There is no {what}.")),
             StoreError::Conflict(m) => Self::BadRequest(m),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable("The database is unavailable. Try again in a moment.".into())
+            }
             e => Self::Internal(e.to_string()),
         }
     }
@@ -232,6 +238,7 @@ impl From<ApiError> for UiError {
             ApiError::Forbidden(m) => Self::Forbidden(m),
             ApiError::NotFound(m) | ApiError::NoBundle(m) => Self::NotFound(m),
             ApiError::Internal(m) => Self::Internal(m),
+            ApiError::Unavailable(m) => Self::Unavailable(m),
             e => Self::BadRequest(e.to_string()),
         }
     }
@@ -249,6 +256,7 @@ impl IntoResponse for UiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
         };
         let (message, operation) = match &self {

@@ -8,6 +8,7 @@ mod cli;
 mod fleet;
 mod oidc;
 mod portal;
+mod resilience;
 mod support;
 mod traffic;
 mod ui;

@@ -127,10 +127,21 @@ pub async fn spawn_app_with(db: Db, heartbeat: Duration) -> TestApp {
 /// The control plane with UI settings made once its address is known (SSO needs it).
 pub async fn spawn_app_full(db: Db, heartbeat: Duration, ui: impl FnOnce(SocketAddr) -> UiSettings) -> TestApp {
     let test_db = TestDb::new(db).await;
+    let url = test_db.url.clone();
+    spawn_app_at(test_db, &url, heartbeat, ui).await
+}
+
+/// The control plane on `test_db`, reaching it through `url` (e.g. a proxy in front of it).
+pub async fn spawn_app_at(
+    test_db: TestDb,
+    url: &str,
+    heartbeat: Duration,
+    ui: impl FnOnce(SocketAddr) -> UiSettings,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let signing_key = dir.path().join("signing.key");
     SigningKeys::generate(&signing_key).expect("signing key");
-    let store = Store::connect(&test_db.url).await.expect("connect");
+    let store = Store::connect(url).await.expect("connect");
     store.migrate().await.expect("migrate");
     let admin =
         weir_management::control::issue_token(&store, "test", "admin", Role::Admin, None).await.expect("admin token");
