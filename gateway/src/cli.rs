@@ -51,6 +51,26 @@ enum Command {
     /// Sign, verify and inspect config bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Security lint of a config: findings with rule ids and severities (see --rules).
+    Audit {
+        #[arg(short, long, default_value = "./krakend.json")]
+        config: PathBuf,
+        /// Show findings of this severity and above: low, medium, high, critical.
+        #[arg(short, long, default_value = "low")]
+        severity: String,
+        /// Exit 1 when a finding of this severity or above is shown.
+        #[arg(long, default_value = "high")]
+        fail_on: String,
+        /// Rule ids to skip, comma-separated (e.g. WA701,WA702).
+        #[arg(short, long, value_delimiter = ',')]
+        ignore: Vec<String>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        /// List the rules and exit.
+        #[arg(long)]
+        rules: bool,
+    },
     /// Validate a config file and report every problem with its path.
     Check {
         #[arg(short, long, default_value = "./krakend.json")]
@@ -148,6 +168,9 @@ pub fn main() -> ExitCode {
             println!("Weir Version {}", crate::VERSION);
             ExitCode::SUCCESS
         }
+        Command::Audit { config, severity, fail_on, ignore, json, rules } => {
+            audit(&config, &severity, &fail_on, &ignore, json, rules)
+        }
         Command::Check { config, lint, allow_unsupported, test_routes: _, debug } => {
             check(&config, lint, allow_unsupported, debug)
         }
@@ -216,6 +239,58 @@ fn check(path: &Path, lint: bool, allow_unsupported: bool, debug: bool) -> ExitC
     }
     println!("Syntax OK! {} endpoint(s)", service.endpoints.len());
     ExitCode::SUCCESS
+}
+
+fn audit(path: &Path, severity: &str, fail_on: &str, ignore: &[String], json: bool, rules: bool) -> ExitCode {
+    use crate::audit::{RULES, Severity};
+    if rules {
+        for r in RULES {
+            println!("{}  {:<8}  {}", r.id, r.severity.label(), r.summary);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let (Some(shown), Some(failing)) = (Severity::parse(severity), Severity::parse(fail_on)) else {
+        return fail("severities are low, medium, high or critical");
+    };
+    if let Some(unknown) = ignore.iter().find(|id| !RULES.iter().any(|r| r.id == id.as_str())) {
+        return fail(format!("unknown rule {unknown:?} (weir audit --rules lists them)"));
+    }
+    // Audit only what would run: an invalid config gets check's report instead.
+    let Checked { service, report } = config::load(path);
+    if service.is_none() {
+        print_report(&report, false);
+        return fail(format!("{}: the config is invalid; fix it (weir check) before auditing it", path.display()));
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let root = match config::to_value(&text, config::Format::from_path(path)) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let findings: Vec<_> = crate::audit::audit(&root)
+        .into_iter()
+        .filter(|f| f.severity >= shown && !ignore.iter().any(|id| id == f.rule))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings).unwrap_or_default());
+    } else {
+        for f in &findings {
+            println!("{:<8}  {}  {}: {}", f.severity.label(), f.rule, f.path, f.message);
+        }
+        let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+        println!(
+            "{}: {} finding(s): {} critical, {} high, {} medium, {} low",
+            path.display(),
+            findings.len(),
+            count(Severity::Critical),
+            count(Severity::High),
+            count(Severity::Medium),
+            count(Severity::Low)
+        );
+    }
+    if findings.iter().any(|f| f.severity >= failing) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 struct RunOptions {

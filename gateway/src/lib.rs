@@ -7,6 +7,7 @@
 //! could have been prepared when the config was compiled.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod bundle;
 pub mod cli;
 pub mod config;

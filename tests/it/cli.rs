@@ -172,3 +172,54 @@ fn version_prints_the_build() {
     let out = Command::new(weir_bin()).arg("version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Weir Version "));
 }
+
+fn audit(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(weir_bin()).arg("audit").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn audit_reports_findings_with_rule_ids_and_fails_on_high_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let risky = write(
+        &dir,
+        "risky.yaml",
+        "version: 3\ndebug_endpoint: true\nextra_config:\n  security/cors:\n    allow_origins: ['*']\n    allow_credentials: true\n\
+         endpoints:\n  - endpoint: /orders\n    method: POST\n    backend: [{host: ['http://b'], url_pattern: /orders}]\n",
+    );
+    let path = risky.to_str().unwrap();
+    let (code, out, _) = audit(&["-c", path]);
+    assert_eq!(code, 1, "high findings fail: {out}");
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("HIGH") && first.contains("WA"), "most severe first: {out}");
+    assert!(out.contains("WA101  endpoints[0]: POST /orders changes data"), "{out}");
+    for id in ["WA201", "WA301", "WA401", "WA701", "WA702"] {
+        assert!(out.contains(id), "{id}: {out}");
+    }
+    assert!(out.contains("finding(s): 0 critical, 2 high, 2 medium, 2 low"), "{out}");
+
+    let (code, out, _) = audit(&["-c", path, "--severity", "high", "--json"]);
+    assert_eq!(code, 1);
+    let findings: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rules: Vec<_> = findings.as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["WA101", "WA201"]);
+    assert_eq!(findings[0]["severity"], "high");
+
+    let (code, out, _) = audit(&["-c", path, "--ignore", "WA101,WA201"]);
+    assert_eq!(code, 0, "only medium and low findings left: {out}");
+    let (code, _, err) = audit(&["-c", path, "--ignore", "WA999"]);
+    assert_eq!((code, err.contains("unknown rule \"WA999\"")), (1, true), "{err}");
+
+    let broken = write(&dir, "broken.json", r#"{"version": 3, "timeout": "soon", "endpoints": []}"#);
+    let (code, _, err) = audit(&["-c", broken.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("timeout: ") && err.contains("fix it (weir check) before auditing it"), "{err}");
+
+    let (code, out, _) = audit(&["--rules"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().count() >= 14 && out.contains("WA102  CRITICAL"), "{out}");
+}
