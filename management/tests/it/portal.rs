@@ -307,6 +307,8 @@ async fn plans_rotation_and_isolation_between_developers(db: Db) {
     let (_, bob_keys) = bob.get("/api/v1/keys").await;
     assert_eq!(bob_keys, json!([]));
     assert_eq!(bob.post(&format!("/api/v1/keys/{old_id}/revoke"), json!({})).await.0, StatusCode::NOT_FOUND);
+    let rotate = bob.post(&format!("/api/v1/keys/{old_id}/rotate"), json!({"grace_hours": 1})).await;
+    assert_eq!(rotate.0, StatusCode::NOT_FOUND);
     assert_eq!(bob.post(&format!("/api/v1/subscriptions/{free}/keys"), json!({})).await.0, StatusCode::NOT_FOUND);
     let (_, ada_apps) = ada.get("/api/v1/apps").await;
     let ada_app = ada_apps[0]["id"].as_i64().unwrap();
