@@ -6,6 +6,7 @@ mod backends;
 mod bundles;
 mod cli;
 mod encodings;
+mod faults;
 mod policies;
 mod routing;
 mod sequential;
