@@ -52,6 +52,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
+step "management API under schemathesis (admin, node, anonymous)"
+tests/api-fuzz.sh
+
 step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

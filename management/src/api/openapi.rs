@@ -9,13 +9,18 @@ fn parameters(path: &str) -> Vec<&str> {
     path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
 }
 
+/// Path parameters that are numbers (versions and ids); the others are names.
+fn is_integer(param: &str) -> bool {
+    matches!(param, "version" | "from" | "to" | "id")
+}
+
 pub fn document() -> Value {
     let mut paths = Map::new();
     for (op, _) in operations() {
         let params: Vec<Value> = parameters(op.path)
             .into_iter()
             .map(|name| {
-                let integer = matches!(name, "version" | "from" | "to" | "id");
+                let integer = is_integer(name);
                 json!({
                     "name": name,
                     "in": "path",
@@ -37,7 +42,9 @@ pub fn document() -> Value {
         if !params.is_empty() {
             responses.insert("404".into(), error.clone());
         }
-        if op.request.is_some() {
+        // A body that is not what the operation reads, or a path number that is not a number.
+        let numbered = parameters(op.path).iter().any(|p| is_integer(p));
+        if op.request.is_some() || numbered {
             responses.insert("400".into(), error.clone());
         }
         if op.id == "createVersion" {
@@ -49,6 +56,10 @@ pub fn document() -> Value {
         // Any operation that reads the database answers 503 while it is unreachable.
         if op.id != "health" && op.id != "openapi" {
             responses.insert("503".into(), error.clone());
+        }
+        if op.id == "exportMetrics" {
+            responses.insert("413".into(), error.clone());
+            responses.insert("415".into(), error.clone());
         }
         if op.id == "getBundle" {
             responses.insert("304".into(), json!({ "description": "Not modified since the ETag sent" }));
