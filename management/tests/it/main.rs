@@ -10,6 +10,7 @@ mod fleet;
 mod oidc;
 mod portal;
 mod resilience;
+mod secrets;
 mod support;
 mod traffic;
 mod ui;
