@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Property-based tests of the management API with schemathesis: it reads the API's own
-# OpenAPI document and sends generated requests to every operation, as an admin, as a node
-# and with no credentials. Every answer must be documented for its operation, match the
+# Property-based tests of the management API and the portal API with schemathesis: it reads
+# each API's own OpenAPI document and sends generated requests to every operation: to the
+# management API as an admin, as a node and with no credentials, to the portal as a signed-in
+# developer and with no credentials. Every answer must be documented for its operation, match the
 # documented schema and media type, and none may be a 5xx. Runs against `weir-control dev`
 # on free loopback ports, in a temporary data directory; stops by itself.
 #
@@ -33,8 +34,9 @@ cleanup() {
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api=$(port)
+portal=$(port)
 WEIR_LOG=warn "$BIN" dev --data-dir "$tmp/data" --listen "127.0.0.1:$api" --gateway-port "$(port)" \
-  --demo-port "$(port)" --portal-port "$(port)" >"$tmp/dev.log" 2>&1 &
+  --demo-port "$(port)" --portal-port "$portal" >"$tmp/dev.log" 2>&1 &
 pid=$!
 for _ in $(seq 200); do
   curl -sf "http://127.0.0.1:$api/api/v1/ready" >/dev/null 2>&1 && break
@@ -46,14 +48,17 @@ node=$(curl -sf -H "Authorization: Bearer $admin" -d '{"name":"api-fuzz"}' \
   "http://127.0.0.1:$api/api/v1/gateways/demo/environments/dev/node-tokens" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
-schema="http://127.0.0.1:$api/api/v1/openapi.json"
+credentials='{"email":"api-fuzz@example.com","password":"a long enough password"}'
+curl -sf -H 'content-type: application/json' -d "$credentials" "http://127.0.0.1:$portal/api/v1/signup" >/dev/null
+developer=$(curl -sf -H 'content-type: application/json' -d "$credentials" "http://127.0.0.1:$portal/api/v1/tokens" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 # Request bodies are documented by example, not by schema, so "a schema-valid body must be
 # accepted" (positive_data_acceptance) does not apply; every other check does.
 checks=(--checks all --exclude-checks positive_data_acceptance --max-examples "$EXAMPLES" --no-color)
 total=0
-run() { # LABEL ARGS...
-  local label=$1
-  shift
+run() { # LABEL SCHEMA ARGS...
+  local label=$1 schema=$2
+  shift 2
   echo "--> schemathesis as $label"
   if ! (cd "$tmp" && "$OLDPWD/$venv/bin/schemathesis" run "$schema" "${checks[@]}" "$@" >"$tmp/$label.txt" 2>&1); then
     sed -n '/FAILURES/,$p' "$tmp/$label.txt" >&2
@@ -65,7 +70,11 @@ run() { # LABEL ARGS...
   echo "    $line"
   total=$((total + ${line%% generated*}))
 }
-run admin -H "Authorization: Bearer $admin" --exclude-method DELETE
-run node -H "Authorization: Bearer $node" --include-path-regex '/(bundle|status|v1/metrics)'
-run anonymous
+management="http://127.0.0.1:$api/api/v1/openapi.json"
+run admin "$management" -H "Authorization: Bearer $admin" --exclude-method DELETE
+run node "$management" -H "Authorization: Bearer $node" --include-path-regex '/(bundle|status|v1/metrics)'
+run anonymous "$management"
+portal_schema="http://127.0.0.1:$portal/api/v1/openapi.json"
+run developer "$portal_schema" -H "Authorization: Bearer $developer"
+run portal-anonymous "$portal_schema"
 echo "api-fuzz: $total generated requests, no failures"

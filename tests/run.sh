@@ -52,7 +52,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
-step "management API under schemathesis (admin, node, anonymous)"
+step "management and portal APIs under schemathesis"
 tests/api-fuzz.sh
 
 step "tests"

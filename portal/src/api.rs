@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<Portal> {
         .route("/api/v1/usage", get(usage_api))
         .route("/api/v1/keys/{id}/revoke", post(revoke_key_api))
         .route("/api/v1/keys/{id}/rotate", post(rotate_key_api))
+        .route("/api/v1/openapi.json", get(|| async { Json(crate::openapi::document()) }))
 }
 
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {

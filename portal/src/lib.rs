@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 pub mod docs;
+pub mod openapi;
 mod pages;
 
 use std::pin::Pin;
