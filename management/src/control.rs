@@ -284,7 +284,7 @@ async fn sign_bundle(
         detail: format!("version {}, serial {serial}, {key_count} key(s)", version.version),
     })
     .await?;
-    store.bundle_signed();
+    store.bundle_signed(env.id, serial, &text);
     Ok((serial, key.kid().to_owned()))
 }
 

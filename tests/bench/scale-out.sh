@@ -237,6 +237,8 @@ RSS_A=$(rss_mb "$NODE_A")
 log "fleet: $NODES simulated nodes, ${STEADY}s steady, 5 promotions"
 stop "$NODE_A"
 stop "$NODE_B"
+db_bytes() { psql -qtA "$POSTGRES_URL/postgres" -c "SELECT pg_database_size('$DB')"; }
+DB0=$(db_bytes)
 c0=$(ticks "$CONTROL_PID") t0=$(date +%s.%N)
 "$BIN/weir-fleet-sim" --control "$CONTROL" --gateway shop --env prod --node-token-file "$TMP/node-token" \
     --admin-token-file "$TMP/admin-token" --nodes "$NODES" --ramp 10s --steady "${STEADY}s" \
@@ -244,6 +246,8 @@ c0=$(ticks "$CONTROL_PID") t0=$(date +%s.%N)
 c1=$(ticks "$CONTROL_PID") t1=$(date +%s.%N)
 CONTROL_CPU=$(awk -v c="$((c1 - c0))" -v hz="$HZ" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", 100 * c / hz / (b - a) }')
 CONTROL_RSS=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$CONTROL_PID/status")
+# Database growth while the fleet ran, per day (metric rollups and node reports).
+DB_PER_DAY=$(awk -v a="$DB0" -v b="$(db_bytes)" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.0f", (b - a) / (e - s) * 86400 / 1048576 }')
 
 # ---------------------------------------------------------------------------------------
 # Report
@@ -274,7 +278,9 @@ lines = [
     f"## {f['nodes']} simulated nodes against one control plane (PostgreSQL)",
     "",
     f"- Steady state {f['steady_s']:.0f} s after a {f['booted_s']:.1f} s rolling start; control plane CPU **$CONTROL_CPU %** "
-    f"of one core over the whole run (start, steady state, promotions), peak RSS $CONTROL_RSS MB.",
+    f"of one core over the whole run (start, steady state, promotions), peak RSS $CONTROL_RSS MB; "
+    f"{f['otlp_export']['count'] / (f['steady_s'] + f['booted_s']):.0f} OTLP exports/s of 20 routes each; "
+    f"the database grew at a rate of $DB_PER_DAY MB/day (the first hour's minute rollups, before any roll-up).",
     f"- Boot bundle fetch: p50 {f['boot_fetch']['p50_ms']:.1f} ms, **p95 {f['boot_fetch']['p95_ms']:.1f} ms**, "
     f"p99 {f['boot_fetch']['p99_ms']:.1f} ms ({f['boot_fetch']['count']} fetches, {f['boot_fetch']['failed']} failed).",
     f"- Status reports: p95 {f['status']['p95_ms']:.1f} ms ({f['status']['count']}, {f['status']['failed']} failed); "

@@ -227,12 +227,21 @@ pub(super) async fn get_bundle(
     let etag = format!("\"{}\"", env.serial);
     if env.serial > 0 && matches(headers.get(header::IF_NONE_MATCH), &etag) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+        let mut woken = false;
         loop {
             // Registered before looking, so a bundle signed in between still wakes us.
             let signed = s.store.bundle_signals().notified();
             tokio::pin!(signed);
             signed.as_mut().enable();
-            if s.store.environment(&gateway, &environment).await?.serial != env.serial {
+            if woken {
+                // This process signed a bundle: answered from memory if it is this
+                // environment's, else back to waiting without asking the database.
+                if let Some((serial, bundle)) = s.store.signed_bundle(env.id)
+                    && serial > env.serial
+                {
+                    return Ok(bundle_response(serial, bundle.to_string(), q.wait > 0));
+                }
+            } else if s.store.environment(&gateway, &environment).await?.serial != env.serial {
                 break;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -246,9 +255,10 @@ pub(super) async fn get_bundle(
                 }
                 return Ok(response);
             }
-            // Other control-plane replicas sign bundles too, without waking us: look again
-            // every few seconds (a fleet of 1,000 waiting nodes costs 200 cheap reads a second).
-            let _ = tokio::time::timeout(left.min(std::time::Duration::from_secs(5)), signed).await;
+            // Other control-plane replicas sign bundles too, without waking us: look in the
+            // database every few seconds (a fleet of 1,000 waiting nodes costs 200 cheap reads
+            // a second).
+            woken = tokio::time::timeout(left.min(std::time::Duration::from_secs(5)), signed).await.is_ok();
         }
     }
     let (serial, bundle) = s
@@ -256,6 +266,10 @@ pub(super) async fn get_bundle(
         .current_bundle(env.id)
         .await?
         .ok_or_else(|| ApiError::NoBundle(format!("{gateway}/{environment} has no promoted version yet")))?;
+    Ok(bundle_response(serial, bundle, q.wait > 0))
+}
+
+fn bundle_response(serial: i64, bundle: String, long_poll: bool) -> Response {
     let mut response = (
         StatusCode::OK,
         [
@@ -266,12 +280,12 @@ pub(super) async fn get_bundle(
         bundle,
     )
         .into_response();
-    if q.wait > 0 {
+    if long_poll {
         response
             .headers_mut()
             .insert(weir_gateway::node::control::LONG_POLL_HEADER, http::HeaderValue::from_static("1"));
     }
-    Ok(response)
+    response
 }
 
 pub(super) async fn report_node_status(

@@ -80,7 +80,13 @@ pub struct Store {
     kind: Kind,
     /// Woken whenever this process signs a new bundle, so long-polling nodes answer at once.
     bundles: std::sync::Arc<tokio::sync::Notify>,
+    /// The newest bundle this process signed per environment: `(serial, JWS)`. Nodes woken
+    /// by a promotion are answered from here, so a fleet's wake-up costs the database nothing.
+    signed: std::sync::Arc<std::sync::Mutex<SignedBundles>>,
 }
+
+/// Environment id -> (serial, JWS) of the newest bundle signed here.
+type SignedBundles = std::collections::HashMap<i64, (i64, std::sync::Arc<str>)>;
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/postgres/0001_control_plane.sql")),
@@ -131,7 +137,7 @@ impl Store {
             options
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, kind, bundles: std::sync::Arc::new(tokio::sync::Notify::new()) })
+        Ok(Self { pool, kind, bundles: std::sync::Arc::default(), signed: std::sync::Arc::default() })
     }
 
     pub fn kind(&self) -> Kind {
@@ -179,9 +185,20 @@ impl Store {
         Ok(Write { tx, seq, prev_hash })
     }
 
-    /// Wakes the requests waiting for a new bundle (call after committing one).
-    pub fn bundle_signed(&self) {
+    /// Records a bundle just committed and wakes the requests waiting for a new one.
+    pub fn bundle_signed(&self, environment_id: i64, serial: i64, bundle: &str) {
+        if let Ok(mut signed) = self.signed.lock() {
+            let newer = signed.get(&environment_id).is_none_or(|(known, _)| *known < serial);
+            if newer {
+                signed.insert(environment_id, (serial, std::sync::Arc::from(bundle)));
+            }
+        }
         self.bundles.notify_waiters();
+    }
+
+    /// The newest bundle this process signed for an environment, if any.
+    pub fn signed_bundle(&self, environment_id: i64) -> Option<(i64, std::sync::Arc<str>)> {
+        self.signed.lock().ok()?.get(&environment_id).cloned()
     }
 
     /// The signal [`Store::bundle_signed`] sends.

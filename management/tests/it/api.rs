@@ -213,6 +213,38 @@ async fn nodes_fetch_signed_bundles_with_etags(db: Db) {
     let changed = app.request(Method::GET, path, Some(&node), &[("if-none-match", &etag)], Bytes::new()).await;
     assert_eq!(changed.status, StatusCode::OK);
     assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
+
+    // Long polls: a promotion elsewhere wakes the wait but does not answer it; one here
+    // answers at once, with the new bundle, from the process that signed it.
+    let etag = changed.headers["etag"].to_str().unwrap().to_owned();
+    let create = app.post("/api/v1/gateways/shop/environments", &app.admin_token, json!({"name": "other"})).await;
+    assert_eq!(create.status, StatusCode::CREATED);
+    let wait = |etag: String| {
+        let (client, url, node) = (app.client(), format!("{}{path}?wait=2", app.url()), node.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let request = http::Request::get(url)
+                .header("authorization", format!("Bearer {node}"))
+                .header("if-none-match", etag)
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            (response.status(), response.headers().get("etag").cloned(), started.elapsed())
+        })
+    };
+    let waiting = wait(etag.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.promote("shop", "other", 1).await.status, StatusCode::OK);
+    let (status, _, took) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::NOT_MODIFIED, "another environment's promotion does not answer this wait");
+    assert!(took >= std::time::Duration::from_secs(2), "held for the whole wait: {took:?}");
+    let waiting = wait(etag);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let promoted = app.promote("shop", "dev", 1).await;
+    let (status, new_etag, took) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(new_etag.unwrap(), format!("\"{}\"", promoted.body["serial"]).as_str());
+    assert!(took < std::time::Duration::from_millis(1500), "answered when signed: {took:?}");
 }
 
 async fn token_roles_and_scopes_are_enforced(db: Db) {

@@ -211,6 +211,11 @@ impl TestApp {
         Answer { status, headers, body, text }
     }
 
+    /// The HTTP client the helpers use, for requests that run beside others.
+    pub fn client(&self) -> weir_gateway::proxy::client::Client {
+        self.client.clone()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Answer {
         self.request(Method::GET, path, Some(token), &[], Bytes::new()).await
     }
