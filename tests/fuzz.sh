@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of the gateway (gateway/fuzz) and of the control plane
+# (management/fuzz) for a fixed time each, then prints a table of executions and crashes.
+#
+#   tests/fuzz.sh            # 600 s per target
+#   tests/fuzz.sh 60         # 60 s per target
+#   tests/fuzz.sh --smoke    # 10 s per target
+#
+# Both crates are built with `cargo +nightly fuzz build -O -a` into target/fuzz: optimised,
+# with AddressSanitizer, and with debug assertions and overflow checks (cargo-fuzz's -O
+# alone turns those off, and an overflow is a finding). Each target reads its committed seeds
+# (<crate>/fuzz/corpus/<target>) and target/fuzz-corpus/<target>, and writes the new
+# inputs it finds only to the latter, so the committed corpus does not churn. Targets
+# listen, when they do, on 127.0.0.1 only, and every run stops by itself
+# (-max_total_time, with `timeout` as a backstop).
+#
+# Exits 1 if a target crashed, timed out or ran out of memory, naming the input that
+# did it (<crate>/fuzz/artifacts/<target>/) and how to replay and minimise it.
+set -Eeuo pipefail
+trap 'echo "fuzz.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CRATES=(gateway/fuzz management/fuzz)
+# libFuzzer's per-input limits: an input taking longer is a hang, one using more is a leak
+# or a blow-up; both are findings.
+PER_INPUT_TIMEOUT=10
+RSS_LIMIT_MB=2048
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case "${1:-600}" in
+  --smoke) SECONDS_PER_TARGET=10 ;;
+  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *[!0-9]* | '') die "usage: tests/fuzz.sh [SECONDS_PER_TARGET | --smoke]" ;;
+  *) SECONDS_PER_TARGET=$1 ;;
+esac
+[ "$SECONDS_PER_TARGET" -gt 0 ] || die "SECONDS_PER_TARGET must be above zero"
+
+# libFuzzer and -Zsanitizer need nightly; cargo-fuzz drives them.
+cargo +nightly --version >/dev/null 2>&1 ||
+  die "no nightly toolchain: install one with \`rustup toolchain install nightly\`"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  log "==> installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+export CARGO_TARGET_DIR="$ROOT/target/fuzz"
+SCRATCH="$ROOT/target/fuzz-corpus"
+LOGS="$ROOT/target/fuzz-logs"
+mkdir -p "$SCRATCH" "$LOGS"
+
+for crate in "${CRATES[@]}"; do
+  log "==> cargo +nightly fuzz build -O -a ($crate)"
+  started=$(date +%s)
+  (cd "$ROOT/$crate" && cargo +nightly fuzz build -O -a)
+  log "    built in $(($(date +%s) - started)) s"
+done
+
+rows=()
+failures=()
+for crate in "${CRATES[@]}"; do
+  targets=$(cd "$ROOT/$crate" && cargo +nightly fuzz list)
+  for target in $targets; do
+    committed="$ROOT/$crate/corpus/$target"
+    scratch="$SCRATCH/$target"
+    logfile="$LOGS/$target.log"
+    mkdir -p "$committed" "$scratch"
+    log "==> $target: ${SECONDS_PER_TARGET} s (log: ${logfile#"$ROOT"/})"
+    started=$(date +%s)
+    status=0
+    # The first corpus directory is where libFuzzer writes what it finds.
+    (cd "$ROOT/$crate" && timeout --kill-after=30 $((SECONDS_PER_TARGET + 300)) \
+      cargo +nightly fuzz run -O -a "$target" "$scratch" "$committed" -- \
+      -max_total_time="$SECONDS_PER_TARGET" -timeout="$PER_INPUT_TIMEOUT" -rss_limit_mb="$RSS_LIMIT_MB" \
+      -print_final_stats=1) >"$logfile" 2>&1 || status=$?
+    elapsed=$(($(date +%s) - started))
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logfile" | tail -1)
+    artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$logfile" | tail -1)
+    if [ "$status" -eq 0 ]; then
+      outcome=0
+    else
+      kind=crash
+      grep -q 'ERROR: libFuzzer: timeout' "$logfile" && kind=timeout
+      grep -q 'ERROR: libFuzzer: out-of-memory' "$logfile" && kind=out-of-memory
+      [ "$status" -eq 124 ] && kind="no exit after $((SECONDS_PER_TARGET + 300)) s"
+      outcome="1 ($kind)"
+      failures+=("$crate|$target|$kind|${artifact:-"(no artifact; see ${logfile#"$ROOT"/})"}")
+    fi
+    rows+=("$target|$elapsed|${execs:-?}|$outcome")
+  done
+done
+
+printf '\n%-14s %8s %14s  %s\n' target seconds execs crashes
+for row in "${rows[@]}"; do
+  IFS='|' read -r target elapsed execs outcome <<<"$row"
+  printf '%-14s %8s %14s  %s\n' "$target" "$elapsed" "$execs" "$outcome"
+done
+
+if [ "${#failures[@]}" -gt 0 ]; then
+  log ""
+  for f in "${failures[@]}"; do
+    IFS='|' read -r crate target kind artifact <<<"$f"
+    log "$target: $kind; input: ${artifact#"$ROOT"/}"
+    log "  replay:   (cd $crate && cargo +nightly fuzz run -O -a $target ${artifact#"$ROOT/$crate"/})"
+    log "  minimise: (cd $crate && cargo +nightly fuzz tmin -O -a $target ${artifact#"$ROOT/$crate"/})"
+  done
+  exit 1
+fi
