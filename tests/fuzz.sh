@@ -85,7 +85,16 @@ for crate in "${CRATES[@]}"; do
       grep -q 'ERROR: libFuzzer: out-of-memory' "$logfile" && kind=out-of-memory
       [ "$status" -eq 124 ] && kind="no exit after $((SECONDS_PER_TARGET + 300)) s"
       outcome="1 ($kind)"
-      failures+=("$crate|$target|$kind|${artifact:-"(no artifact; see ${logfile#"$ROOT"/})"}")
+      input=${artifact#"$ROOT/$crate"/}
+      failures+=("$target: $kind; input: ${artifact:+$crate/}${input:-"(none written; see ${logfile#"$ROOT"/})"}")
+      panic=$(grep -m1 -A1 'panicked at' "$logfile" | tr '\n' ' ' || true)
+      [ -z "$panic" ] || failures+=("  $panic")
+      frame=$(grep -m1 -oE '(gateway|management)/src/[^ ]+:[0-9]+:[0-9]+' "$logfile" || true)
+      [ -z "$frame" ] || failures+=("  first Weir frame: $frame")
+      if [ -n "$artifact" ]; then
+        failures+=("  replay:   (cd $crate && cargo +nightly fuzz run -O -a $target $input)")
+        failures+=("  minimise: (cd $crate && cargo +nightly fuzz tmin -O -a $target $input)")
+      fi
     fi
     rows+=("$target|$elapsed|${execs:-?}|$outcome")
   done
@@ -99,11 +108,6 @@ done
 
 if [ "${#failures[@]}" -gt 0 ]; then
   log ""
-  for f in "${failures[@]}"; do
-    IFS='|' read -r crate target kind artifact <<<"$f"
-    log "$target: $kind; input: ${artifact#"$ROOT"/}"
-    log "  replay:   (cd $crate && cargo +nightly fuzz run -O -a $target ${artifact#"$ROOT/$crate"/})"
-    log "  minimise: (cd $crate && cargo +nightly fuzz tmin -O -a $target ${artifact#"$ROOT/$crate"/})"
-  done
+  for line in "${failures[@]}"; do log "$line"; done
   exit 1
 fi

@@ -16,7 +16,7 @@ use serde_json::Value;
 pub use duration::parse as parse_duration;
 pub use model::*;
 pub use report::{Problem, Report, Unsupported};
-pub use validate::{LIMITS_NAMESPACE, path_params, resp_placeholder};
+pub use validate::{LIMITS_NAMESPACE, MAX_PATH_PARAMS, path_params, resp_placeholder};
 pub(crate) use validate::{is_comment_key, join, kind};
 
 /// The syntax a config file is written in, chosen by its extension.
@@ -204,6 +204,30 @@ mod tests {
         let m = messages(&c);
         assert!(m.iter().any(|e| e.starts_with("endpoints[1].endpoint: GET /a/{id} is declared twice")), "{m:?}");
         assert!(m.iter().any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")), "{m:?}");
+    }
+
+    /// Found by fuzzing: the router panicked on a path with 26 parameters.
+    #[test]
+    fn too_many_path_parameters_are_an_error_not_a_panic() {
+        let path = |n: usize| (0..n).map(|i| format!("/{{p{i}}}")).collect::<String>();
+        let text = |n: usize| {
+            format!(
+                r#"{{"version":3,"host":["http://b"],"endpoints":[{{"endpoint":"{}","backend":[{{"url_pattern":"/"}}]}}]}}"#,
+                path(n)
+            )
+        };
+        let most = check(&text(MAX_PATH_PARAMS));
+        assert!(most.report.errors.is_empty(), "{:?}", most.report.errors);
+        let service = most.service.expect("valid");
+        assert!(
+            crate::runtime::Runtime::compile(&service, Default::default()).is_ok(),
+            "the router takes the largest path"
+        );
+
+        let m = messages(&check(&text(MAX_PATH_PARAMS + 1)));
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].starts_with("endpoints[0].endpoint: "), "{m:?}");
+        assert!(m[0].contains("has 26 parameters; at most 25 are allowed"), "{m:?}");
     }
 
     #[test]

@@ -723,6 +723,10 @@ fn method(r: &mut Reader<'_, '_>, key: &str, default: Method) -> Method {
     }
 }
 
+/// The most `{var}` segments one endpoint path may have: the router's tree renames each
+/// parameter to a single letter while it stores the path.
+pub const MAX_PATH_PARAMS: usize = 25;
+
 /// Names of the `{var}` segments of an endpoint path, in order.
 pub fn path_params(path: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -853,8 +857,12 @@ fn check_path_syntax(route: &str, path: &str, report: &mut Report) {
     if route.contains("/:") {
         report.error(path, format!("{route:?} uses :param; KrakenD v3 configs write parameters as {{param}}"));
     }
+    let params = path_params(route);
+    if params.len() > MAX_PATH_PARAMS {
+        report.error(path, format!("{route:?} has {} parameters; at most {MAX_PATH_PARAMS} are allowed", params.len()));
+    }
     let mut seen = HashSet::new();
-    for p in path_params(route) {
+    for p in params {
         if p.is_empty() {
             report.error(path, format!("{route:?} has an empty parameter name"));
         } else if !seen.insert(p.clone()) {
@@ -1192,6 +1200,10 @@ fn check_routes(endpoints: &[(usize, Endpoint)], router: &RouterOptions, debug: 
         }
         if !seen.insert((e.path.clone(), e.method.clone())) {
             report.error(&path, format!("{} {} is declared twice", e.method, e.path));
+            continue;
+        }
+        // Already reported by `check_path_syntax`, and the router would refuse it.
+        if path_params(&e.path).len() > MAX_PATH_PARAMS {
             continue;
         }
         if inserted.insert(e.path.clone())

@@ -128,6 +128,11 @@ impl Router {
                 }
                 *allow = HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""));
             }
+            let params = crate::config::path_params(&route.template).len();
+            if params > crate::config::MAX_PATH_PARAMS {
+                let reason = format!("{params} parameters; at most {} are allowed", crate::config::MAX_PATH_PARAMS);
+                return Err(CompileError::Route { path: route.template.clone(), reason });
+            }
             exact
                 .insert(route.template.clone(), i)
                 .map_err(|e| CompileError::Route { path: route.template.clone(), reason: e.to_string() })?;

@@ -492,10 +492,11 @@ pub(super) async fn receive_metrics(
     };
     let export: Value = body(&bytes)?;
     let (gateway, environment) = caller.scope.clone().ok_or_else(|| ApiError::Forbidden("not a node token".into()))?;
+    // Both read before anything is stored, so a refused export leaves nothing behind.
     let points = crate::domain::traffic::points_from_otlp(&export, &caller.actor).map_err(ApiError::BadRequest)?;
+    let usage = crate::domain::traffic::usage_from_otlp(&export, &caller.actor).map_err(ApiError::BadRequest)?;
     let env = s.store.environment(&gateway, &environment).await?;
     s.store.ingest_metrics(env.id, &points).await?;
-    let usage = crate::domain::traffic::usage_from_otlp(&export, &caller.actor);
     if !usage.is_empty() {
         s.store.ingest_usage(env.id, &usage).await?;
     }

@@ -39,6 +39,29 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// The largest request count one point may carry: a node serving a million requests a
+/// second reaches it after about 30 years. Larger (or negative) counts are refused, so
+/// the sums over many points and minutes stay far inside `i64`.
+pub const MAX_COUNT: i64 = 1_000_000_000_000_000;
+
+/// A count from an export, or why it cannot be one.
+fn count(v: Option<&Value>, what: &str) -> Result<i64, String> {
+    match v {
+        None => Ok(0),
+        Some(v) => match int(Some(v)) {
+            Some(n) if (0..=MAX_COUNT).contains(&n) => Ok(n),
+            _ => Err(format!("{what} must be a whole number from 0 to {MAX_COUNT}, found {v}")),
+        },
+    }
+}
+
+/// Milliseconds since the epoch from an OTLP nanosecond timestamp; 0 when absent or
+/// out of range.
+fn time_ms(v: Option<&Value>) -> i64 {
+    let ns: i128 = v.and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0);
+    i64::try_from(ns.max(0) / 1_000_000).unwrap_or(0)
+}
+
 /// The request-duration points of an OTLP/HTTP JSON export. `node_fallback` names
 /// the node when the export does not (`service.instance.id`).
 pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>, String> {
@@ -60,7 +83,8 @@ pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>,
                     let counts: Vec<i64> = dp
                         .get("bucketCounts")
                         .and_then(Value::as_array)
-                        .map(|b| b.iter().filter_map(|c| int(Some(c))).collect())
+                        .map(|b| b.iter().map(|c| count(Some(c), "bucketCounts")).collect::<Result<_, _>>())
+                        .transpose()?
                         .unwrap_or_default();
                     let bounds_ok = dp.get("explicitBounds").and_then(Value::as_array).is_some_and(|b| {
                         b.len() == BOUNDS_MS.len()
@@ -73,8 +97,10 @@ pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>,
                     }
                     let mut buckets = [0i64; BUCKETS];
                     buckets.copy_from_slice(&counts);
-                    let time_ns: i128 =
-                        dp.get("timeUnixNano").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    // Seconds in OTLP, microseconds here; NaN becomes 0 and the rest saturates.
+                    let sum_s = dp.get("sum").and_then(Value::as_f64).unwrap_or(0.0);
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+                    let sum_us = (sum_s * 1e6).round().clamp(0.0, MAX_COUNT as f64 * 1e6) as i64;
                     points.push(Point {
                         node_id: node_id.clone(),
                         route: attrs.get("http.route").cloned().unwrap_or_default(),
@@ -82,12 +108,10 @@ pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>,
                         status_class: attrs.get("weir.status_class").cloned().unwrap_or_else(|| "?".into()),
                         serial,
                         start_ns: dp.get("startTimeUnixNano").and_then(Value::as_str).unwrap_or("0").to_owned(),
-                        time_ms: i64::try_from(time_ns / 1_000_000).unwrap_or(0),
+                        time_ms: time_ms(dp.get("timeUnixNano")),
                         cumulative,
-                        requests: int(dp.get("count")).unwrap_or(0),
-                        // Seconds in OTLP, microseconds here.
-                        #[allow(clippy::cast_possible_truncation)]
-                        sum_us: (dp.get("sum").and_then(Value::as_f64).unwrap_or(0.0) * 1e6).round() as i64,
+                        requests: count(dp.get("count"), "count")?,
+                        sum_us,
                         buckets,
                     });
                 }
@@ -98,7 +122,7 @@ pub fn points_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<Point>,
 }
 
 /// The per-consumer request counts of an export (`weir.consumer.requests`).
-pub fn usage_from_otlp(body: &Value, node_fallback: &str) -> Vec<crate::store::metrics::Usage> {
+pub fn usage_from_otlp(body: &Value, node_fallback: &str) -> Result<Vec<crate::store::metrics::Usage>, String> {
     let mut out = Vec::new();
     for rm in body.get("resourceMetrics").and_then(Value::as_array).into_iter().flatten() {
         let resource = attributes(rm.pointer("/resource/attributes").unwrap_or(&Value::Null));
@@ -111,25 +135,24 @@ pub fn usage_from_otlp(body: &Value, node_fallback: &str) -> Vec<crate::store::m
                 for dp in metric.pointer("/sum/dataPoints").and_then(Value::as_array).into_iter().flatten() {
                     let attrs = attributes(dp.get("attributes").unwrap_or(&Value::Null));
                     let Some(consumer) = attrs.get("weir.consumer") else { continue };
-                    let time_ns: i128 =
-                        dp.get("timeUnixNano").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let requests = count(dp.get("asInt"), "asInt")?;
                     out.push(crate::store::metrics::Usage {
                         node_id: node_id.clone(),
                         consumer: consumer.clone(),
                         start_ns: dp.get("startTimeUnixNano").and_then(Value::as_str).unwrap_or("0").to_owned(),
-                        time_ms: i64::try_from(time_ns / 1_000_000).unwrap_or(0),
-                        requests: int(dp.get("asInt")).unwrap_or(0),
+                        time_ms: time_ms(dp.get("timeUnixNano")),
+                        requests,
                     });
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A latency percentile (0..1) from bucket counts, interpolated inside its bucket.
 pub fn percentile(buckets: &[i64; BUCKETS], q: f64) -> Option<f64> {
-    let total: i64 = buckets.iter().sum();
+    let total = buckets.iter().fold(0i64, |sum, n| sum.saturating_add(*n));
     if total <= 0 {
         return None;
     }
@@ -138,14 +161,14 @@ pub fn percentile(buckets: &[i64; BUCKETS], q: f64) -> Option<f64> {
     let mut seen = 0i64;
     for (i, n) in buckets.iter().enumerate() {
         #[allow(clippy::cast_precision_loss)]
-        if *n > 0 && (seen + n) as f64 >= rank {
+        if *n > 0 && seen.saturating_add(*n) as f64 >= rank {
             let lower = if i == 0 { 0.0 } else { BOUNDS_MS[i - 1] };
             let Some(upper) = BOUNDS_MS.get(i) else { return Some(BOUNDS_MS[BOUNDS_MS.len() - 1]) };
             #[allow(clippy::cast_precision_loss)]
             let within = ((rank - seen as f64) / *n as f64).clamp(0.0, 1.0);
             return Some(lower + (upper - lower) * within);
         }
-        seen += n;
+        seen = seen.saturating_add(*n);
     }
     Some(BOUNDS_MS[BOUNDS_MS.len() - 1])
 }
@@ -172,12 +195,13 @@ struct Acc {
 
 impl Acc {
     fn add(&mut self, m: &Minute) {
-        self.requests += m.requests;
+        // Saturating: rows summed by the database are not bounded by `MAX_COUNT`.
+        self.requests = self.requests.saturating_add(m.requests);
         if m.status_class == "5xx" {
-            self.errors += m.requests;
+            self.errors = self.errors.saturating_add(m.requests);
         }
         for (a, b) in self.buckets.iter_mut().zip(m.buckets) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
     }
 
@@ -250,7 +274,7 @@ pub fn summarize_grouped(
     now_minute: i64,
 ) -> Option<Traffic> {
     let (name, minutes, step) = RANGES.iter().find(|r| r.0 == range).copied()?;
-    let from = now_minute - minutes + 1;
+    let from = now_minute.saturating_sub(minutes - 1);
     let in_range = |m: &&Minute| m.minute >= from && m.minute <= now_minute;
     let mut total = Acc::default();
     let mut status: BTreeMap<String, i64> = BTreeMap::new();
@@ -258,7 +282,8 @@ pub fn summarize_grouped(
     let mut series: Vec<Acc> = (0..steps).map(|_| Acc::default()).collect();
     for m in slots.iter().filter(in_range) {
         total.add(m);
-        *status.entry(m.status_class.clone()).or_default() += m.requests;
+        let n = status.entry(m.status_class.clone()).or_default();
+        *n = n.saturating_add(m.requests);
         if let Some(slot) = usize::try_from((m.minute - from) / step).ok().and_then(|i| series.get_mut(i)) {
             slot.add(m);
         }
@@ -311,6 +336,53 @@ mod tests {
         let mut slow = [0i64; BUCKETS];
         slow[BUCKETS - 1] = 1;
         assert_eq!(percentile(&slow, 0.99), Some(10000.0));
+    }
+
+    /// Found by fuzzing: sums over rows near `i64::MAX` overflowed. Such rows cannot come
+    /// from one export any more, but the database sums many rows.
+    #[test]
+    fn huge_rows_saturate_instead_of_overflowing() {
+        let mut buckets = [0i64; BUCKETS];
+        buckets[0] = i64::MAX;
+        buckets[1] = i64::MAX;
+        let row = |minute| Minute {
+            minute,
+            node_id: "n".into(),
+            route: "/a".into(),
+            method: "GET".into(),
+            status_class: "5xx".into(),
+            requests: i64::MAX,
+            sum_us: i64::MAX,
+            buckets,
+        };
+        let t = summarize(&[row(5), row(6)], "15m", i64::MIN + 3).unwrap();
+        assert_eq!(t.totals.requests, 0, "rows after now are out of range");
+        let t = summarize(&[row(5), row(6)], "15m", 10).unwrap();
+        assert_eq!((t.totals.requests, t.totals.errors), (i64::MAX, i64::MAX));
+        assert_eq!(t.status.get("5xx"), Some(&i64::MAX));
+        assert!(t.totals.p50_ms.is_some_and(|p| (0.0..=10.0).contains(&p)));
+    }
+
+    #[test]
+    fn counts_outside_what_a_node_can_send_are_refused() {
+        let export = |count: &str| {
+            serde_json::json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+                {"name": DURATION_METRIC, "histogram": {"dataPoints": [{"count": count, "timeUnixNano": "-1",
+                    "bucketCounts": ["1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0"],
+                    "explicitBounds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]}]}},
+                {"name": "weir.consumer.requests", "sum": {"dataPoints": [{"asInt": count,
+                    "attributes": [{"key": "weir.consumer", "value": {"stringValue": "app"}}]}]}}]}]}]})
+        };
+        let ok = export(&MAX_COUNT.to_string());
+        let points = points_from_otlp(&ok, "n").unwrap();
+        assert_eq!((points[0].requests, points[0].time_ms), (MAX_COUNT, 0));
+        assert_eq!(usage_from_otlp(&ok, "n").unwrap()[0].requests, MAX_COUNT);
+        for bad in [(MAX_COUNT + 1).to_string(), "-1".into(), i64::MAX.to_string(), "1e3".into()] {
+            let e = points_from_otlp(&export(&bad), "n").unwrap_err();
+            assert!(e.starts_with("count must be a whole number from 0 to"), "{bad}: {e}");
+            let e = usage_from_otlp(&export(&bad), "n").unwrap_err();
+            assert!(e.starts_with("asInt must be"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Store {
     /// Folds an export's points into the rollups; returns how many requests it added.
     pub async fn ingest_metrics(&self, environment_id: i64, points: &[Point]) -> Result<i64> {
         let mut tx = self.pool().begin().await?;
-        let mut added = 0;
+        let mut added = 0i64;
         for p in points {
             let (mut requests, mut sum_us, mut buckets) = (p.requests, p.sum_us, p.buckets);
             if p.cumulative {
@@ -84,10 +84,11 @@ impl Store {
                     let last_buckets = parse_buckets(&get::<String>(&last, "buckets")?);
                     // Same series, not reset: only what is new since the last export counts.
                     if let (true, Some(lb)) = (start == p.start_ns && p.requests >= last_requests, last_buckets) {
-                        requests -= last_requests;
-                        sum_us -= get::<i64>(&last, "sum_us")?;
+                        // Saturating: rows stored before counts were bounded may hold anything.
+                        requests = requests.saturating_sub(last_requests);
+                        sum_us = sum_us.saturating_sub(get::<i64>(&last, "sum_us")?).max(0);
                         for (b, l) in buckets.iter_mut().zip(lb) {
-                            *b = (*b - l).max(0);
+                            *b = b.saturating_sub(l).max(0);
                         }
                     }
                 }
@@ -112,7 +113,7 @@ impl Store {
             if requests <= 0 {
                 continue;
             }
-            added += requests;
+            added = added.saturating_add(requests);
             let mut q = sqlx::query(
                 "INSERT INTO metric_minutes (environment_id, minute, node_id, route, method, status_class, serial, \
                  requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
@@ -183,7 +184,7 @@ impl Store {
             if let Some(last) = last {
                 let (start, count): (String, i64) = (get(&last, "start_ns")?, get(&last, "requests")?);
                 if start == p.start_ns && p.requests >= count {
-                    delta -= count;
+                    delta = delta.saturating_sub(count);
                 }
             }
             sqlx::query(

@@ -152,6 +152,14 @@ async fn exports_become_deltas_and_resets_count_from_zero(db: Db) {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     let bad = post(json!({"nothing": true}), node.clone(), vec![]).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Counts no node could reach (found by fuzzing: they overflowed the sums) and negative
+    // counts are refused whole, and the figures are unchanged.
+    for (count, fast) in [(i64::MAX, 0), (-5, -5), (10, -1)] {
+        let a = post(export("9", count, fast), node.clone(), vec![]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "count {count}, fast {fast}: {}", a.text);
+        assert!(a.text.contains("must be a whole number from 0 to"), "{}", a.text);
+    }
+    assert_eq!(metrics(&app, "15m").await["totals"]["requests"], 25);
 
     // Folding minutes into hours keeps every request, and retention drops old hours.
     let now_minute = weir_management::store::now_ms() / 60_000;
