@@ -9,7 +9,7 @@ use weir_management::domain::access::Role;
 use crate::on_both_databases;
 use crate::support::{Db, TestApp, spawn_app};
 
-on_both_databases!(every_route_answers_every_caller_as_declared);
+on_both_databases!(every_route_answers_every_caller_as_declared, every_ui_page_and_form_checks_session_role_and_csrf);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Caller {
@@ -125,4 +125,165 @@ async fn revoked_token(app: &TestApp) -> String {
         .await;
     assert!(revoked.status.is_success(), "{}", revoked.text);
     token
+}
+
+/// The operator UI's routes with the least role each needs; `None`: no session needed.
+/// The test reads the routers' source too, so a route missing here fails it.
+const UI_ROUTES: [(&str, &str, Option<Role>); 32] = [
+    ("GET", "/static/weir.css", None),
+    ("GET", "/static/weir.js", None),
+    ("GET", "/login", None),
+    ("POST", "/login", None),
+    ("GET", "/auth/sso", None),
+    ("GET", "/auth/sso/callback", None),
+    // Signing out needs a session and its CSRF token; tested in ui.rs, where ending
+    // sessions does not get in the way of the matrix.
+    ("POST", "/logout", None),
+    ("POST", "/logout/everywhere", None),
+    ("GET", "/", Some(Role::Viewer)),
+    ("GET", "/fleet", Some(Role::Viewer)),
+    ("GET", "/gateways/{gw}", Some(Role::Viewer)),
+    ("POST", "/gateways/{gw}/versions", Some(Role::Operator)),
+    ("GET", "/gateways/{gw}/versions/new", Some(Role::Operator)),
+    ("GET", "/gateways/{gw}/versions/{n}", Some(Role::Viewer)),
+    ("GET", "/gateways/{gw}/diff", Some(Role::Viewer)),
+    ("GET", "/gateways/{gw}/promote", Some(Role::Operator)),
+    ("GET", "/gateways/{gw}/environments/{env}", Some(Role::Viewer)),
+    ("GET", "/gateways/{gw}/environments/{env}/nodes", Some(Role::Viewer)),
+    ("POST", "/gateways/{gw}/environments/{env}/promote", Some(Role::Operator)),
+    ("GET", "/tokens", Some(Role::Admin)),
+    ("POST", "/tokens", Some(Role::Admin)),
+    ("POST", "/node-tokens", Some(Role::Admin)),
+    ("POST", "/tokens/{id}/revoke", Some(Role::Admin)),
+    ("GET", "/users", Some(Role::Admin)),
+    ("POST", "/users", Some(Role::Admin)),
+    ("POST", "/users/{id}/role", Some(Role::Admin)),
+    ("GET", "/audit", Some(Role::Admin)),
+    ("GET", "/gateways/{gw}/environments/{env}/dashboard", Some(Role::Viewer)),
+    ("GET", "/products", Some(Role::Viewer)),
+    ("POST", "/products", Some(Role::Operator)),
+    ("POST", "/subscriptions/{id}/{decision}", Some(Role::Operator)),
+    ("POST", "/developers/{id}/approve", Some(Role::Admin)),
+];
+
+/// `(method, path)` of every `.route(...)` in the UI routers' source.
+fn ui_routes_in_source() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for source in [include_str!("../../src/ui/mod.rs"), include_str!("../../src/ui/pages.rs")] {
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+            let path = line[8..].split('"').next().unwrap_or_default().to_owned();
+            for (method, call) in [("GET", "get("), ("POST", "post(")] {
+                if line.contains(&format!(" {call}"))
+                    || line.contains(&format!(", {call}"))
+                    || line.contains(&format!(".{call}"))
+                {
+                    out.push((method.to_owned(), path.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A UI path with its parameters filled in, and the query a page needs.
+fn ui_concrete(path: &str) -> String {
+    let path = path
+        .replace("{gw}", "shop")
+        .replace("{env}", "dev")
+        .replace("{n}", "1")
+        .replace("{decision}", "approve")
+        .replace("{id}", "999999");
+    if path.ends_with("/diff") {
+        format!("{path}?from=1&to=1")
+    } else if path.ends_with("/shop/promote") {
+        format!("{path}?env=dev&version=1")
+    } else {
+        path
+    }
+}
+
+/// Every UI route as nobody, as a management API token (the UI takes sessions only), as
+/// each role's session, and every form with a wrong CSRF token: the sign-in redirect,
+/// 403, or the page, as the table says.
+async fn every_ui_page_and_form_checks_session_role_and_csrf(db: Db) {
+    let mut listed: Vec<(String, String)> =
+        UI_ROUTES.iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let mut in_source = ui_routes_in_source();
+    listed.sort();
+    in_source.sort();
+    assert_eq!(listed, in_source, "the table lists exactly the UI routes the source declares");
+
+    let app = spawn_app(db).await;
+    app.gateway("shop", &[("dev", None)]).await;
+    let config = crate::support::config("http://127.0.0.1:9", &[("/a", "/a")]);
+    assert_eq!(app.push("shop", &config, "v1").await.status, StatusCode::CREATED);
+    let password = "a long enough password";
+    let mut sessions = Vec::new();
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let email = format!("matrix-{role}@example.com");
+        app.user(&email, password, role).await;
+        let (_, cookie) = crate::ui::sign_in(&app, &email, password, "/").await;
+        let cookie = cookie.expect("a session");
+        let home = app.request(Method::GET, "/", None, &[("cookie", &cookie)], bytes::Bytes::new()).await;
+        let csrf = crate::ui::hidden(&home.text, "csrf");
+        sessions.push((role, cookie, csrf));
+    }
+
+    let form = |csrf: &str, n: usize| {
+        // Every field any UI form reads, valid for each, so a form that is let through
+        // reaches its handler; unique names, so repeated creations do not collide.
+        format!(
+            "csrf={csrf}&message=matrix&format=json&config=%7B%7D&version=1&name=matrix-{n}&title=Matrix&description=\
+             &role=viewer&environment=dev&email=matrix-new-{n}%40example.com&approval=auto&plans=free"
+        )
+    };
+    let form_headers = |cookie: &str| vec![("cookie".to_owned(), cookie.to_owned())];
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for (n, (method, template, least)) in UI_ROUTES.iter().enumerate() {
+        let Some(least) = least else { continue };
+        let method: Method = method.parse().unwrap();
+        let path = ui_concrete(template);
+        let send = |cookie: Option<String>, token: Option<String>, body: String| {
+            let (app, method, path) = (&app, method.clone(), path.clone());
+            async move {
+                let mut headers = vec![("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned())];
+                if let Some(c) = cookie {
+                    headers.extend(form_headers(&c));
+                }
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let body = if method == Method::GET { String::new() } else { body };
+                app.request(method, &path, token.as_deref(), &headers, body).await
+            }
+        };
+        // No session, and an admin API token instead of a session: the sign-in page.
+        for token in [None, Some(app.admin_token.clone())] {
+            let a = send(None, token.clone(), form("none", n)).await;
+            checked += 1;
+            let location = a.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if a.status != StatusCode::SEE_OTHER || !location.starts_with("/login?next=") {
+                wrong.push(format!("{method} {path} with token {}: {} {location}", token.is_some(), a.status));
+            }
+        }
+        for (role, cookie, csrf) in &sessions {
+            let a = send(Some(cookie.clone()), None, form(csrf, n * 10 + checked)).await;
+            checked += 1;
+            let allowed = role.includes(*least);
+            let refused = a.status == StatusCode::FORBIDDEN;
+            let to_login =
+                a.headers.get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.starts_with("/login"));
+            if a.status.is_server_error() || to_login || refused == allowed {
+                wrong.push(format!("{method} {path} as {role}: {} (needs {least}) {}", a.status, a.text));
+            }
+            if method == Method::POST {
+                let forged = send(Some(cookie.clone()), None, form("forged", n * 10 + checked)).await;
+                checked += 1;
+                if forged.status != StatusCode::FORBIDDEN {
+                    wrong.push(format!("{method} {path} as {role} with a wrong CSRF token: {}", forged.status));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {checked} calls answered otherwise:\n{}", wrong.len(), wrong.join("\n"));
+    println!("UI authorisation matrix: {checked} calls");
 }

@@ -10,22 +10,22 @@ use crate::support::{Answer, Db, TestApp, spawn_app};
 on_both_databases!(sessions_are_cookies_with_csrf_and_end_everywhere, sign_in_is_rate_limited_and_redirects_stay_local);
 
 /// The `name=value` of a Set-Cookie header for `name`.
-fn set_cookie<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
+pub(crate) fn set_cookie<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
     a.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find(|v| v.starts_with(&format!("{name}=")))
 }
 
-fn cookie_pair(set: &str) -> String {
+pub(crate) fn cookie_pair(set: &str) -> String {
     set.split(';').next().unwrap_or_default().to_owned()
 }
 
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker).map(|i| i + marker.len()).expect("hidden field");
     html[start..].split('"').next().unwrap_or_default().to_owned()
 }
 
 /// Signs in over HTTP; returns the login answer and the session cookie pair.
-async fn sign_in(app: &TestApp, email: &str, password: &str, next: &str) -> (Answer, Option<String>) {
+pub(crate) async fn sign_in(app: &TestApp, email: &str, password: &str, next: &str) -> (Answer, Option<String>) {
     let form = app.request(Method::GET, "/login", None, &[], Bytes::new()).await;
     let login_cookie = cookie_pair(set_cookie(&form, "weir_login").expect("login cookie"));
     let csrf = hidden(&form.text, "csrf");
@@ -43,7 +43,7 @@ async fn sign_in(app: &TestApp, email: &str, password: &str, next: &str) -> (Ans
     (a, session)
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
