@@ -1,7 +1,8 @@
 //! No secret is ever stored or logged in plain text: the production processes
 //! (`weir-control serve`, `weir-control portal`, a `weir` node) run at debug log level
 //! while tokens, passwords, sessions and API keys go through them; then the database
-//! files and every log are searched for each secret.
+//! (the SQLite files, or a dump of the PostgreSQL database) and every log are searched
+//! for each secret.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,12 +12,19 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::fleet::{Proc, backend, eventually};
+use crate::on_both_databases;
 use crate::portal::{call, keyed_config, try_call};
-use crate::support::free_port;
+use crate::support::{Db, TestDb, free_port};
 
-fn control(dir: &Path) -> Command {
+on_both_databases!(no_secret_is_stored_or_logged_in_plain_text);
+
+/// `weir-control` on the test's data directory and, for PostgreSQL, its database.
+fn control(dir: &Path, database: Option<&str>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-control"));
-    cmd.env("WEIR_DATA_DIR", dir).env("WEIR_LOG", "debug");
+    cmd.env("WEIR_DATA_DIR", dir).env("WEIR_LOG", "debug").env_remove("WEIR_DATABASE_URL");
+    if let Some(url) = database {
+        cmd.env("WEIR_DATABASE_URL", url);
+    }
     cmd
 }
 
@@ -34,10 +42,16 @@ async fn up(url: &str, proc: &Proc) {
     assert!(ok.is_some(), "{url} never answered:\n{}", proc.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_is_stored_or_logged_in_plain_text() {
+async fn no_secret_is_stored_or_logged_in_plain_text(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
+    // SQLite: the default file in the data directory. PostgreSQL: a database of its own.
+    let postgres = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(TestDb::new(db).await),
+    };
+    let database = postgres.as_ref().map(|d| d.url.as_str());
+    let control = |dir: &Path| control(dir, database);
     let mut init = control(data);
     init.args(["keys", "init"]);
     stdout(init);
@@ -134,8 +148,18 @@ async fn no_secret_is_stored_or_logged_in_plain_text() {
     drop((node, portal_proc, serve)); // flushes the logs and the database
 
     let mut stored = Vec::new();
-    for file in ["weir.db", "weir.db-wal", "weir.db-shm"] {
-        stored.extend(std::fs::read(data.join(file)).unwrap_or_default());
+    match database {
+        None => {
+            for file in ["weir.db", "weir.db-wal", "weir.db-shm"] {
+                stored.extend(std::fs::read(data.join(file)).unwrap_or_default());
+            }
+        }
+        Some(url) => {
+            let dump = Command::new("pg_dump").args(["--data-only", "--dbname", url]).output().unwrap();
+            assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+            stored = dump.stdout;
+            assert!(!data.join("weir.db").exists(), "PostgreSQL was used, not SQLite");
+        }
     }
     let logs: Vec<(String, String)> = ["serve.log", "portal.log", "node.log"]
         .iter()
