@@ -307,11 +307,19 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let workers = workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    // One worker: a single-threaded runtime, which skips the work-stealing scheduler's
+    // cross-thread bookkeeping on every wake-up.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     builder.enable_all();
-    if let Some(n) = workers.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
     builder.build().map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 

@@ -363,13 +363,16 @@ impl Pipeline {
         let result = tokio::time::timeout(self.timeout, backend.send(client, inbound, &[])).await;
         match result {
             Ok(Ok(upstream)) => {
-                let (parts, body) = upstream.into_parts();
-                let mut response = Response::new(Either::Right(body));
-                *response.status_mut() = parts.status;
+                // The backend's response, with its header map kept: only hop-by-hop
+                // headers go, which are rare, so they are looked for before anything moves.
+                let mut response = upstream.map(Either::Right);
+                *response.version_mut() = http::Version::default();
+                response.extensions_mut().clear();
                 let headers = response.headers_mut();
-                for (name, value) in parts.headers.iter() {
-                    if !is_hop_by_hop(name) {
-                        headers.append(name.clone(), value.clone());
+                if headers.keys().any(is_hop_by_hop) {
+                    let hop: Vec<_> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+                    for name in hop {
+                        headers.remove(name);
                     }
                 }
                 // KrakenD marks no-op responses incomplete: it has no data to vouch for.

@@ -25,7 +25,9 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// One keep-alive connection: the handle to send on and the I/O state machine.
+/// One keep-alive connection: the handle to send on and the I/O state machine. Boxed
+/// wherever it goes ([`Pooled`]): it is large, and moves in and out of the pool and
+/// the request's futures on every call.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     conn: Connection<TokioIo<TcpStream>, Full<Bytes>>,
@@ -44,6 +46,8 @@ impl Conn {
         self.conn.poll_without_shutdown(&mut cx).is_pending() && !self.sender.is_closed()
     }
 }
+
+type Pooled = Box<Conn>;
 
 /// A backend's answer, read whole.
 pub struct Answer {
@@ -74,7 +78,7 @@ pub enum CallError {
 
 /// Idle connections by host.
 pub struct Upstreams {
-    idle: Mutex<HashMap<Authority, Vec<Conn>>>,
+    idle: Mutex<HashMap<Authority, Vec<Pooled>>>,
     max_idle_per_host: usize,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -85,7 +89,7 @@ impl Upstreams {
         Self { idle: Mutex::new(HashMap::new()), max_idle_per_host, connect_timeout, idle_timeout }
     }
 
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, authority: &Authority) -> Option<Pooled> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(authority)?;
         while let Some(mut c) = list.pop() {
@@ -96,16 +100,20 @@ impl Upstreams {
         None
     }
 
-    fn checkin(&self, authority: &Authority, c: Conn) {
+    fn checkin(&self, authority: &Authority, mut c: Pooled) {
         if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(authority.clone()).or_default();
+            let list = match idle.get_mut(authority) {
+                Some(list) => list,
+                None => idle.entry(authority.clone()).or_default(),
+            };
             if list.len() < self.max_idle_per_host {
-                list.push(Conn { idle_since: Instant::now(), ..c });
+                c.idle_since = Instant::now();
+                list.push(c);
             }
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, CallError> {
+    async fn connect(&self, authority: &Authority) -> Result<Pooled, CallError> {
         let port = authority.port_u16().unwrap_or(80);
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((authority.host(), port)))
             .await
@@ -113,7 +121,7 @@ impl Upstreams {
             .map_err(CallError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(tcp)).await?;
-        Ok(Conn { sender, conn, idle_since: Instant::now() })
+        Ok(Box::new(Conn { sender, conn, idle_since: Instant::now() }))
     }
 
     /// Sends `request` to `authority` and reads the answer, keeping the connection
@@ -148,7 +156,7 @@ impl Upstreams {
         exchange: F,
     ) -> Result<T, CallError>
     where
-        F: Fn(Conn, Request<Full<Bytes>>) -> Fut,
+        F: Fn(Pooled, Request<Full<Bytes>>) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
         let (parts, body) = origin_form(authority, request);
@@ -174,7 +182,7 @@ impl Upstreams {
     async fn head(
         self: &Arc<Self>,
         authority: &Authority,
-        mut c: Conn,
+        mut c: Pooled,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Streamed>, CallError> {
         let pending = c.sender.send_request(request);
@@ -193,7 +201,7 @@ impl Upstreams {
     async fn exchange(
         &self,
         authority: &Authority,
-        mut c: Conn,
+        mut c: Pooled,
         request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> Result<Answer, CallError> {
@@ -222,7 +230,7 @@ impl Upstreams {
 /// at the end of the body the connection goes back to its pool.
 pub struct Streamed {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Pooled>,
     /// Where the connection returns when the body ends, if it may be reused.
     home: Option<(Weak<Upstreams>, Authority)>,
 }
