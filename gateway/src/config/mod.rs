@@ -206,6 +206,22 @@ mod tests {
         assert!(m.iter().any(|e| e.starts_with("endpoints[2].endpoint: /__health is reserved")), "{m:?}");
     }
 
+    #[test]
+    fn only_grpc_otlp_exporters_are_reported_unsupported() {
+        let with = |exporter: &str| {
+            check(&format!(
+                r#"{{"version":3,"host":["http://b"],"extra_config":{{"telemetry/opentelemetry":{{"exporters":{{"otlp":[{exporter}]}}}}}},
+                   "endpoints":[{{"endpoint":"/a","backend":[{{"url_pattern":"/"}}]}}]}}"#
+            ))
+            .report
+            .unsupported
+        };
+        assert!(with(r#"{"name":"c","host":"collector","port":4318,"use_http":true}"#).is_empty());
+        let grpc = with(r#"{"name":"c","host":"collector","port":4317}"#);
+        assert_eq!(grpc.len(), 1, "{grpc:?}");
+        assert!(grpc[0].namespace.contains("gRPC") && !grpc[0].blocking);
+    }
+
     /// Found by fuzzing: the router panicked on a path with 26 parameters.
     #[test]
     fn too_many_path_parameters_are_an_error_not_a_panic() {

@@ -674,11 +674,15 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: &policy::ServiceD
         };
         if policy::supports(policy_scope, ns) {
             let at = join(path, ns);
-            if ns == "telemetry/opentelemetry" && extra[ns].get("exporters").and_then(|e| e.get("otlp")).is_some() {
-                // Only the Prometheus exporter runs so far; OTLP export is reported, not hidden.
+            let grpc = extra[ns]
+                .pointer("/exporters/otlp")
+                .and_then(Value::as_array)
+                .is_some_and(|e| e.iter().any(|e| e.get("use_http").and_then(Value::as_bool) != Some(true)));
+            if ns == "telemetry/opentelemetry" && grpc {
+                // OTLP/HTTP exporters run; gRPC ones are reported, not hidden.
                 report.unsupported.push(Unsupported {
                     path: at.clone(),
-                    namespace: "telemetry/opentelemetry exporters.otlp".into(),
+                    namespace: "telemetry/opentelemetry exporters.otlp without use_http (gRPC)".into(),
                     blocking: false,
                 });
             }

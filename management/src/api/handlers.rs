@@ -453,6 +453,8 @@ pub(super) async fn put_product_openapi(
 
 /// Exports larger than this (compressed or not) are refused with 413.
 const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
+/// OTLP/HTTP's protobuf media type.
+const PROTOBUF: &str = "application/x-protobuf";
 
 pub(super) async fn receive_metrics(
     State(s): State<AppState>,
@@ -466,8 +468,9 @@ pub(super) async fn receive_metrics(
         return Ok(too_large().into_response());
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.starts_with("application/json") {
-        let message = "send OTLP/HTTP JSON (application/json); protobuf is not accepted yet";
+    let protobuf = content_type.starts_with(PROTOBUF);
+    if !protobuf && !content_type.starts_with("application/json") {
+        let message = "send OTLP/HTTP as protobuf (application/x-protobuf) or JSON (application/json)";
         return Ok((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Json(json!({"code": "unsupported_media_type", "message": message})),
@@ -490,7 +493,11 @@ pub(super) async fn receive_metrics(
     } else {
         bytes
     };
-    let export: Value = body(&bytes)?;
+    let export: Value = if protobuf {
+        crate::domain::otlp_proto::export_to_json(&bytes).map_err(ApiError::BadRequest)?
+    } else {
+        body(&bytes)?
+    };
     let (gateway, environment) = caller.scope.clone().ok_or_else(|| ApiError::Forbidden("not a node token".into()))?;
     // Both read before anything is stored, so a refused export leaves nothing behind.
     let points = crate::domain::traffic::points_from_otlp(&export, &caller.actor).map_err(ApiError::BadRequest)?;
@@ -499,6 +506,10 @@ pub(super) async fn receive_metrics(
     s.store.ingest_metrics(env.id, &points).await?;
     if !usage.is_empty() {
         s.store.ingest_usage(env.id, &usage).await?;
+    }
+    // OTLP/HTTP answers in the request's encoding: an empty ExportMetricsServiceResponse.
+    if protobuf {
+        return Ok(([(header::CONTENT_TYPE, PROTOBUF)], Bytes::new()).into_response());
     }
     Ok(Json(json!({"partialSuccess": {}})).into_response())
 }

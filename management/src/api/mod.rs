@@ -341,7 +341,7 @@ pub fn operations() -> Vec<(Operation, MethodRouter<AppState>)> {
                 Method::POST,
                 "/v1/metrics",
                 "exportMetrics",
-                "OTLP/HTTP metrics receiver (JSON, optionally gzip) for the nodes' request durations",
+                "OTLP/HTTP metrics receiver (protobuf or JSON, optionally gzip) for the nodes' request durations; protobuf is answered in protobuf",
                 Access::AnyNode,
                 Some((JSON, "An OTLP ExportMetricsServiceRequest")),
                 (200, "Accepted"),
