@@ -175,7 +175,6 @@ pub fn main() -> ExitCode {
             check(&config, lint, allow_unsupported, debug)
         }
         Command::Run { config, port, debug, allow_unsupported, workers, watch, managed } => {
-            init_logging(debug);
             let opts = RunOptions { port, debug, allow_unsupported, workers, watch };
             match managed.control.clone() {
                 Some(_) => run_managed(managed, &opts),
@@ -187,8 +186,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
+/// Logs to stderr at `WEIR_LOG`, else debug with `-d`, else the config's
+/// `telemetry/logging.level`, else info.
+fn init_logging(debug: bool, config_level: Option<&str>) {
+    let default = if debug { "debug" } else { config_level.unwrap_or("info") };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
@@ -344,6 +345,7 @@ fn run(path: &Path, opts: &RunOptions) -> ExitCode {
     let Some(service) = service else {
         return ExitCode::FAILURE;
     };
+    init_logging(opts.debug, service.extra_config.get("telemetry/logging").and_then(crate::telemetry::access::level));
     let tokio = match tokio_runtime(opts.workers) {
         Ok(t) => t,
         Err(code) => return code,
@@ -368,6 +370,8 @@ fn run(path: &Path, opts: &RunOptions) -> ExitCode {
 }
 
 fn run_managed(args: ManagedArgs, opts: &RunOptions) -> ExitCode {
+    // The config arrives later, in a bundle: its logging level is not applied.
+    init_logging(opts.debug, None);
     let token = match args.token_file.as_deref().map(std::fs::read_to_string) {
         Some(Ok(t)) if !t.trim().is_empty() => t.trim().to_owned(),
         Some(Ok(_)) => return fail("the token file is empty"),

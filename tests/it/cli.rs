@@ -223,3 +223,57 @@ fn audit_reports_findings_with_rule_ids_and_fails_on_high_ones() {
     assert_eq!(code, 0);
     assert!(out.lines().count() >= 14 && out.contains("WA102  CRITICAL"), "{out}");
 }
+
+/// `telemetry/logging`: one JSON line per request on stdout with the prefix, none for
+/// skipped paths; the config's level sets the log level (no info lines on stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_goes_to_stdout_in_the_configured_format() {
+    let backend = Backend::start(|_| crate::support::Reply::json(json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        "k.json",
+        &json!({"version": 3, "listen_ip": "127.0.0.1", "host": [backend.url],
+            "extra_config": {
+                "telemetry/logging": {"level": "WARNING", "prefix": "[EDGE]", "format": "logstash", "stdout": true},
+                "router": {"logger_skip_paths": ["/__health"]}},
+            "endpoints": [{"endpoint": "/ok", "backend": [{"url_pattern": "/"}]}]})
+        .to_string(),
+    );
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let port = free_port();
+    let child = Command::new(weir_bin())
+        .args(["run", "-c", cfg.to_str().unwrap(), "-p", &port.to_string()])
+        .env_remove("WEIR_LOG")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let _running = Running(child, port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "weir did not start: {}", std::fs::read_to_string(&err).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    for path in ["/__health", "/ok", "/missing", "/ok?x=1"] {
+        crate::support::send(http::Method::GET, &format!("{base}{path}"), &[], bytes::Bytes::new()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap();
+        if text.lines().count() >= 3 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "three access lines: {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<(&str, u64)> =
+        entries.iter().map(|e| (e["path"].as_str().unwrap(), e["status"].as_u64().unwrap())).collect();
+    assert_eq!(seen, [("/ok", 200), ("/missing", 404), ("/ok", 200)], "health checks are skipped: {lines}");
+    assert!(entries.iter().all(|e| e["prefix"] == "[EDGE]" && e["method"] == "GET" && e["client_ip"] == "127.0.0.1"));
+    assert!(entries.iter().all(|e| e["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(!stderr.contains("weir listening") && !stderr.contains("logger_skip_paths"), "{stderr}");
+}

@@ -93,6 +93,10 @@ pub struct RouterOptions {
     pub disable_handle_method_not_allowed: bool,
     pub error_body_404: Option<Value>,
     pub error_body_405: Option<Value>,
+    /// No access log even with `telemetry/logging`.
+    pub disable_access_log: bool,
+    /// Request paths the access log leaves out.
+    pub logger_skip_paths: Vec<String>,
 }
 
 impl Default for RouterOptions {
@@ -108,6 +112,8 @@ impl Default for RouterOptions {
             disable_handle_method_not_allowed: false,
             error_body_404: None,
             error_body_405: None,
+            disable_access_log: false,
+            logger_skip_paths: Vec::new(),
         }
     }
 }

@@ -97,11 +97,11 @@ const ROUTER_KEYS: &[&str] = &[
     "disable_redirect_trailing_slash",
     "disable_handle_method_not_allowed",
     "error_body",
+    "disable_access_log",
+    "logger_skip_paths",
 ];
 /// `router` options about logging and client IPs that later components read.
 const ROUTER_IGNORED: &[&str] = &[
-    "disable_access_log",
-    "logger_skip_paths",
     "forwarded_by_client_ip",
     "remote_ip_headers",
     "trusted_proxies",
@@ -650,6 +650,8 @@ fn router(v: &Value, path: &str, report: &mut Report) -> RouterOptions {
         disable_handle_method_not_allowed: flag(&mut r, "disable_handle_method_not_allowed"),
         error_body_404: bodies.and_then(|b| b.get("404").cloned()),
         error_body_405: bodies.and_then(|b| b.get("405").cloned()),
+        disable_access_log: flag(&mut r, "disable_access_log"),
+        logger_skip_paths: r.strings("logger_skip_paths").unwrap_or_default(),
     }
 }
 

@@ -65,6 +65,7 @@ pub fn supports(scope: Scope, ns: &str) -> bool {
                 | "weir/compression"
                 | "weir/keyring"
                 | "telemetry/opentelemetry"
+                | "telemetry/logging"
         ),
         Scope::Endpoint => matches!(
             ns,
@@ -114,6 +115,10 @@ pub fn validate(scope: Scope, ns: &str, v: &serde_json::Value, path: &str, decla
         (_, "validation/json-schema") => schema::BodySchema::compile(v, path).map(drop),
         (_, "telemetry/opentelemetry") => {
             let p = crate::telemetry::validate(v, path);
+            if p.is_empty() { Ok(()) } else { Err(p) }
+        }
+        (_, "telemetry/logging") => {
+            let p = crate::telemetry::access::validate(v, path);
             if p.is_empty() { Ok(()) } else { Err(p) }
         }
         (_, "security/cors") => cors::Cors::compile(v, path).map(drop),

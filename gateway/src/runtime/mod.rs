@@ -54,6 +54,7 @@ pub struct Runtime {
     metrics: crate::telemetry::Registry,
     /// The service's `auth/api-keys`, where a bundle's keyring goes.
     api_keys: Option<Arc<crate::policy::apikeys::ApiKeys>>,
+    access_log: Option<crate::telemetry::access::AccessLog>,
 }
 
 impl Runtime {
@@ -107,6 +108,7 @@ impl Runtime {
             front: crate::policy::Front::build(&service.extra_config).map_err(CompileError::Policy)?,
             metrics,
             api_keys: policies.api_keys().cloned(),
+            access_log: crate::telemetry::access::AccessLog::from_service(service),
         })
     }
 
@@ -129,16 +131,26 @@ impl Runtime {
 
     /// Answers one request. Never fails: every problem becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let started = self.access_log.as_ref().map(|_| std::time::Instant::now());
         let (parts, body) = request.into_parts();
         let client_ip = self.front.client_ip(remote.ip(), &parts.headers);
-        if let Some(answer) = self.front.intercept(&parts, client_ip) {
-            if answer.status().is_client_error() || answer.status().is_server_error() {
-                self.metrics.front.refused(crate::telemetry::Refusal::from_status(answer.status().as_u16()));
+        let response = match self.front.intercept(&parts, client_ip) {
+            Some(answer) => {
+                if answer.status().is_client_error() || answer.status().is_server_error() {
+                    self.metrics.front.refused(crate::telemetry::Refusal::from_status(answer.status().as_u16()));
+                }
+                answer
             }
-            return answer;
+            None => {
+                let mut response = self.route(&parts, body, client_ip).await;
+                self.front.decorate(&parts.headers, response.headers_mut());
+                response
+            }
+        };
+        if let (Some(log), Some(started)) = (&self.access_log, started) {
+            let status = response.status().as_u16();
+            log.record(&parts.method, parts.uri.path(), status, started.elapsed(), client_ip);
         }
-        let mut response = self.route(&parts, body, client_ip).await;
-        self.front.decorate(&parts.headers, response.headers_mut());
         response
     }
 

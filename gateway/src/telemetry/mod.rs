@@ -3,6 +3,7 @@
 //! adds on the request path, and exposed in the Prometheus text format and as OTLP
 //! (see [`otlp`]).
 
+pub mod access;
 pub mod otlp;
 
 use std::fmt::Write as _;
