@@ -6,13 +6,17 @@
 #   tests/fuzz.sh 60         # 60 s per target
 #   tests/fuzz.sh --smoke    # 10 s per target
 #
-# Both crates are built with `cargo +nightly fuzz build -O -a` into target/fuzz: optimised,
-# with AddressSanitizer, and with debug assertions and overflow checks (cargo-fuzz's -O
-# alone turns those off, and an overflow is a finding). Each target reads its committed seeds
-# (<crate>/fuzz/corpus/<target>) and target/fuzz-corpus/<target>, and writes the new
-# inputs it finds only to the latter, so the committed corpus does not churn. Targets
-# listen, when they do, on 127.0.0.1 only, and every run stops by itself
-# (-max_total_time, with `timeout` as a backstop).
+# Both crates are built with `cargo +nightly fuzz build -O -a --features libfuzzer` into
+# target/fuzz: optimised, with AddressSanitizer, and with debug assertions and overflow
+# checks (cargo-fuzz's -O alone turns those off, and an overflow is a finding). The
+# `libfuzzer` feature builds the targets; the workspace's stable builds leave it off, and
+# `cargo test` replays the committed corpora through the same harnesses. The crates'
+# .cargo/config.toml keeps the workspace's release profile (fat LTO) out of these builds.
+#
+# Each target reads its committed seeds (<crate>/fuzz/corpus/<target>) and
+# target/fuzz-corpus/<target>, and writes the new inputs it finds only to the latter, so
+# the committed corpus does not churn. Targets listen, when they do, on 127.0.0.1 only,
+# and every run stops by itself (-max_total_time, with `timeout` as a backstop).
 #
 # Exits 1 if a target crashed, timed out or ran out of memory, naming the input that
 # did it (<crate>/fuzz/artifacts/<target>/) and how to replay and minimise it.
@@ -25,13 +29,15 @@ CRATES=(gateway/fuzz management/fuzz)
 # or a blow-up; both are findings.
 PER_INPUT_TIMEOUT=10
 RSS_LIMIT_MB=2048
+# Optimised, AddressSanitizer, debug assertions; the feature that builds the targets.
+FUZZ_FLAGS=(-O -a --features libfuzzer)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 case "${1:-600}" in
   --smoke) SECONDS_PER_TARGET=10 ;;
-  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *[!0-9]* | '') die "usage: tests/fuzz.sh [SECONDS_PER_TARGET | --smoke]" ;;
   *) SECONDS_PER_TARGET=$1 ;;
 esac
@@ -51,9 +57,9 @@ LOGS="$ROOT/target/fuzz-logs"
 mkdir -p "$SCRATCH" "$LOGS"
 
 for crate in "${CRATES[@]}"; do
-  log "==> cargo +nightly fuzz build -O -a ($crate)"
+  log "==> cargo +nightly fuzz build ${FUZZ_FLAGS[*]} ($crate)"
   started=$(date +%s)
-  (cd "$ROOT/$crate" && cargo +nightly fuzz build -O -a)
+  (cd "$ROOT/$crate" && cargo +nightly fuzz build "${FUZZ_FLAGS[@]}")
   log "    built in $(($(date +%s) - started)) s"
 done
 
@@ -71,7 +77,7 @@ for crate in "${CRATES[@]}"; do
     status=0
     # The first corpus directory is where libFuzzer writes what it finds.
     (cd "$ROOT/$crate" && timeout --kill-after=30 $((SECONDS_PER_TARGET + 300)) \
-      cargo +nightly fuzz run -O -a "$target" "$scratch" "$committed" -- \
+      cargo +nightly fuzz run "${FUZZ_FLAGS[@]}" "$target" "$scratch" "$committed" -- \
       -max_total_time="$SECONDS_PER_TARGET" -timeout="$PER_INPUT_TIMEOUT" -rss_limit_mb="$RSS_LIMIT_MB" \
       -print_final_stats=1) >"$logfile" 2>&1 || status=$?
     elapsed=$(($(date +%s) - started))
@@ -92,8 +98,8 @@ for crate in "${CRATES[@]}"; do
       frame=$(grep -m1 -oE '(gateway|management)/src/[^ ]+:[0-9]+:[0-9]+' "$logfile" || true)
       [ -z "$frame" ] || failures+=("  first Weir frame: $frame")
       if [ -n "$artifact" ]; then
-        failures+=("  replay:   (cd $crate && cargo +nightly fuzz run -O -a $target $input)")
-        failures+=("  minimise: (cd $crate && cargo +nightly fuzz tmin -O -a $target $input)")
+        failures+=("  replay:   (cd $crate && cargo +nightly fuzz run ${FUZZ_FLAGS[*]} $target $input)")
+        failures+=("  minimise: (cd $crate && cargo +nightly fuzz tmin ${FUZZ_FLAGS[*]} $target $input)")
       fi
     fi
     rows+=("$target|$elapsed|${execs:-?}|$outcome")
