@@ -3,12 +3,14 @@
 # machine. Prints a table and writes it to tests/bench/results.md (git-ignored).
 #
 #   tests/bench/run.sh                      # defaults: 10 s per scenario, 64 connections
-#   DURATION=30 tests/bench/run.sh          # longer runs
+#   DURATION=10 ROUNDS=5 tests/bench/run.sh # longer runs
 #   WEIR_BIN=/path/to/weir tests/bench/run.sh
 #   OTHER_GATEWAY_CMD='./my-krakend.sh {port} {upstream}' tests/bench/run.sh
 #
 # Environment:
-#   DURATION            seconds per measured scenario (default 10)
+#   DURATION            seconds per measurement (default 5)
+#   ROUNDS              rounds of all scenarios, interleaved; each row is the round with the
+#                       median req/s (default 3)
 #   WARMUP              seconds of warm-up load before each measurement (default 2)
 #   CONNECTIONS         keep-alive connections of wrk (default 64)
 #   WEIR_BIN            use this weir binary instead of building target/release/weir
@@ -27,7 +29,8 @@
 set -Eeuo pipefail
 trap 'echo "run.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 MANY_CONNECTIONS=1000
@@ -45,6 +48,7 @@ die() {
 
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a positive number of seconds"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number of seconds"
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a positive number"
 [[ $CONNECTIONS =~ ^[0-9]+$ && $CONNECTIONS -gt 0 ]] || die "CONNECTIONS must be a positive number"
 
 # ---------------------------------------------------------------------------------------
@@ -421,6 +425,48 @@ add_row() { # name rps p50 p99 rss_mb errors note [other_cpus proxy_cpu]
     ROW_OTHER+=("${8:--}") ROW_PCPU+=("${9:--}")
 }
 
+# median_rows: with several rounds, keeps one row per scenario: the round with the median
+# req/s (a failed round counts as 0), with the highest peak RSS of all its rounds; notes
+# every round's req/s.
+median_rows() {
+    ((ROUNDS > 1)) || return 0
+    local -A seen=()
+    local order=() i n m rss kb per_round
+    for i in "${!ROW_NAME[@]}"; do
+        n=${ROW_NAME[$i]}
+        if [[ -z ${seen[$n]:-} ]]; then
+            seen[$n]=1
+            order+=("$n")
+        fi
+    done
+    local names=() rps=() p50=() p99=() rsss=() errs=() notes=() others=() pcpus=()
+    for n in "${order[@]}"; do
+        local idx=() sorted=()
+        for i in "${!ROW_NAME[@]}"; do
+            [[ ${ROW_NAME[$i]} != "$n" ]] || idx+=("$i")
+        done
+        mapfile -t sorted < <(for i in "${idx[@]}"; do
+            r=${ROW_RPS[$i]}
+            [[ $r =~ ^[0-9]+$ ]] || r=0
+            echo "$r $i"
+        done | sort -n | awk '{print $2}')
+        m=${sorted[$((${#sorted[@]} / 2))]}
+        rss=${ROW_RSS[$m]} per_round=""
+        for i in "${idx[@]}"; do
+            kb=${ROW_RSS[$i]}
+            if [[ $kb =~ ^[0-9.]+$ && $rss =~ ^[0-9.]+$ ]] && awk -v a="$kb" -v b="$rss" 'BEGIN { exit !(a > b) }'; then
+                rss=$kb
+            fi
+            per_round+="${per_round:+, }${ROW_RPS[$i]}"
+        done
+        names+=("$n") rps+=("${ROW_RPS[$m]}") p50+=("${ROW_P50[$m]}") p99+=("${ROW_P99[$m]}") rsss+=("$rss")
+        errs+=("${ROW_ERR[$m]}") notes+=("${ROW_NOTE[$m]}") others+=("${ROW_OTHER[$m]}") pcpus+=("${ROW_PCPU[$m]}")
+        NOTES+=("$n: req/s per round: $per_round")
+    done
+    ROW_NAME=("${names[@]}") ROW_RPS=("${rps[@]}") ROW_P50=("${p50[@]}") ROW_P99=("${p99[@]}") ROW_RSS=("${rsss[@]}")
+    ROW_ERR=("${errs[@]}") ROW_NOTE=("${notes[@]}") ROW_OTHER=("${others[@]}") ROW_PCPU=("${pcpus[@]}")
+}
+
 # run_wrk OUT CONNECTIONS SECONDS URL [wrk args...]
 run_wrk() {
     local out=$1 conns=$2 secs=$3 url=$4
@@ -547,41 +593,12 @@ log "weir:     $WEIR_BIN ($("$WEIR_BIN" version 2>/dev/null || echo '?'))"
 log "nginx:    $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 log "pinning:  $PINNING"
 log "upstream: $UPSTREAM (/user ${#USER_JSON} B, /profile ${#PROFILE_JSON} B)"
-log "load:     wrk -t1 -c$CONNECTIONS -d${DURATION}s after ${WARMUP}s of warm-up"
+log "load:     wrk -t1 -c$CONNECTIONS -d${DURATION}s after ${WARMUP}s of warm-up, $ROUNDS round(s) of every scenario"
 log ""
-
-# 1. nginx reverse proxy: the reference.
-alloc_port NGINX_PORT
-write_nginx_proxy_conf "$NGINX_PORT" "$TMP/nginx-proxy.conf"
-NGINX_NAME="nginx proxy_pass (reference)"
-start_nginx NGINX_PID nginx-proxy "$TMP/nginx-proxy.conf" "${PIN_PROXY[@]}"
-if wait_ready "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" 10; then
-    # The worker serves the traffic; the master only supervises it.
-    measure "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" "$(child_pids "$NGINX_PID")"
-else
-    cat "$TMP/nginx-proxy/error.log" >&2 2>/dev/null || true
-    add_row "$NGINX_NAME" - - - - "did not start" "FAILED: nginx proxy did not start"
-fi
-stop_and_forget "$NGINX_PID"
-
-# 2. weir, plain proxy (no-op).
-alloc_port P
-weir_config "$P" "$EP_PLAIN" >"$TMP/weir-plain.json"
-weir_scenario "weir no-op proxy" "$TMP/weir-plain.json" "$P" /user
-
-# 3. weir, one JSON backend with allow + mapping + group.
-alloc_port P
-weir_config "$P" "$EP_SHAPE" >"$TMP/weir-shape.json"
-weir_scenario "weir json allow+mapping+group" "$TMP/weir-shape.json" "$P" /profile
-
-# 4. weir, two backends merged.
-alloc_port P
-weir_config "$P" "$EP_MERGE" >"$TMP/weir-merge.json"
-weir_scenario "weir 2 backends merged" "$TMP/weir-merge.json" "$P" /merged
 
 # 5. weir with JWT validation, rate limit and telemetry, on top of scenario 3.
 POLICY_NAME="weir jwt+ratelimit+telemetry"
-alloc_port P
+alloc_port POLICY_PORT
 alloc_port METRICS_PORT
 EP_POLICY="{\"endpoint\": \"/secure\", \"output_encoding\": \"json\",
    \"extra_config\": {
@@ -593,7 +610,7 @@ EP_POLICY="{\"endpoint\": \"/secure\", \"output_encoding\": \"json\",
    \"backend\": [$SHAPE_BACKEND]}"
 TELEMETRY="{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\", \"metric_reporting_period\": 1,
    \"exporters\": {\"prometheus\": [{\"name\": \"local\", \"port\": $METRICS_PORT, \"listen_ip\": \"127.0.0.1\"}]}}}"
-weir_config "$P" "$EP_POLICY" "$TELEMETRY" >"$TMP/weir-policy.json"
+weir_config "$POLICY_PORT" "$EP_POLICY" "$TELEMETRY" >"$TMP/weir-policy.json"
 
 # Writes $TMP/key.pem, $TMP/jwk.json and prints a token valid for a day.
 make_jwt() {
@@ -643,41 +660,86 @@ unsupported_list() {
 }
 BLOCKING=$(unsupported_list blocking)
 IGNORED=$(unsupported_list ignored)
+POLICY_SKIP=""
 if [[ -n $BLOCKING ]]; then
     POLICY_SKIP="skipped: needs $BLOCKING (not implemented yet)"
-    log "  $POLICY_NAME: $POLICY_SKIP"
-    add_row "$POLICY_NAME" - - - - - "$POLICY_SKIP"
 elif ! command -v openssl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
-    log "  $POLICY_NAME: skipped: needs openssl and python3 to make a JWT"
-    add_row "$POLICY_NAME" - - - - - "skipped: needs openssl and python3 to make a JWT"
+    POLICY_SKIP="skipped: needs openssl and python3 to make a JWT"
 elif ! TOKEN=$(make_jwt); then
-    add_row "$POLICY_NAME" - - - - - "skipped: could not make a JWT"
+    POLICY_SKIP="skipped: could not make a JWT"
 else
-    EXPECT_401=1 weir_scenario "$POLICY_NAME" "$TMP/weir-policy.json" "$P" /secure -H "Authorization: Bearer $TOKEN"
     NOTES+=("$POLICY_NAME: every request carries the same RS256 token, so after the first one its verification may come from a cache; rate limits set high enough never to reject")
-    if [[ -n $IGNORED ]]; then
-        ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }$IGNORED ignored by weir (not implemented yet)"
-    fi
 fi
+[[ -z $POLICY_SKIP ]] || log "  $POLICY_NAME: $POLICY_SKIP"
 
-# 6. Any other gateway, under the same pinning.
-if [[ -n ${OTHER_GATEWAY_CMD:-} ]]; then
-    OTHER_NAME=${OTHER_GATEWAY_NAME:-other gateway}
-    alloc_port P
-    cmd=${OTHER_GATEWAY_CMD//\{port\}/$P}
-    cmd=${cmd//\{upstream\}/$UPSTREAM}
-    url="http://127.0.0.1:$P${OTHER_GATEWAY_PATH:-/user}"
-    log "  $OTHER_NAME: $cmd"
-    start_bg OTHER_PID "$TMP/other.log" "${PIN_PROXY[@]}" bash -c "exec $cmd"
-    if wait_ready "$url" "$OTHER_PID" 30; then
-        measure "$OTHER_NAME" "$url" "$OTHER_PID" "$OTHER_PID"
-        ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }RSS of the started process only"
+# One round: every scenario once, each proxy alone on its CPU while it is measured.
+run_round() {
+    # 1. nginx reverse proxy: the reference.
+    alloc_port NGINX_PORT
+    write_nginx_proxy_conf "$NGINX_PORT" "$TMP/nginx-proxy.conf"
+    NGINX_NAME="nginx proxy_pass (reference)"
+    start_nginx NGINX_PID nginx-proxy "$TMP/nginx-proxy.conf" "${PIN_PROXY[@]}"
+    if wait_ready "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" 10; then
+        # The worker serves the traffic; the master only supervises it.
+        measure "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT/user" "$NGINX_PID" "$(child_pids "$NGINX_PID")"
     else
-        tail -n 20 "$TMP/other.log" >&2 || true
-        add_row "$OTHER_NAME" - - - - "did not start" "FAILED: no 200 from $url within 30 s"
+        cat "$TMP/nginx-proxy/error.log" >&2 2>/dev/null || true
+        add_row "$NGINX_NAME" - - - - "did not start" "FAILED: nginx proxy did not start"
     fi
-    stop_and_forget "$OTHER_PID"
-fi
+    stop_and_forget "$NGINX_PID"
+
+    # 2. weir, plain proxy (no-op).
+    alloc_port P
+    weir_config "$P" "$EP_PLAIN" >"$TMP/weir-plain.json"
+    weir_scenario "weir no-op proxy" "$TMP/weir-plain.json" "$P" /user
+
+    # 3. weir, one JSON backend with allow + mapping + group.
+    alloc_port P
+    weir_config "$P" "$EP_SHAPE" >"$TMP/weir-shape.json"
+    weir_scenario "weir json allow+mapping+group" "$TMP/weir-shape.json" "$P" /profile
+
+    # 4. weir, two backends merged.
+    alloc_port P
+    weir_config "$P" "$EP_MERGE" >"$TMP/weir-merge.json"
+    weir_scenario "weir 2 backends merged" "$TMP/weir-merge.json" "$P" /merged
+
+    # 5. weir with JWT validation, rate limit and telemetry, on top of scenario 3.
+    if [[ -n $POLICY_SKIP ]]; then
+        add_row "$POLICY_NAME" - - - - - "$POLICY_SKIP"
+    else
+        EXPECT_401=1 weir_scenario "$POLICY_NAME" "$TMP/weir-policy.json" "$POLICY_PORT" /secure -H "Authorization: Bearer $TOKEN"
+        if [[ -n $IGNORED ]]; then
+            ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }$IGNORED ignored by weir (not implemented yet)"
+        fi
+    fi
+
+    # 6. Any other gateway, under the same pinning.
+    if [[ -n ${OTHER_GATEWAY_CMD:-} ]]; then
+        OTHER_NAME=${OTHER_GATEWAY_NAME:-other gateway}
+        alloc_port P
+        cmd=${OTHER_GATEWAY_CMD//\{port\}/$P}
+        cmd=${cmd//\{upstream\}/$UPSTREAM}
+        url="http://127.0.0.1:$P${OTHER_GATEWAY_PATH:-/user}"
+        log "  $OTHER_NAME: $cmd"
+        start_bg OTHER_PID "$TMP/other.log" "${PIN_PROXY[@]}" bash -c "exec $cmd"
+        if wait_ready "$url" "$OTHER_PID" 30; then
+            measure "$OTHER_NAME" "$url" "$OTHER_PID" "$OTHER_PID"
+            ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }RSS of the started process only"
+        else
+            tail -n 20 "$TMP/other.log" >&2 || true
+            add_row "$OTHER_NAME" - - - - "did not start" "FAILED: no 200 from $url within 30 s"
+        fi
+        stop_and_forget "$OTHER_PID"
+    fi
+}
+
+# Rounds interleave the scenarios, so that drift in the machine's speed (large on shared
+# VMs) reaches every scenario alike; each row is then the round with the median req/s.
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    ((ROUNDS == 1)) || log "round $ROUND of $ROUNDS"
+    run_round
+done
+median_rows
 
 # 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.
 log ""
@@ -816,7 +878,7 @@ echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV; other CPU use be
     echo "* CPU: $CPU_MODEL ($(nproc) CPUs available), $PINNING"
     echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, \`run --workers 1\`"
     echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
-    echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
+    echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up, $ROUNDS interleaved round(s) of every scenario, each row the round with the median req/s; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
     echo "* CPU use by other processes just before the run: ${BUSY_BEFORE}% (keep it near 0 for comparable numbers)"
     echo "* proxy CPU: CPU time of the proxy per second of the measurement; near 1.00 (pinned) the proxy, not the load side, was the bottleneck."
     echo "* other CPU: CPUs' worth of time used by processes other than the proxy, the upstream and wrk during the measurement; above $NOISY_CPUS the row is marked noisy."
