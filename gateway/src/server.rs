@@ -205,6 +205,7 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = crate::telemetry::OpenConnection::open();
         let runtime = runtime.clone();
         let service = service_fn(move |request| {
             let runtime = runtime.load_full();
@@ -221,18 +222,21 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
                     let _ = watcher.watch(conn).await;
+                    drop(open);
                 });
             }
             None => {
                 let conn = http1.serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
                     let _ = watcher.watch(conn).await;
+                    drop(open);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 tokio::spawn(async move {
+                    let _open = open;
                     let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
                         return;
                     };

@@ -567,7 +567,8 @@ async fn refusals_and_breaker_states_are_counted() {
         {"endpoint": "/limited", "backend": [{"host": [ok.url], "url_pattern": "/"}],
          "extra_config": {"qos/ratelimit/router": {"client_max_rate": 1, "every": "1h"}}},
         {"endpoint": "/flaky", "backend": [{"host": [broken.url], "url_pattern": "/",
-            "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 3600, "max_errors": 0}}}]}
+            "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 3600, "max_errors": 0}}}]},
+        {"endpoint": "/down", "backend": [{"host": ["http://127.0.0.1:1"], "url_pattern": "/gone"}]}
     ]});
     std::fs::write(&cfg, config.to_string()).unwrap();
     let node = crate::support::Process::start(&["run", "-c", cfg.to_str().unwrap()], dir.path());
@@ -579,6 +580,7 @@ async fn refusals_and_breaker_states_are_counted() {
     assert_eq!(get("/limited").await.status, 429);
     assert_eq!(get("/flaky").await.status, 500);
     assert_eq!(get("/flaky").await.status, 500);
+    assert_eq!(get("/down").await.status, 500);
     let metrics = crate::support::send(
         Method::GET,
         &format!("http://127.0.0.1:{metrics_port}/metrics"),
@@ -596,6 +598,18 @@ async fn refusals_and_breaker_states_are_counted() {
         "weir_circuit_breaker_state{backend=\"GET /flaky backend 0\"} 1",
         "weir_circuit_breaker_transitions_total{backend=\"GET /flaky backend 0\",to=\"open\"} 1",
         "weir_request_duration_seconds_count{route=\"/limited\",method=\"GET\",status_class=\"2xx\"} 1",
+        // Backend calls: the rate-limited request and the one the open breaker stopped
+        // made none; the refused connection is a call without an answer.
+        &format!(
+            "weir_backend_request_duration_seconds_count{{route=\"/limited\",method=\"GET\",backend=\"/\",host=\"{}\",outcome=\"2xx\"}} 1",
+            ok.url.trim_start_matches("http://")
+        ),
+        &format!(
+            "weir_backend_request_duration_seconds_count{{route=\"/flaky\",method=\"GET\",backend=\"/\",host=\"{}\",outcome=\"5xx\"}} 1",
+            broken.url.trim_start_matches("http://")
+        ),
+        "weir_backend_request_duration_seconds_count{route=\"/down\",method=\"GET\",backend=\"/gone\",host=\"127.0.0.1:1\",outcome=\"error\"} 1",
+        "# TYPE weir_open_connections gauge",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -618,6 +632,22 @@ async fn refusals_and_breaker_states_are_counted() {
         points.iter().find(|p| p["attributes"][0]["value"]["stringValue"] == "/flaky").expect("a point for /flaky");
     assert_eq!(flaky["count"], "2");
     assert_eq!(flaky["attributes"][2]["value"]["stringValue"], "5xx");
+    let metrics = resource["scopeMetrics"][0]["metrics"].as_array().unwrap();
+    let named = |name: &str| metrics.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no {name}"));
+    let calls = named("http.client.request.duration")["histogram"]["dataPoints"].as_array().unwrap();
+    let down = calls
+        .iter()
+        .find(|p| p["attributes"][0]["value"]["stringValue"] == "/down")
+        .expect("a backend point for /down");
+    assert_eq!(down["count"], "1");
+    assert_eq!(down["attributes"][4]["value"]["stringValue"], "error");
+    let refused = named("weir.requests.refused")["sum"]["dataPoints"].as_array().unwrap();
+    assert!(
+        refused.iter().any(|p| p["attributes"][2]["value"]["stringValue"] == "rate_limited" && p["asInt"] == "1"),
+        "{refused:?}"
+    );
+    assert!(named("weir.server.open_connections")["gauge"]["dataPoints"][0]["asInt"].is_string());
+    assert_eq!(named("weir.circuit_breaker.state")["gauge"]["dataPoints"][0]["asInt"], "1");
 }
 
 /// An ES512 token signed by `openssl` (jsonwebtoken cannot make one), independently of

@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind};
 use crate::policy::breaker::{CircuitBreaker, SystemClock};
 use crate::policy::cache::{CachedResponse, HttpCache};
 use crate::policy::ratelimit::BackendLimit;
+use crate::telemetry::BackendStats;
 
 /// Go's client gives up after ten redirects; so do we.
 const MAX_REDIRECTS: usize = 10;
@@ -112,6 +113,8 @@ pub struct BackendCall {
     breaker_timeout: std::time::Duration,
     /// `qos/http-cache` for GET and HEAD calls.
     cache: Option<HttpCache>,
+    /// Calls made and how long each took to answer.
+    stats: Arc<BackendStats>,
 }
 
 /// Intersection of the endpoint's and the backend's allow-lists.
@@ -127,9 +130,10 @@ fn intersect(endpoint: &NameFilter, backend: Option<&NameFilter>, case_insensiti
 
 impl BackendCall {
     /// Compiles a backend; `default_hosts` is the service `host` list. Hosts were
-    /// validated with the config, so a host that does not parse is skipped.
+    /// validated with the config, so a host that does not parse is skipped. is the backend's place in the endpoint's list.
     pub fn compile(
         endpoint: &Endpoint,
+        index: usize,
         b: &Backend,
         default_hosts: &[String],
         max_response_bytes: usize,
@@ -142,7 +146,14 @@ impl BackendCall {
                 let uri: Uri = h.parse().ok()?;
                 Some(Host { scheme: uri.scheme()?.clone(), authority: uri.authority()?.clone() })
             })
-            .collect();
+            .collect::<Box<[Host]>>();
+        let stats = Arc::new(BackendStats::new(
+            &endpoint.path,
+            endpoint.method.as_str(),
+            index,
+            &b.url_pattern,
+            hosts.first().map_or("", |h| h.authority.as_str()),
+        ));
         let header_filter = intersect(&endpoint.input_headers, b.input_headers.as_ref(), true);
         let (headers, forwards_user_agent) = match header_filter {
             NameFilter::All => (HeaderRule::All, true),
@@ -187,7 +198,18 @@ impl BackendCall {
                 // KrakenD's `shared`: one store for every backend that asks for it.
                 if c.is_shared() { shared_cache.get_or_init(|| c).clone() } else { c }
             }),
+            stats,
         }
+    }
+
+    /// This backend's call counters.
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.stats
+    }
+
+    /// Keeps counting into `stats` (a previous runtime's, for the same backend).
+    pub(crate) fn adopt_stats(&mut self, stats: Arc<BackendStats>) {
+        self.stats = stats;
     }
 
     /// The backend's circuit breaker, for the metrics exporter.
@@ -320,7 +342,9 @@ impl BackendCall {
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = uri.authority() == origin.as_ref();
             let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
+            let timer = self.stats.start();
             let answer = exchange(request, uri.clone()).await?;
+            timer.answered(answer.status().as_u16());
             match self.redirect(answer.status(), answer.headers(), &uri, &mut method, &mut body) {
                 Some(next) => uri = next,
                 None => return Ok(answer),

@@ -73,6 +73,21 @@ impl Pipeline {
         self.stats = stats;
     }
 
+    /// Keeps counting each backend's calls into the previous runtime's counters for the
+    /// same backend, where there is one.
+    pub(crate) fn adopt_backend_stats(&mut self, previous: &[std::sync::Arc<crate::telemetry::BackendStats>]) {
+        for b in &mut self.backends {
+            if let Some(same) = previous.iter().find(|p| p.same_backend(b.stats())) {
+                b.adopt_stats(same.clone());
+            }
+        }
+    }
+
+    /// The call counters of this endpoint's backends.
+    pub fn backend_stats(&self) -> impl Iterator<Item = &std::sync::Arc<crate::telemetry::BackendStats>> {
+        self.backends.iter().map(BackendCall::stats)
+    }
+
     pub fn compile(
         e: &Endpoint,
         default_hosts: &[String],
@@ -84,7 +99,8 @@ impl Pipeline {
         let backends = e
             .backends
             .iter()
-            .map(|b| BackendCall::compile(e, b, default_hosts, common.max_response_bytes, shared_cache))
+            .enumerate()
+            .map(|(i, b)| BackendCall::compile(e, i, b, default_hosts, common.max_response_bytes, shared_cache))
             .collect();
         let secs = e.cache_ttl.as_secs();
         Self {

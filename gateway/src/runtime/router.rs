@@ -167,6 +167,7 @@ impl Router {
                     if let Some(stats) = same {
                         pipeline.adopt_stats(stats.clone());
                     }
+                    pipeline.adopt_backend_stats(&previous.backends);
                 }
             }
         }
@@ -179,6 +180,7 @@ impl Router {
             if let RouteTarget::Endpoints { methods, .. } = &route.target {
                 for (method, pipeline) in methods {
                     registry.endpoints.push(pipeline.stats().clone());
+                    registry.backends.extend(pipeline.backend_stats().cloned());
                     for (i, b) in pipeline.breakers().enumerate() {
                         registry.breakers.push((format!("{method} {} backend {i}", route.template), b.clone()));
                     }

@@ -64,7 +64,7 @@ pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 25
 const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
 /// Request durations of one status class: a fixed-bucket histogram of atomics.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Latency {
     buckets: [AtomicU64; BUCKETS],
     sum_us: AtomicU64,
@@ -139,6 +139,129 @@ impl EndpointStats {
         let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(5);
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Refusals so far by reason.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        refusal_counts(&self.refusals)
+    }
+}
+
+fn refusal_counts(counters: &[AtomicU64; 6]) -> impl Iterator<Item = (&'static str, u64)> {
+    Refusal::ALL.iter().zip(counters).map(|(r, n)| (r.label(), n.load(Ordering::Relaxed)))
+}
+
+/// Calls to one backend of one endpoint: the time until each answer's head by status
+/// class, and calls that got no answer at all (refused, reset, timed out, abandoned).
+#[derive(Debug)]
+pub struct BackendStats {
+    route: Box<str>,
+    method: Box<str>,
+    index: usize,
+    url_pattern: Box<str>,
+    host: Box<str>,
+    /// 1xx .. 5xx, then calls without an answer.
+    latency: [Latency; 6],
+}
+
+/// The outcome labels of [`BackendStats`], in the order of its histograms.
+pub const BACKEND_OUTCOMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+impl BackendStats {
+    /// The counters of backend `index` of an endpoint; `host` is its first host.
+    pub fn new(route: &str, method: &str, index: usize, url_pattern: &str, host: &str) -> Self {
+        Self {
+            route: route.into(),
+            method: method.into(),
+            index,
+            url_pattern: url_pattern.into(),
+            host: host.into(),
+            latency: Default::default(),
+        }
+    }
+
+    /// Whether `other` counts the same backend (for carrying counters over a reload).
+    pub fn same_backend(&self, other: &BackendStats) -> bool {
+        self.route == other.route
+            && self.method == other.method
+            && self.index == other.index
+            && self.url_pattern == other.url_pattern
+            && self.host == other.host
+    }
+
+    /// Starts timing one call: [`BackendTimer::answered`] records its status; a timer
+    /// dropped before that (an error, a timeout, a client that went away) records a call
+    /// without an answer.
+    pub fn start(&self) -> BackendTimer<'_> {
+        BackendTimer { stats: self, started: std::time::Instant::now(), answered: false }
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    pub fn url_pattern(&self) -> &str {
+        &self.url_pattern
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Each outcome label with its durations.
+    pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, &Latency)> {
+        BACKEND_OUTCOMES.into_iter().zip(&self.latency)
+    }
+}
+
+/// One backend call being timed.
+pub struct BackendTimer<'a> {
+    stats: &'a BackendStats,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl BackendTimer<'_> {
+    pub fn answered(mut self, status: u16) {
+        self.answered = true;
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.stats.latency[class].record(self.started.elapsed());
+    }
+}
+
+impl Drop for BackendTimer<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.stats.latency[5].record(self.started.elapsed());
+        }
+    }
+}
+
+/// Client connections open right now, over every listener and runtime of the process.
+static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a client connection as open until it is dropped.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn open() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+
+    /// How many are open.
+    pub fn count() -> u64 {
+        OPEN_CONNECTIONS.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Refusals by the service-wide checks (hosts, bots, client addresses).
@@ -152,11 +275,17 @@ impl FrontStats {
         let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(5);
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Refusals so far by reason.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        refusal_counts(&self.refusals)
+    }
 }
 
 /// Every counter of a runtime, for the exporters.
 pub struct Registry {
     pub endpoints: Vec<Arc<EndpointStats>>,
+    pub backends: Vec<Arc<BackendStats>>,
     pub front: FrontStats,
     pub breakers: Vec<(String, Arc<CircuitBreaker>)>,
     /// When the counters started (the runtime's compile time): cumulative series begin here.
@@ -167,11 +296,26 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             endpoints: Vec::new(),
+            backends: Vec::new(),
             front: FrontStats::default(),
             breakers: Vec::new(),
             started: std::time::SystemTime::now(),
         }
     }
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of one Prometheus histogram series.
+fn histogram_lines(out: &mut String, name: &str, labels: &str, count: u64, sum: f64, buckets: &[u64; BUCKETS]) {
+    let mut cumulative = 0;
+    for (bound, n) in LATENCY_BOUNDS_MS.iter().zip(buckets) {
+        cumulative += n;
+        #[allow(clippy::cast_precision_loss)]
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 fn escape(v: &str) -> String {
@@ -204,20 +348,31 @@ impl Registry {
                 }
                 let labels =
                     format!("route=\"{}\",method=\"{}\",status_class=\"{class}xx\"", escape(&e.route), e.method);
-                let mut cumulative = 0;
-                for (bound, n) in LATENCY_BOUNDS_MS.iter().zip(&buckets) {
-                    cumulative += n;
-                    let _ = writeln!(
-                        out,
-                        "weir_request_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                        *bound as f64 / 1000.0
-                    );
-                }
-                let _ = writeln!(out, "weir_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
-                let _ = writeln!(out, "weir_request_duration_seconds_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "weir_request_duration_seconds_count{{{labels}}} {count}");
+                histogram_lines(&mut out, "weir_request_duration_seconds", &labels, count, sum, &buckets);
             }
         }
+        out.push_str("# HELP weir_backend_request_duration_seconds Time to each backend answer's headers, by backend and status class (error: no answer).\n# TYPE weir_backend_request_duration_seconds histogram\n");
+        for b in &self.backends {
+            for (outcome, latency) in b.outcomes() {
+                let (count, sum, buckets) = latency.snapshot();
+                if count == 0 {
+                    continue;
+                }
+                let labels = format!(
+                    "route=\"{}\",method=\"{}\",backend=\"{}\",host=\"{}\",outcome=\"{outcome}\"",
+                    escape(&b.route),
+                    b.method,
+                    escape(&b.url_pattern),
+                    escape(&b.host)
+                );
+                histogram_lines(&mut out, "weir_backend_request_duration_seconds", &labels, count, sum, &buckets);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_open_connections Client connections open now.\n# TYPE weir_open_connections gauge\nweir_open_connections {}",
+            OpenConnection::count()
+        );
         out.push_str("# HELP weir_refusals_total Requests refused by a policy before reaching backends.\n# TYPE weir_refusals_total counter\n");
         for e in &self.endpoints {
             for (r, n) in Refusal::ALL.iter().zip(&e.refusals) {

@@ -20,6 +20,18 @@ fn attribute(key: &str, value: &str) -> Value {
     json!({"key": key, "value": {"stringValue": value}})
 }
 
+/// Backend calls: OpenTelemetry's name for client request durations.
+pub const BACKEND_DURATION_METRIC: &str = "http.client.request.duration";
+
+/// Client connections open now, a gauge.
+pub const OPEN_CONNECTIONS_METRIC: &str = "weir.server.open_connections";
+
+/// Requests refused by auth, rate limits and the other checks, a cumulative sum.
+pub const REFUSALS_METRIC: &str = "weir.requests.refused";
+
+/// Each circuit breaker's state, a gauge.
+pub const BREAKER_METRIC: &str = "weir.circuit_breaker.state";
+
 /// Requests made with each consumer's API keys (keyring keys), a cumulative sum.
 pub const CONSUMER_METRIC: &str = "weir.consumer.requests";
 
@@ -41,6 +53,18 @@ pub fn export_with_usage(
     let bounds: Vec<f64> = LATENCY_BOUNDS_MS.iter().map(|ms| *ms as f64 / 1000.0).collect();
     let start = nanos(registry.started);
     let now = nanos(now);
+    let histogram = |count: u64, sum: f64, buckets: &[u64], attributes: Vec<Value>| {
+        json!({
+            "attributes": attributes,
+            "startTimeUnixNano": start,
+            "timeUnixNano": now,
+            // OTLP's JSON encoding writes 64-bit integers as strings.
+            "count": count.to_string(),
+            "sum": sum,
+            "bucketCounts": buckets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "explicitBounds": bounds,
+        })
+    };
     let mut points = Vec::new();
     for e in &registry.endpoints {
         for class in 1..=5 {
@@ -48,29 +72,113 @@ pub fn export_with_usage(
             if count == 0 {
                 continue;
             }
-            points.push(json!({
-                "attributes": [
+            points.push(histogram(
+                count,
+                sum,
+                &buckets,
+                vec![
                     attribute("http.route", e.route()),
                     attribute("http.request.method", e.method()),
                     attribute("weir.status_class", &format!("{class}xx")),
                 ],
+            ));
+        }
+    }
+    let mut backend_points = Vec::new();
+    for b in &registry.backends {
+        for (outcome, latency) in b.outcomes() {
+            let (count, sum, buckets) = latency.snapshot();
+            if count == 0 {
+                continue;
+            }
+            backend_points.push(histogram(
+                count,
+                sum,
+                &buckets,
+                vec![
+                    attribute("http.route", b.route()),
+                    attribute("http.request.method", b.method()),
+                    attribute("weir.backend", b.url_pattern()),
+                    attribute("server.address", b.host()),
+                    attribute("weir.status_class", outcome),
+                ],
+            ));
+        }
+    }
+    let mut refusal_points = Vec::new();
+    for e in &registry.endpoints {
+        for (reason, n) in e.refusals() {
+            if n > 0 {
+                refusal_points.push(json!({
+                    "attributes": [
+                        attribute("http.route", e.route()),
+                        attribute("http.request.method", e.method()),
+                        attribute("weir.reason", reason),
+                    ],
+                    "startTimeUnixNano": start,
+                    "timeUnixNano": now,
+                    "asInt": n.to_string(),
+                }));
+            }
+        }
+    }
+    for (reason, n) in registry.front.refusals() {
+        if n > 0 {
+            refusal_points.push(json!({
+                "attributes": [attribute("weir.reason", reason)],
                 "startTimeUnixNano": start,
                 "timeUnixNano": now,
-                // OTLP's JSON encoding writes 64-bit integers as strings.
-                "count": count.to_string(),
-                "sum": sum,
-                "bucketCounts": buckets.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "explicitBounds": bounds,
+                "asInt": n.to_string(),
             }));
         }
     }
+    let breaker_points: Vec<Value> = registry
+        .breakers
+        .iter()
+        .map(|(name, b)| {
+            let state = match b.state() {
+                crate::policy::breaker::BreakerState::Closed => 0,
+                crate::policy::breaker::BreakerState::Open => 1,
+                crate::policy::breaker::BreakerState::HalfOpen => 2,
+            };
+            json!({"attributes": [attribute("weir.backend", name)], "timeUnixNano": now, "asInt": state.to_string()})
+        })
+        .collect();
     let attributes: Vec<Value> = resource.iter().map(|(k, v)| attribute(k, v)).collect();
-    let mut metrics = vec![json!({
-        "name": DURATION_METRIC,
-        "unit": "s",
-        "description": "Time to response headers, by route and status class",
-        "histogram": {"aggregationTemporality": 2, "dataPoints": points},
-    })];
+    let mut metrics = vec![
+        json!({
+            "name": DURATION_METRIC,
+            "unit": "s",
+            "description": "Time to response headers, by route and status class",
+            "histogram": {"aggregationTemporality": 2, "dataPoints": points},
+        }),
+        json!({
+            "name": BACKEND_DURATION_METRIC,
+            "unit": "s",
+            "description": "Time of each backend call, by backend and status class (error: no answer)",
+            "histogram": {"aggregationTemporality": 2, "dataPoints": backend_points},
+        }),
+        json!({
+            "name": OPEN_CONNECTIONS_METRIC,
+            "unit": "{connection}",
+            "description": "Client connections open now",
+            "gauge": {"dataPoints": [{"timeUnixNano": now, "asInt": super::OpenConnection::count().to_string()}]},
+        }),
+        json!({
+            "name": REFUSALS_METRIC,
+            "unit": "{request}",
+            "description": "Requests refused by a policy before reaching backends, by reason",
+            "sum": {"aggregationTemporality": 2, "isMonotonic": true, "dataPoints": refusal_points},
+        }),
+    ];
+    if !breaker_points.is_empty() {
+        metrics.push(json!({
+            "name": BREAKER_METRIC,
+            "unit": "1",
+            "description": "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            "gauge": {"dataPoints": breaker_points},
+        }));
+    }
     if !usage.is_empty() {
         let points: Vec<Value> = usage
             .iter()
@@ -213,5 +321,29 @@ mod tests {
         assert_eq!(points[1]["attributes"][2]["value"]["stringValue"], "5xx");
         assert_eq!(points[1]["bucketCounts"].as_array().unwrap().len(), LATENCY_BOUNDS_MS.len() + 1);
         assert_eq!(body["resourceMetrics"][0]["resource"]["attributes"][0]["value"]["stringValue"], "weir");
+    }
+
+    #[test]
+    fn backend_calls_count_by_outcome_and_unanswered_calls_as_errors() {
+        let stats = Arc::new(crate::telemetry::BackendStats::new("/orders/{id}", "GET", 0, "/o/{id}", "db:80"));
+        stats.start().answered(200);
+        stats.start().answered(404);
+        // A call abandoned before an answer (a reset, a timeout): the timer is dropped.
+        drop(stats.start());
+        let registry = Registry { backends: vec![stats], ..Registry::default() };
+        let body: Value = serde_json::from_str(&export_json(&registry, &[], SystemTime::now())).unwrap();
+        let metrics = body["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().unwrap();
+        let calls = metrics.iter().find(|m| m["name"] == BACKEND_DURATION_METRIC).unwrap();
+        let outcomes: Vec<(&str, &str)> = calls["histogram"]["dataPoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["attributes"][4]["value"]["stringValue"].as_str().unwrap(), p["count"].as_str().unwrap()))
+            .collect();
+        assert_eq!(outcomes, [("2xx", "1"), ("4xx", "1"), ("error", "1")]);
+        let text = registry.render();
+        assert!(text.contains(
+            "weir_backend_request_duration_seconds_count{route=\"/orders/{id}\",method=\"GET\",backend=\"/o/{id}\",host=\"db:80\",outcome=\"error\"} 1"
+        ), "{text}");
     }
 }
