@@ -6,8 +6,8 @@
 //! the database in `WEIR_BENCH_DATABASE_URL`, which must be empty), serves it on a
 //! loopback port and times each page over sequential requests. Prints p50/p95/max.
 //!
-//! One environment also gets a week of traffic rollups for 50 nodes x 100 routes (hourly
-//! rows for the week, minute rows for the last hour), for the dashboard's queries.
+//! One environment also gets a week of traffic from 50 nodes x 100 routes (hour rollups
+//! for the week, minute rollups for the last day), for the dashboard's queries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,33 +32,62 @@ const ROUNDS: usize = 30;
 const TRAFFIC_NODES: i64 = 50;
 const TRAFFIC_ROUTES: i64 = 100;
 
-/// A week of hourly rollups and an hour of minute rollups for one environment.
+/// A week of hour rollups and a day of minute rollups for one environment of 50 nodes
+/// serving 100 routes each, in the aggregates ingest keeps: the whole environment, each
+/// route over all nodes, each node over all routes.
 async fn seed_traffic(store: &Store, environment_id: i64) {
     let started = Instant::now();
     let now_minute = weir_management::store::now_ms() / 60_000;
-    let columns = "environment_id, node_id, route, method, status_class, serial, requests, sum_us, \
-                   b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
+    let this_hour = now_minute - now_minute.rem_euclid(60);
+    let sums = "requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
     let mut tx = store.pool().begin().await.unwrap();
     let mut rows = 0;
-    for (table, time_col, times) in [
-        ("metric_hours", "hour", (now_minute / 60 - 7 * 24..now_minute / 60 - 1).collect::<Vec<_>>()),
-        ("metric_minutes", "minute", (now_minute - 60..=now_minute).collect::<Vec<_>>()),
+    for (width, starts) in [
+        (60, (0..7 * 24).map(|h| this_hour - h * 60).collect::<Vec<_>>()),
+        (1, (0..24 * 60).map(|m| now_minute - m).collect::<Vec<_>>()),
     ] {
-        let sql = format!(
-            "INSERT INTO {table} ({time_col}, {columns}) VALUES ($1, $2, $3, $4, 'GET', '2xx', 1, 100, 500000, \
-             10, 30, 30, 20, 5, 3, 1, 1, 0, 0, 0, 0)"
-        );
-        for t in times {
-            for n in 0..TRAFFIC_NODES {
-                for r in 0..TRAFFIC_ROUTES {
-                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(t)
-                        .bind(environment_id)
-                        .bind(format!("node-{n}"))
-                        .bind(format!("/api/resource-{r}/{{id}}"))
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
+        for start in starts {
+            // Each node-route pair serves 100 requests a minute.
+            let per_series = 100 * width;
+            let tables: [(&str, &str, Vec<String>, i64); 3] = [
+                ("metric_totals", "", vec![String::new()], TRAFFIC_NODES * TRAFFIC_ROUTES),
+                (
+                    "metric_routes",
+                    "route, method, ",
+                    (0..TRAFFIC_ROUTES).map(|r| format!("/api/resource-{r}/{{id}}")).collect(),
+                    TRAFFIC_NODES,
+                ),
+                (
+                    "metric_nodes",
+                    "node_id, ",
+                    (0..TRAFFIC_NODES).map(|n| format!("node-{n}")).collect(),
+                    TRAFFIC_ROUTES,
+                ),
+            ];
+            for (table, columns, keys, series) in tables {
+                let own = match table {
+                    "metric_totals" => "",
+                    "metric_routes" => "$4, 'GET', ",
+                    _ => "$4, ",
+                };
+                let n = per_series * series;
+                let sql = format!(
+                    "INSERT INTO {table} (environment_id, width, start_minute, {columns}status_class, serial, {sums}) \
+                     VALUES ($1, $2, $3, {own}'2xx', 1, {n}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0, 0, 0, 0)",
+                    n * 5000,
+                    n / 10,
+                    n * 3 / 10,
+                    n * 3 / 10,
+                    n / 5,
+                    n / 20,
+                    n * 3 / 100,
+                    n / 100,
+                    n / 100,
+                );
+                for key in keys {
+                    let q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(environment_id).bind(width).bind(start);
+                    let q = if table == "metric_totals" { q } else { q.bind(key) };
+                    q.execute(&mut *tx).await.unwrap();
                     rows += 1;
                 }
             }

@@ -498,21 +498,21 @@ pub async fn set_product_openapi(store: &Store, actor: &str, product: &str, spec
     Ok(())
 }
 
-/// Minute rollups older than this are folded into hours.
+/// Minute rollups are kept this long: the longest range drawn from them is a day.
 const MINUTES_KEPT: i64 = 24 * 60;
 
-/// Folds day-old minute metrics into hours and drops hours older than `retention`,
-/// hourly, forever.
+/// Drops minute metrics older than a day and hour metrics older than `retention`, hourly,
+/// forever.
 pub async fn prune_metrics(store: Store, retention: std::time::Duration) {
     let keep_hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
         let now_minute = crate::store::now_ms() / 60_000;
-        match store.roll_up_metrics(now_minute - MINUTES_KEPT, now_minute / 60 - keep_hours).await {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "minute metrics folded into hours"),
+        match store.prune_rollups(now_minute - MINUTES_KEPT, now_minute / 60 - keep_hours).await {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "old metric rollups dropped"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot roll up request metrics"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop old metric rollups"),
         }
     }
 }

@@ -536,7 +536,7 @@ pub(crate) async fn traffic(
     range: &str,
 ) -> ApiResult<crate::domain::traffic::Traffic> {
     use crate::domain::traffic::{RANGES, summarize_grouped};
-    use crate::store::metrics::Grouping;
+    use crate::store::metrics::{Grouping, HOUR, MINUTE};
     let (_, minutes, step) = RANGES
         .iter()
         .find(|r| r.0 == range)
@@ -544,9 +544,13 @@ pub(crate) async fn traffic(
         .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}: use 15m, 1h, 24h or 7d")))?;
     let now_minute = now_ms() / 60_000;
     let from = now_minute - minutes + 1;
-    let slots = store.metric_groups(environment_id, from, step, Grouping::Slot).await?;
-    let routes = store.metric_groups(environment_id, from, step, Grouping::Route).await?;
-    let nodes = store.metric_groups(environment_id, from, step, Grouping::Node).await?;
+    // Slots of whole hours read hour rows; so do the route and node tables of the ranges
+    // longer than an hour (their first hour may have begun before the range).
+    let slot_width = if step % HOUR == 0 { HOUR } else { MINUTE };
+    let table_width = if minutes > HOUR { HOUR } else { MINUTE };
+    let slots = store.metric_groups(environment_id, from, step, Grouping::Slot, slot_width).await?;
+    let routes = store.metric_groups(environment_id, from, step, Grouping::Route, table_width).await?;
+    let nodes = store.metric_groups(environment_id, from, step, Grouping::Node, table_width).await?;
     summarize_grouped(&slots, &routes, &nodes, range, now_minute)
         .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}")))
 }

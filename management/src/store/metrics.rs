@@ -1,7 +1,10 @@
-//! Request metrics: OTLP points folded into per-minute rollups (and, after a day, into
-//! hourly ones), and read back for the dashboard. Cumulative points become deltas against the last point of their series;
-//! a series whose start time changed or whose count went down was reset (a restarted
-//! node, a new config) and counts from zero.
+//! Request metrics: OTLP points folded into rollups of the whole environment, of each
+//! route (over all nodes) and of each node (over all routes), per minute and per hour,
+//! and read back for the dashboard. Cumulative points become deltas against the last
+//! point of their series; a series whose start time changed or whose count went down was
+//! reset (a restarted node, a new config) and counts from zero.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::any::AnyRow;
 
@@ -50,6 +53,59 @@ pub struct Minute {
     pub buckets: [i64; BUCKETS],
 }
 
+/// `($1, $2, …), ($n, …)`: `rows` rows of `columns` parameters each.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Adds rows to an aggregate table, summing into the rows already there.
+async fn upsert_rollups(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    table: &str,
+    columns: &[&str],
+    environment_id: i64,
+    rows: &BTreeMap<RowKey, Rollup>,
+) -> Result<()> {
+    let key: Vec<&str> = ["environment_id", "width", "start_minute"]
+        .into_iter()
+        .chain(columns.iter().copied())
+        .chain(["status_class", "serial"])
+        .collect();
+    let sums: Vec<String> =
+        ["requests".to_owned(), "sum_us".to_owned()].into_iter().chain((0..BUCKETS).map(|i| format!("b{i}"))).collect();
+    let additions: Vec<String> = sums.iter().map(|c| format!("{c} = {table}.{c} + excluded.{c}")).collect();
+    let rows: Vec<_> = rows.iter().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            sums.join(", "),
+            placeholders(chunk.len(), key.len() + sums.len()),
+            key.join(", "),
+            additions.join(", "),
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((width, start, own, status_class, serial), rollup) in chunk {
+            q = q.bind(environment_id).bind(*width).bind(*start);
+            for value in own {
+                q = q.bind(value.clone());
+            }
+            q = q.bind(status_class.clone()).bind(*serial).bind(rollup.requests).bind(rollup.sum_us);
+            for b in rollup.buckets {
+                q = q.bind(b);
+            }
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 fn buckets_text(b: &[i64; BUCKETS]) -> String {
     b.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
@@ -59,112 +115,169 @@ fn parse_buckets(s: &str) -> Option<[i64; BUCKETS]> {
     v.try_into().ok()
 }
 
+/// Rollup widths in minutes. Minute rows serve the short ranges and are kept a day; hour
+/// rows serve the long ranges and are kept for the retention period. Ingest writes both.
+pub const MINUTE: i64 = 1;
+pub const HOUR: i64 = 60;
+
+/// What every rollup row holds: requests, their duration sum, their duration buckets.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rollup {
+    requests: i64,
+    sum_us: i64,
+    buckets: [i64; BUCKETS],
+}
+
+impl Rollup {
+    fn add(&mut self, requests: i64, sum_us: i64, buckets: &[i64; BUCKETS]) {
+        self.requests = self.requests.saturating_add(requests);
+        self.sum_us = self.sum_us.saturating_add(sum_us);
+        for (a, b) in self.buckets.iter_mut().zip(buckets) {
+            *a = a.saturating_add(*b);
+        }
+    }
+}
+
+/// A rollup row's key without the environment: width, start minute, the table's own
+/// columns (route and method, or node), status class, serial.
+type RowKey = (i64, i64, Vec<String>, String, i64);
+
+/// The three aggregates ingest keeps, each a table with its own key columns.
+const AGGREGATES: [(&str, &[&str]); 3] =
+    [("metric_totals", &[]), ("metric_routes", &["route", "method"]), ("metric_nodes", &["node_id"])];
+
+/// Rows per multi-row statement: 20 parameters each stays far below both databases' limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// The last cumulative point of a series: `(start_ns, requests, sum_us, buckets)`.
+type Last = (String, i64, i64, [i64; BUCKETS]);
+
 impl Store {
     /// Folds an export's points into the rollups; returns how many requests it added.
+    ///
+    /// The export is summed in memory first, into the whole environment, each route and
+    /// each node, at minute and hour width, so an export of any size costs a handful of
+    /// multi-row statements. Rows are written in key order, so concurrent exports touching
+    /// the same rows wait for each other instead of deadlocking.
     pub async fn ingest_metrics(&self, environment_id: i64, points: &[Point]) -> Result<i64> {
         let mut tx = self.pool().begin().await?;
+        // The last cumulative point of every series of the nodes in this export.
+        let mut last: BTreeMap<(String, String, String, String), Last> = BTreeMap::new();
+        let nodes: BTreeSet<&str> = points.iter().filter(|p| p.cumulative).map(|p| p.node_id.as_str()).collect();
+        for node in &nodes {
+            let rows = sqlx::query(
+                "SELECT route, method, status_class, start_ns, requests, sum_us, buckets FROM metric_series \
+                 WHERE environment_id = $1 AND node_id = $2",
+            )
+            .bind(environment_id)
+            .bind(*node)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                // A row whose buckets cannot be read counts as no row: the point counts whole.
+                let Some(buckets) = parse_buckets(&get::<String>(r, "buckets")?) else { continue };
+                let key = ((*node).to_owned(), get(r, "route")?, get(r, "method")?, get(r, "status_class")?);
+                last.insert(key, (get(r, "start_ns")?, get(r, "requests")?, get(r, "sum_us")?, buckets));
+            }
+        }
+        let mut seen: BTreeMap<(String, String, String, String), Last> = BTreeMap::new();
+        let mut aggregates: [BTreeMap<RowKey, Rollup>; 3] = Default::default();
         let mut added = 0i64;
         for p in points {
             let (mut requests, mut sum_us, mut buckets) = (p.requests, p.sum_us, p.buckets);
             if p.cumulative {
-                let last = sqlx::query(
-                    "SELECT start_ns, requests, sum_us, buckets FROM metric_series WHERE environment_id = $1 \
-                     AND node_id = $2 AND route = $3 AND method = $4 AND status_class = $5",
-                )
-                .bind(environment_id)
-                .bind(&p.node_id)
-                .bind(&p.route)
-                .bind(&p.method)
-                .bind(&p.status_class)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(last) = last {
-                    let start: String = get(&last, "start_ns")?;
-                    let last_requests: i64 = get(&last, "requests")?;
-                    let last_buckets = parse_buckets(&get::<String>(&last, "buckets")?);
-                    // Same series, not reset: only what is new since the last export counts.
-                    if let (true, Some(lb)) = (start == p.start_ns && p.requests >= last_requests, last_buckets) {
-                        // Saturating: rows stored before counts were bounded may hold anything.
-                        requests = requests.saturating_sub(last_requests);
-                        sum_us = sum_us.saturating_sub(get::<i64>(&last, "sum_us")?).max(0);
-                        for (b, l) in buckets.iter_mut().zip(lb) {
-                            *b = b.saturating_sub(l).max(0);
-                        }
+                let key = (p.node_id.clone(), p.route.clone(), p.method.clone(), p.status_class.clone());
+                let previous = seen.get(&key).or_else(|| last.get(&key));
+                // Same series, not reset: only what is new since the last export counts.
+                if let Some((start, last_requests, last_sum, last_buckets)) = previous
+                    && *start == p.start_ns
+                    && p.requests >= *last_requests
+                {
+                    // Saturating: rows stored before counts were bounded may hold anything.
+                    requests = requests.saturating_sub(*last_requests);
+                    sum_us = sum_us.saturating_sub(*last_sum).max(0);
+                    for (b, l) in buckets.iter_mut().zip(last_buckets) {
+                        *b = b.saturating_sub(*l).max(0);
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO metric_series (environment_id, node_id, route, method, status_class, start_ns, requests, \
-                     sum_us, buckets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (environment_id, node_id, \
-                     route, method, status_class) DO UPDATE SET start_ns = excluded.start_ns, requests = excluded.requests, \
-                     sum_us = excluded.sum_us, buckets = excluded.buckets",
-                )
-                .bind(environment_id)
-                .bind(&p.node_id)
-                .bind(&p.route)
-                .bind(&p.method)
-                .bind(&p.status_class)
-                .bind(&p.start_ns)
-                .bind(p.requests)
-                .bind(p.sum_us)
-                .bind(buckets_text(&p.buckets))
-                .execute(&mut *tx)
-                .await?;
+                seen.insert(key, (p.start_ns.clone(), p.requests, p.sum_us, p.buckets));
             }
             if requests <= 0 {
                 continue;
             }
             added = added.saturating_add(requests);
-            let mut q = sqlx::query(
-                "INSERT INTO metric_minutes (environment_id, minute, node_id, route, method, status_class, serial, \
-                 requests, sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-                 ON CONFLICT (environment_id, minute, node_id, route, method, status_class, serial) DO UPDATE SET \
-                 requests = metric_minutes.requests + excluded.requests, sum_us = metric_minutes.sum_us + excluded.sum_us, \
-                 b0 = metric_minutes.b0 + excluded.b0, b1 = metric_minutes.b1 + excluded.b1, b2 = metric_minutes.b2 + excluded.b2, b3 = metric_minutes.b3 + excluded.b3, b4 = metric_minutes.b4 + excluded.b4, b5 = metric_minutes.b5 + excluded.b5, b6 = metric_minutes.b6 + excluded.b6, b7 = metric_minutes.b7 + excluded.b7, b8 = metric_minutes.b8 + excluded.b8, b9 = metric_minutes.b9 + excluded.b9, b10 = metric_minutes.b10 + excluded.b10, b11 = metric_minutes.b11 + excluded.b11",
-            )
-            .bind(environment_id)
-            .bind(p.time_ms / 60_000)
-            .bind(&p.node_id)
-            .bind(&p.route)
-            .bind(&p.method)
-            .bind(&p.status_class)
-            .bind(p.serial)
-            .bind(requests)
-            .bind(sum_us.max(0));
-            for b in buckets {
-                q = q.bind(b);
+            let minute = p.time_ms.div_euclid(60_000);
+            for width in [MINUTE, HOUR] {
+                let start = minute - minute.rem_euclid(width);
+                let own: [Vec<String>; 3] = [vec![], vec![p.route.clone(), p.method.clone()], vec![p.node_id.clone()]];
+                for (aggregate, columns) in aggregates.iter_mut().zip(own) {
+                    let key = (width, start, columns, p.status_class.clone(), p.serial);
+                    aggregate.entry(key).or_default().add(requests, sum_us.max(0), &buckets);
+                }
             }
-            q.execute(&mut *tx).await?;
+        }
+        self.store_series(&mut tx, environment_id, &seen).await?;
+        // The shared rows last, so they stay locked only for the end of the transaction.
+        for ((table, columns), rows) in AGGREGATES.iter().zip(&aggregates) {
+            upsert_rollups(&mut tx, table, columns, environment_id, rows).await?;
         }
         tx.commit().await?;
         Ok(added)
     }
 
-    /// Folds minute rows older than `before_minute` (whole hours only) into hourly rows,
-    /// then drops hourly rows older than `before_hour` (retention). Returns the minute
-    /// rows folded.
-    pub async fn roll_up_metrics(&self, before_minute: i64, before_hour: i64) -> Result<u64> {
-        let cutoff = before_minute - before_minute.rem_euclid(60);
+    /// Remembers the last cumulative point of each series just read.
+    async fn store_series(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        environment_id: i64,
+        seen: &BTreeMap<(String, String, String, String), Last>,
+    ) -> Result<()> {
+        let rows: Vec<_> = seen.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values = placeholders(chunk.len(), 9);
+            let sql = format!(
+                "INSERT INTO metric_series (environment_id, node_id, route, method, status_class, start_ns, requests, \
+                 sum_us, buckets) VALUES {values} ON CONFLICT (environment_id, node_id, route, method, status_class) \
+                 DO UPDATE SET start_ns = excluded.start_ns, requests = excluded.requests, sum_us = excluded.sum_us, \
+                 buckets = excluded.buckets"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ((node, route, method, status), (start, requests, sum_us, buckets)) in chunk {
+                q = q
+                    .bind(environment_id)
+                    .bind(node.clone())
+                    .bind(route.clone())
+                    .bind(method.clone())
+                    .bind(status.clone())
+                    .bind(start.clone())
+                    .bind(*requests)
+                    .bind(*sum_us)
+                    .bind(buckets_text(buckets));
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops minute rows that start before `before_minute` and hour rows that start before
+    /// hour `before_hour` (retention), and consumers' usage as old as the latter. Returns
+    /// the rollup rows dropped.
+    pub async fn prune_rollups(&self, before_minute: i64, before_hour: i64) -> Result<u64> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO metric_hours (environment_id, hour, node_id, route, method, status_class, serial, requests, \
-             sum_us, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11) SELECT environment_id, minute / 60, node_id, route, method, status_class, serial, \
-             SUM(requests), SUM(sum_us), SUM(b0), SUM(b1), SUM(b2), SUM(b3), SUM(b4), SUM(b5), SUM(b6), SUM(b7), SUM(b8), SUM(b9), SUM(b10), SUM(b11) FROM metric_minutes WHERE minute < $1 \
-             GROUP BY environment_id, minute / 60, node_id, route, method, status_class, serial \
-             ON CONFLICT (environment_id, hour, node_id, route, method, status_class, serial) DO UPDATE SET \
-             requests = metric_hours.requests + excluded.requests, sum_us = metric_hours.sum_us + excluded.sum_us, \
-             b0 = metric_hours.b0 + excluded.b0, b1 = metric_hours.b1 + excluded.b1, b2 = metric_hours.b2 + excluded.b2, b3 = metric_hours.b3 + excluded.b3, b4 = metric_hours.b4 + excluded.b4, b5 = metric_hours.b5 + excluded.b5, b6 = metric_hours.b6 + excluded.b6, b7 = metric_hours.b7 + excluded.b7, b8 = metric_hours.b8 + excluded.b8, b9 = metric_hours.b9 + excluded.b9, b10 = metric_hours.b10 + excluded.b10, b11 = metric_hours.b11 + excluded.b11",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-        let folded = sqlx::query("DELETE FROM metric_minutes WHERE minute < $1").bind(cutoff).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM metric_hours WHERE hour < $1").bind(before_hour).execute(&mut *tx).await?;
+        let mut dropped = 0;
+        for (table, _) in AGGREGATES {
+            for (width, before) in [(MINUTE, before_minute), (HOUR, before_hour.saturating_mul(60))] {
+                let sql = format!("DELETE FROM {table} WHERE width = $1 AND start_minute < $2");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(width).bind(before).execute(&mut *tx).await?;
+                dropped += done.rows_affected();
+            }
+        }
         sqlx::query("DELETE FROM consumer_minutes WHERE minute < $1")
             .bind(before_hour.saturating_mul(60))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(folded.rows_affected())
+        Ok(dropped)
     }
 
     /// Folds consumers' cumulative counts into per-minute usage (resets count from zero).
@@ -232,8 +345,8 @@ impl Store {
 }
 
 /// How the dashboard groups rollups: by time slot, by route, or by node (each also by
-/// status class). The database does the summing, so a week of a large fleet is a few
-/// hundred rows, not millions.
+/// status class). Each reads its own aggregate, so a week of a large fleet is a few
+/// thousand rows, whatever the number of nodes times routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grouping {
     Slot,
@@ -259,41 +372,49 @@ fn grouped_from_row(r: &AnyRow, by: Grouping, from_minute: i64, step: i64) -> Re
     })
 }
 
+const SUMS: &str = "CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, \
+    CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, \
+    CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, \
+    CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, \
+    CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11";
+
 impl Store {
-    /// Rollups since `from_minute` (minute and hourly ones together) summed by `by`;
-    /// slots are `step` minutes wide. Rows come back as [`Minute`]s with the grouped-away
-    /// columns empty.
+    /// Rollups of `width` ([`MINUTE`] or [`HOUR`]) from the one holding `from_minute` on,
+    /// summed by `by`; slots are `step` minutes wide, and an hour row that starts before
+    /// `from_minute` counts in the first slot. Rows come back as [`Minute`]s with the
+    /// grouped-away columns empty.
     pub async fn metric_groups(
         &self,
         environment_id: i64,
         from_minute: i64,
         step: i64,
         by: Grouping,
+        width: i64,
     ) -> Result<Vec<Minute>> {
-        let (minutes_sql, hours_sql) = match by {
-            Grouping::Slot => (
-                "SELECT (minute - $2) / $3 AS slot, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY (minute - $2) / $3, status_class",
-                "SELECT (hour * 60 - $2) / $3 AS slot, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY (hour * 60 - $2) / $3, status_class",
+        let since = from_minute - from_minute.rem_euclid(width.max(1));
+        let sql = match by {
+            // Slots count from `from_minute`; a row before it (an hour begun earlier) is
+            // clamped into the first.
+            Grouping::Slot => format!(
+                "SELECT CASE WHEN start_minute < $2 THEN 0 ELSE (start_minute - $2) / $3 END AS slot, status_class, \
+                 {SUMS} FROM metric_totals WHERE environment_id = $1 AND width = $4 AND start_minute >= $5 \
+                 GROUP BY CASE WHEN start_minute < $2 THEN 0 ELSE (start_minute - $2) / $3 END, status_class"
             ),
-            Grouping::Route => (
-                "SELECT method, route, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY method, route, status_class",
-                "SELECT method, route, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY method, route, status_class",
+            Grouping::Route => format!(
+                "SELECT method, route, status_class, {SUMS} FROM metric_routes WHERE environment_id = $1 \
+                 AND width = $2 AND start_minute >= $3 GROUP BY method, route, status_class"
             ),
-            Grouping::Node => (
-                "SELECT node_id, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_minutes WHERE environment_id = $1 AND minute >= $2 GROUP BY node_id, status_class",
-                "SELECT node_id, status_class, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(sum_us) AS BIGINT) AS sum_us, CAST(SUM(b0) AS BIGINT) AS b0, CAST(SUM(b1) AS BIGINT) AS b1, CAST(SUM(b2) AS BIGINT) AS b2, CAST(SUM(b3) AS BIGINT) AS b3, CAST(SUM(b4) AS BIGINT) AS b4, CAST(SUM(b5) AS BIGINT) AS b5, CAST(SUM(b6) AS BIGINT) AS b6, CAST(SUM(b7) AS BIGINT) AS b7, CAST(SUM(b8) AS BIGINT) AS b8, CAST(SUM(b9) AS BIGINT) AS b9, CAST(SUM(b10) AS BIGINT) AS b10, CAST(SUM(b11) AS BIGINT) AS b11 FROM metric_hours WHERE environment_id = $1 AND hour * 60 >= $2 GROUP BY node_id, status_class",
+            Grouping::Node => format!(
+                "SELECT node_id, status_class, {SUMS} FROM metric_nodes WHERE environment_id = $1 \
+                 AND width = $2 AND start_minute >= $3 GROUP BY node_id, status_class"
             ),
         };
-        let mut out = Vec::new();
-        for sql in [minutes_sql, hours_sql] {
-            let query = sqlx::query(sql).bind(environment_id).bind(from_minute);
-            // Only the slot queries divide by the step; PostgreSQL refuses unused parameters.
-            let query = if by == Grouping::Slot { query.bind(step.max(1)) } else { query };
-            let rows = query.fetch_all(self.pool()).await?;
-            for r in &rows {
-                out.push(grouped_from_row(r, by, from_minute, step)?);
-            }
-        }
-        Ok(out)
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(environment_id);
+        let query = match by {
+            Grouping::Slot => query.bind(from_minute).bind(step.max(1)).bind(width).bind(since),
+            Grouping::Route | Grouping::Node => query.bind(width).bind(since),
+        };
+        let rows = query.fetch_all(self.pool()).await?;
+        rows.iter().map(|r| grouped_from_row(r, by, from_minute, step)).collect()
     }
 }

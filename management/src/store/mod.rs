@@ -95,6 +95,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "metrics", include_str!("../../../migrations/postgres/0004_metrics.sql")),
     (5, "metric hours", include_str!("../../../migrations/postgres/0005_metric_hours.sql")),
     (6, "consumer usage", include_str!("../../../migrations/postgres/0006_consumer_usage.sql")),
+    (7, "metric aggregates", include_str!("../../../migrations/postgres/0007_metric_aggregates.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../../migrations/sqlite/0001_control_plane.sql")),
@@ -103,6 +104,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "metrics", include_str!("../../../migrations/sqlite/0004_metrics.sql")),
     (5, "metric hours", include_str!("../../../migrations/sqlite/0005_metric_hours.sql")),
     (6, "consumer usage", include_str!("../../../migrations/sqlite/0006_consumer_usage.sql")),
+    (7, "metric aggregates", include_str!("../../../migrations/sqlite/0007_metric_aggregates.sql")),
 ];
 
 impl Store {

@@ -11,7 +11,11 @@ use crate::on_both_databases;
 use crate::portal::{call, try_call};
 use crate::support::{Db, TestApp, free_port, spawn_app, weir_bin};
 
-on_both_databases!(node_traffic_reaches_the_dashboard_figures, exports_become_deltas_and_resets_count_from_zero);
+on_both_databases!(
+    node_traffic_reaches_the_dashboard_figures,
+    exports_become_deltas_and_resets_count_from_zero,
+    routes_sum_over_nodes_and_nodes_over_routes
+);
 
 async fn metrics(app: &TestApp, range: &str) -> Value {
     app.get(&format!("/api/v1/gateways/shop/environments/dev/metrics?range={range}"), &app.admin_token).await.body
@@ -83,14 +87,18 @@ async fn node_traffic_reaches_the_dashboard_figures(db: Db) {
 }
 
 fn export(start: &str, count: i64, fast: i64) -> Value {
+    export_of("n1", "/a", start, count, fast)
+}
+
+fn export_of(node: &str, route: &str, start: &str, count: i64, fast: i64) -> Value {
     let now = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()).to_string();
     let mut buckets = vec!["0".to_owned(); 12];
     buckets[0] = fast.to_string();
     buckets[6] = (count - fast).to_string();
-    json!({"resourceMetrics": [{"resource": {"attributes": [{"key": "service.instance.id", "value": {"stringValue": "n1"}}]},
+    json!({"resourceMetrics": [{"resource": {"attributes": [{"key": "service.instance.id", "value": {"stringValue": node}}]},
         "scopeMetrics": [{"metrics": [{"name": "http.server.request.duration", "histogram": {"aggregationTemporality": 2,
             "dataPoints": [{"attributes": [
-                {"key": "http.route", "value": {"stringValue": "/a"}},
+                {"key": "http.route", "value": {"stringValue": route}},
                 {"key": "http.request.method", "value": {"stringValue": "GET"}},
                 {"key": "weir.status_class", "value": {"stringValue": "2xx"}}],
               "startTimeUnixNano": start, "timeUnixNano": now, "count": count.to_string(), "sum": 0.5,
@@ -175,15 +183,74 @@ async fn exports_become_deltas_and_resets_count_from_zero(db: Db) {
     }
     assert_eq!(metrics(&app, "15m").await["totals"]["requests"], 28);
 
-    // Folding minutes into hours keeps every request, and retention drops old hours.
-    let now_minute = weir_management::store::now_ms() / 60_000;
-    let folded = app.store.roll_up_metrics(now_minute + 120, 0).await.unwrap();
-    assert!(folded > 0);
+    // The long ranges read hour rows, written beside the minute rows: the same requests.
     assert_eq!(metrics(&app, "24h").await["totals"]["requests"], 28);
-    assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 28);
-    assert_eq!(app.store.roll_up_metrics(now_minute + 120, 0).await.unwrap(), 0, "nothing left to fold");
-    app.store.roll_up_metrics(now_minute, now_minute / 60 + 2).await.unwrap();
+    let week = metrics(&app, "7d").await;
+    assert_eq!(week["totals"]["requests"], 28);
+    assert_eq!(week["routes"][0]["requests"], 28, "{week}");
+    assert_eq!(week["nodes"][0]["requests"], 28, "{week}");
+    // Retention: minute rows go after a day, hour rows after the retention period.
+    let now_minute = weir_management::store::now_ms() / 60_000;
+    let dropped = app.store.prune_rollups(now_minute + 1, 0).await.unwrap();
+    assert!(dropped > 0);
+    assert_eq!(metrics(&app, "15m").await["totals"]["requests"], 0, "minute rows dropped");
+    assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 28, "hour rows kept");
+    assert_eq!(app.store.prune_rollups(now_minute + 1, 0).await.unwrap(), 0, "nothing left to drop");
+    app.store.prune_rollups(now_minute, now_minute / 60 + 2).await.unwrap();
     assert_eq!(metrics(&app, "7d").await["totals"]["requests"], 0, "hours past retention are dropped");
+}
+
+/// A collector's export carries many nodes' series at once: the routes' figures sum over
+/// the nodes, the nodes' over the routes, at minute and at hour width alike.
+async fn routes_sum_over_nodes_and_nodes_over_routes(db: Db) {
+    let app = spawn_app(db).await;
+    app.gateway("shop", &[("dev", None)]).await;
+    let token = app.node_token("shop", "dev", "collector").await;
+    let fleet = |round: i64| {
+        let mut resources = Vec::new();
+        for (n, node) in ["n1", "n2", "n3"].iter().enumerate() {
+            for (r, route) in ["/a", "/b"].iter().enumerate() {
+                // Node n, route r: (n + 1) * (r + 1) * round requests so far.
+                let count = i64::try_from((n + 1) * (r + 1)).unwrap() * round;
+                let one = export_of(node, route, "1", count, count);
+                resources.push(one["resourceMetrics"][0].clone());
+            }
+        }
+        json!({"resourceMetrics": resources})
+    };
+    for round in [1, 2] {
+        let a = app
+            .request(
+                Method::POST,
+                "/v1/metrics",
+                Some(&token),
+                &[("content-type", "application/json")],
+                fleet(round).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    // Cumulative: the second round's counts are the totals, 2 * (1 + 2 + 3) * (1 + 2).
+    for range in ["15m", "1h", "24h", "7d"] {
+        let m = metrics(&app, range).await;
+        assert_eq!(m["totals"]["requests"], 36, "{range}: {m}");
+        let routes: Vec<(String, i64)> = m["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].as_str().unwrap().to_owned(), r["requests"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(routes, [("GET /b".to_owned(), 24), ("GET /a".to_owned(), 12)], "{range}");
+        let nodes: Vec<(String, i64)> = m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].as_str().unwrap().to_owned(), r["requests"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(nodes, [("n3".to_owned(), 18), ("n2".to_owned(), 12), ("n1".to_owned(), 6)], "{range}");
+        let p50 = m["totals"]["p50_ms"].as_f64().unwrap();
+        assert!(p50 <= 5.0, "every request was in the first bucket: {p50}");
+    }
 }
 
 /// The export of [`export`] in protobuf, written field by field. The reader is checked
