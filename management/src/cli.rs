@@ -380,11 +380,15 @@ async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(addr = %listen, database = ?store.kind(), kid = keys.active().kid(), "weir-control listening");
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
-    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone(), metrics_retention));
+    let pruner = tokio::spawn(crate::control::maintain_metrics(store.clone(), metrics_retention));
     let state = AppState { store: store.clone(), signing_key, heartbeat, ui: std::sync::Arc::new(ui) };
     crate::serve(listener, state, weir_gateway::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
     publisher.abort();
     pruner.abort();
+    // Metrics summed since the last flush are written before the process ends.
+    if let Err(e) = store.flush_rollups().await {
+        tracing::warn!(error = %e, "metric rollups of the last second were lost");
+    }
     store.close().await;
     Ok(())
 }

@@ -501,13 +501,25 @@ pub async fn set_product_openapi(store: &Store, actor: &str, product: &str, spec
 /// Minute rollups are kept this long: the longest range drawn from them is a day.
 const MINUTES_KEPT: i64 = 24 * 60;
 
-/// Drops minute metrics older than a day and hour metrics older than `retention`, hourly,
-/// forever.
-pub async fn prune_metrics(store: Store, retention: std::time::Duration) {
+/// How often the rollups ingest summed in memory are written.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes ingested metric rollups every second; drops minute rollups older than a day
+/// and hour rollups older than `retention` every hour; forever.
+pub async fn maintain_metrics(store: Store, retention: std::time::Duration) {
     let keep_hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        if let Err(e) = store.flush_rollups().await {
+            tracing::warn!(error = %e, "cannot write metric rollups; keeping them for the next try");
+        }
+        if pruned.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
+            continue;
+        }
+        pruned = Some(std::time::Instant::now());
         let now_minute = crate::store::now_ms() / 60_000;
         match store.prune_rollups(now_minute - MINUTES_KEPT, now_minute / 60 - keep_hours).await {
             Ok(n) if n > 0 => tracing::info!(rows = n, "old metric rollups dropped"),

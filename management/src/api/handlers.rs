@@ -542,6 +542,8 @@ pub(crate) async fn traffic(
         .find(|r| r.0 == range)
         .copied()
         .ok_or_else(|| ApiError::BadRequest(format!("range {range:?}: use 15m, 1h, 24h or 7d")))?;
+    // What this process has summed but not yet written counts too.
+    store.flush_rollups().await?;
     let now_minute = now_ms() / 60_000;
     let from = now_minute - minutes + 1;
     // Slots of whole hours read hour rows; so do the route and node tables of the ranges

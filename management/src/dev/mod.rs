@@ -152,7 +152,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     };
     let api = tokio::spawn(crate::serve(api_listener, state, until_stopped(stopped.clone())));
     let publisher = tokio::spawn(crate::control::publish_keyrings(store.clone(), signing_key.clone()));
-    let pruner = tokio::spawn(crate::control::prune_metrics(store.clone(), Duration::from_secs(90 * 86_400)));
+    let pruner = tokio::spawn(crate::control::maintain_metrics(store.clone(), Duration::from_secs(90 * 86_400)));
     let demo = tokio::spawn(upstream::serve(demo_listener, until_stopped(stopped.clone())));
     let portal = weir_portal::Portal::new(
         std::sync::Arc::new(store.clone()),

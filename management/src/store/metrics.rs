@@ -122,7 +122,7 @@ pub const HOUR: i64 = 60;
 
 /// What every rollup row holds: requests, their duration sum, their duration buckets.
 #[derive(Debug, Clone, Copy, Default)]
-struct Rollup {
+pub(crate) struct Rollup {
     requests: i64,
     sum_us: i64,
     buckets: [i64; BUCKETS],
@@ -140,7 +140,13 @@ impl Rollup {
 
 /// A rollup row's key without the environment: width, start minute, the table's own
 /// columns (route and method, or node), status class, serial.
-type RowKey = (i64, i64, Vec<String>, String, i64);
+pub(crate) type RowKey = (i64, i64, Vec<String>, String, i64);
+
+/// Rows for each of the three aggregates, in the order of [`AGGREGATES`].
+pub(crate) type Aggregates = [BTreeMap<RowKey, Rollup>; 3];
+
+/// Rollups summed by ingest and not yet written, per environment.
+pub(crate) type PendingRollups = BTreeMap<i64, Aggregates>;
 
 /// The three aggregates ingest keeps, each a table with its own key columns.
 const AGGREGATES: [(&str, &[&str]); 3] =
@@ -155,10 +161,9 @@ type Last = (String, i64, i64, [i64; BUCKETS]);
 impl Store {
     /// Folds an export's points into the rollups; returns how many requests it added.
     ///
-    /// The export is summed in memory first, into the whole environment, each route and
-    /// each node, at minute and hour width, so an export of any size costs a handful of
-    /// multi-row statements. Rows are written in key order, so concurrent exports touching
-    /// the same rows wait for each other instead of deadlocking.
+    /// The series' last points are updated at once (each node has its own); the export's
+    /// sums for the whole environment, each route and each node, at minute and hour width,
+    /// join those waiting for [`Store::flush_rollups`].
     pub async fn ingest_metrics(&self, environment_id: i64, points: &[Point]) -> Result<i64> {
         let mut tx = self.pool().begin().await?;
         // The last cumulative point of every series of the nodes in this export.
@@ -181,7 +186,7 @@ impl Store {
             }
         }
         let mut seen: BTreeMap<(String, String, String, String), Last> = BTreeMap::new();
-        let mut aggregates: [BTreeMap<RowKey, Rollup>; 3] = Default::default();
+        let mut aggregates = Aggregates::default();
         let mut added = 0i64;
         for p in points {
             let (mut requests, mut sum_us, mut buckets) = (p.requests, p.sum_us, p.buckets);
@@ -217,12 +222,54 @@ impl Store {
             }
         }
         self.store_series(&mut tx, environment_id, &seen).await?;
-        // The shared rows last, so they stay locked only for the end of the transaction.
-        for ((table, columns), rows) in AGGREGATES.iter().zip(&aggregates) {
-            upsert_rollups(&mut tx, table, columns, environment_id, rows).await?;
-        }
         tx.commit().await?;
+        self.add_pending(environment_id, aggregates);
         Ok(added)
+    }
+
+    /// Adds rollups to those waiting for [`Store::flush_rollups`].
+    fn add_pending(&self, environment_id: i64, aggregates: Aggregates) {
+        let mut pending = self.pending_rollups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let into = pending.entry(environment_id).or_default();
+        for (into, rows) in into.iter_mut().zip(aggregates) {
+            for (key, r) in rows {
+                into.entry(key).or_default().add(r.requests, r.sum_us, &r.buckets);
+            }
+        }
+    }
+
+    /// Writes the rollups ingest has summed since the last flush, in one transaction.
+    ///
+    /// Every node adds to the same few rows (the environment's current minute and hour,
+    /// its routes'), so writing them per export would make all exports queue on those
+    /// rows' locks. Ingest sums them in memory instead, and this writes the sums: once a
+    /// second in the background, and before the dashboard reads. If the write fails the
+    /// sums go back into memory for the next flush. Returns the rows written.
+    pub async fn flush_rollups(&self) -> Result<usize> {
+        let taken =
+            std::mem::take(&mut *self.pending_rollups.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let written = async {
+            let mut tx = self.pool().begin().await?;
+            let mut rows = 0;
+            for (environment_id, aggregates) in &taken {
+                for ((table, columns), aggregate) in AGGREGATES.iter().zip(aggregates) {
+                    upsert_rollups(&mut tx, table, columns, *environment_id, aggregate).await?;
+                    rows += aggregate.len();
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, super::StoreError>(rows)
+        }
+        .await;
+        if written.is_err() {
+            for (environment_id, aggregates) in taken {
+                self.add_pending(environment_id, aggregates);
+            }
+        }
+        written
     }
 
     /// Remembers the last cumulative point of each series just read.

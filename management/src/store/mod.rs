@@ -83,6 +83,8 @@ pub struct Store {
     /// The newest bundle this process signed per environment: `(serial, JWS)`. Nodes woken
     /// by a promotion are answered from here, so a fleet's wake-up costs the database nothing.
     signed: std::sync::Arc<std::sync::Mutex<SignedBundles>>,
+    /// Metric rollups summed by ingest, written by [`Store::flush_rollups`].
+    pending_rollups: std::sync::Arc<std::sync::Mutex<metrics::PendingRollups>>,
 }
 
 /// Environment id -> (serial, JWS) of the newest bundle signed here.
@@ -139,7 +141,13 @@ impl Store {
             options
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, kind, bundles: std::sync::Arc::default(), signed: std::sync::Arc::default() })
+        Ok(Self {
+            pool,
+            kind,
+            bundles: std::sync::Arc::default(),
+            signed: std::sync::Arc::default(),
+            pending_rollups: std::sync::Arc::default(),
+        })
     }
 
     pub fn kind(&self) -> Kind {
