@@ -150,6 +150,14 @@ pub async fn run(
     let settings = Settings::from_service(service)?;
     let listener = bind(listen_addr(service, port))?;
     let collectors = crate::telemetry::otlp::collectors(&service.extra_config);
+    if !collectors.trace_urls.is_empty() {
+        tracing::info!(collectors = collectors.trace_urls.len(), "exporting traces as OTLP/HTTP");
+        tokio::spawn(crate::telemetry::trace::export_to_collectors(
+            collectors.trace_urls.clone(),
+            collectors.service_name.clone(),
+            shared.clone(),
+        ));
+    }
     if !collectors.urls.is_empty() {
         tracing::info!(collectors = collectors.urls.len(), every = ?collectors.period, "exporting metrics as OTLP/HTTP");
         tokio::spawn(crate::telemetry::otlp::export_to_collectors(collectors, shared.clone()));

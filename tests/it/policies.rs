@@ -650,6 +650,78 @@ async fn refusals_and_breaker_states_are_counted() {
     assert_eq!(named("weir.circuit_breaker.state")["gauge"]["dataPoints"][0]["asInt"], "1");
 }
 
+/// Traces: a caller's `traceparent` is continued, each backend gets the trace with its
+/// call's span as the parent, and the server and client spans reach the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_propagate_to_backends_and_reach_the_collector() {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = received.clone();
+    let backend = Backend::start(move |s| {
+        let parent = s.headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        seen.lock().unwrap().push(parent);
+        Reply::json(json!({"ok": true}))
+    })
+    .await;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = spans.clone();
+    let collector = Backend::start(move |s| {
+        if s.uri == "/v1/traces" {
+            let body: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
+            for span in body["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().into_iter().flatten() {
+                kept.lock().unwrap().push(span.clone());
+            }
+        }
+        Reply::json(json!({}))
+    })
+    .await;
+    let (host, port) = collector.url.trim_start_matches("http://").rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.json");
+    let config = json!({"version": 3, "listen_ip": "127.0.0.1", "port": 1,
+        "extra_config": {"telemetry/opentelemetry": {"service_name": "traced", "trace_sample_rate": 1,
+            "exporters": {"otlp": [{"name": "c", "host": host, "port": port, "use_http": true, "disable_metrics": true}]}}},
+        "endpoints": [{"endpoint": "/two", "backend": [
+            {"host": [backend.url], "url_pattern": "/a", "group": "a"},
+            {"host": [backend.url], "url_pattern": "/b", "group": "b"}]}]});
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let node = crate::support::Process::start(&["run", "-c", cfg.to_str().unwrap()], dir.path());
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply =
+        crate::support::send(Method::GET, &node.url("/two"), &[("traceparent", caller)], bytes::Bytes::new()).await;
+    assert_eq!(reply.status, 200);
+    let sent: Vec<String> = received.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    let mut client_ids = Vec::new();
+    for parent in &sent {
+        let fields: Vec<&str> = parent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{parent}");
+        assert_eq!(fields[1], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace goes on");
+        assert_ne!(fields[2], "00f067aa0ba902b7", "the backend's parent is the gateway's call");
+        assert_eq!(fields[3], "01");
+        client_ids.push(fields[2].to_owned());
+    }
+    assert_ne!(client_ids[0], client_ids[1], "each backend call is its own span");
+    let mut exported = Vec::new();
+    for _ in 0..50 {
+        exported = spans.lock().unwrap().clone();
+        if exported.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(exported.len(), 3, "a server span and two client spans: {exported:?}");
+    let server = exported.iter().find(|s| s["kind"] == 2).expect("a server span");
+    assert_eq!(server["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(server["name"], "GET /two");
+    for id in &client_ids {
+        let client = exported.iter().find(|s| s["spanId"] == id.as_str()).expect("the client span the backend saw");
+        assert_eq!(client["kind"], 3);
+        assert_eq!(client["parentSpanId"], server["spanId"]);
+    }
+}
+
 /// An ES512 token signed by `openssl` (jsonwebtoken cannot make one), independently of
 /// the gateway's own P-521 code.
 fn es512_token(claims: &Value) -> String {

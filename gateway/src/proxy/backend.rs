@@ -49,6 +49,8 @@ pub struct Inbound<'a> {
     pub claims: Option<&'a Map<String, Value>>,
     /// Headers every backend request carries (propagated claims, roles).
     pub extra_headers: &'a [(HeaderName, HeaderValue)],
+    /// The request's trace, when traces are exported.
+    pub trace: Option<&'a crate::telemetry::trace::TraceContext>,
 }
 
 /// A backend that failed, with what it answered when it answered at all.
@@ -341,9 +343,17 @@ impl BackendCall {
         let origin = uri.authority().cloned();
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = uri.authority() == origin.as_ref();
-            let request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
+            let mut request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
+            let span = inbound.trace.map(crate::telemetry::trace::TraceContext::client_span);
+            if let Some(span) = &span {
+                request.headers_mut().insert(crate::telemetry::trace::TRACEPARENT, span.traceparent());
+            }
             let timer = self.stats.start();
-            let answer = exchange(request, uri.clone()).await?;
+            let answer = exchange(request, uri.clone()).await;
+            if let Some(span) = span {
+                span.finish(&method, &uri, answer.as_ref().ok().map(|a| a.status().as_u16()));
+            }
+            let answer = answer?;
             timer.answered(answer.status().as_u16());
             match self.redirect(answer.status(), answer.headers(), &uri, &mut method, &mut body) {
                 Some(next) => uri = next,

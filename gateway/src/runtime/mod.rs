@@ -55,6 +55,8 @@ pub struct Runtime {
     /// The service's `auth/api-keys`, where a bundle's keyring goes.
     api_keys: Option<Arc<crate::policy::apikeys::ApiKeys>>,
     access_log: Option<crate::telemetry::access::AccessLog>,
+    /// Traces, when a collector takes them.
+    tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 impl Runtime {
@@ -109,6 +111,10 @@ impl Runtime {
             metrics,
             api_keys: policies.api_keys().cloned(),
             access_log: crate::telemetry::access::AccessLog::from_service(service),
+            tracer: crate::telemetry::trace::Tracer::from_service(
+                &service.extra_config,
+                previous.and_then(|p| p.tracer.as_ref()),
+            ),
         })
     }
 
@@ -177,8 +183,13 @@ impl Runtime {
             },
             Target::Endpoint(pipeline) => {
                 let started = std::time::Instant::now();
-                let response = self.endpoint(pipeline, &route.params, parts, body, client_ip).await;
-                pipeline.stats().record(response.status().as_u16(), started.elapsed());
+                let trace = self.tracer.as_ref().map(|t| t.start(&parts.headers));
+                let response = self.endpoint(pipeline, &route.params, parts, body, client_ip, trace.as_ref()).await;
+                let status = response.status().as_u16();
+                pipeline.stats().record(status, started.elapsed());
+                if let Some(trace) = trace {
+                    trace.finish(&parts.method, pipeline.stats().route(), status);
+                }
                 response
             }
         }
@@ -191,6 +202,7 @@ impl Runtime {
         parts: &http::request::Parts,
         body: Incoming,
         client_ip: std::net::IpAddr,
+        trace: Option<&crate::telemetry::trace::TraceContext>,
     ) -> Response<Body> {
         let admitted = match pipeline.admit(parts, client_ip, params).await {
             Ok(a) => a,
@@ -221,6 +233,7 @@ impl Runtime {
             client_ip,
             claims: admitted.claims.as_deref(),
             extra_headers: &admitted.backend_headers,
+            trace,
         };
         let mut response = pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await;
         for (name, value) in admitted.response_headers {
@@ -231,6 +244,11 @@ impl Runtime {
 
     /// Every counter in the Prometheus text format.
     /// This runtime's counters.
+    /// The tracer, when traces are exported.
+    pub fn tracer(&self) -> Option<&Arc<crate::telemetry::trace::Tracer>> {
+        self.tracer.as_ref()
+    }
+
     pub fn metrics(&self) -> &crate::telemetry::Registry {
         &self.metrics
     }

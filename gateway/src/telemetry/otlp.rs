@@ -208,7 +208,10 @@ pub fn export_with_usage(
 /// `telemetry/opentelemetry` `exporters.otlp[]` with `use_http: true`: the collectors
 /// to send metrics to, and how often (`metric_reporting_period`, seconds, default 30).
 pub struct Collectors {
+    /// Where metrics go (`/v1/metrics`), unless an exporter sets `disable_metrics`.
     pub urls: Vec<http::Uri>,
+    /// Where spans go (`/v1/traces`), unless an exporter sets `disable_traces`.
+    pub trace_urls: Vec<http::Uri>,
     pub period: std::time::Duration,
     pub service_name: String,
 }
@@ -219,6 +222,7 @@ const DEFAULT_PERIOD_SECS: u64 = 30;
 pub fn collectors(extra: &serde_json::Map<String, Value>) -> Collectors {
     let otel = extra.get("telemetry/opentelemetry");
     let mut urls = Vec::new();
+    let mut trace_urls = Vec::new();
     for e in otel.and_then(|t| t.pointer("/exporters/otlp")).and_then(Value::as_array).into_iter().flatten() {
         let host = e.get("host").and_then(Value::as_str).unwrap_or("localhost");
         if e.get("use_http").and_then(Value::as_bool) != Some(true) {
@@ -230,13 +234,22 @@ pub fn collectors(extra: &serde_json::Map<String, Value>) -> Collectors {
         }
         let port = e.get("port").and_then(Value::as_u64).unwrap_or(4318);
         let host = if host.contains("://") { host.to_owned() } else { format!("http://{host}") };
-        match format!("{}:{port}/v1/metrics", host.trim_end_matches('/')).parse() {
-            Ok(url) => urls.push(url),
-            Err(e) => tracing::warn!(host, error = %e, "OTLP exporter skipped"),
+        let flag = |key: &str| e.get(key).and_then(Value::as_bool) == Some(true);
+        for (disabled, path, into) in
+            [(flag("disable_metrics"), "metrics", &mut urls), (flag("disable_traces"), "traces", &mut trace_urls)]
+        {
+            if disabled {
+                continue;
+            }
+            match format!("{}:{port}/v1/{path}", host.trim_end_matches('/')).parse() {
+                Ok(url) => into.push(url),
+                Err(e) => tracing::warn!(host, error = %e, "OTLP exporter skipped"),
+            }
         }
     }
     Collectors {
         urls,
+        trace_urls,
         period: std::time::Duration::from_secs(
             otel.and_then(|t| t.get("metric_reporting_period"))
                 .and_then(Value::as_u64)
@@ -296,8 +309,18 @@ mod tests {
         let c = collectors(extra.as_object().unwrap());
         assert_eq!(c.urls.len(), 1, "gRPC exporters are skipped");
         assert_eq!(c.urls[0].to_string(), "http://collector:4318/v1/metrics");
+        assert_eq!(c.trace_urls[0].to_string(), "http://collector:4318/v1/traces");
         assert_eq!(c.period, std::time::Duration::from_secs(5));
         assert_eq!(c.service_name, "shop");
+        let extra = serde_json::json!({"telemetry/opentelemetry": {"exporters": {"otlp": [
+            {"name": "m", "host": "metrics-only", "port": 4318, "use_http": true, "disable_traces": true},
+            {"name": "t", "host": "traces-only", "port": 4318, "use_http": true, "disable_metrics": true}]}}});
+        let c = collectors(extra.as_object().unwrap());
+        assert_eq!(c.urls.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http://metrics-only:4318/v1/metrics"]);
+        assert_eq!(
+            c.trace_urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["http://traces-only:4318/v1/traces"]
+        );
     }
 
     #[test]
