@@ -335,6 +335,8 @@ UPSTREAM=http://127.0.0.1:$UPSTREAM_PORT
         default_type application/json;
         location = /user { return 200 '$USER_JSON'; }
         location = /profile { return 200 '$PROFILE_JSON'; }
+        # A stand-in OpenTelemetry Collector for the telemetry scenario.
+        location /v1/ { return 200 '{}'; }
         location / { return 404; }
     }
 }
@@ -692,6 +694,17 @@ run_round() {
     alloc_port P
     weir_config "$P" "$EP_PLAIN" >"$TMP/weir-plain.json"
     weir_scenario "weir no-op proxy" "$TMP/weir-plain.json" "$P" /user
+
+    # 2b. The same with telemetry: Prometheus, and OTLP/HTTP metrics and traces (10 % of
+    # requests sampled) sent to the upstream standing in for a collector.
+    alloc_port P
+    alloc_port MP
+    weir_config "$P" "$EP_PLAIN" "{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\",
+        \"metric_reporting_period\": 1, \"trace_sample_rate\": 0.1, \"exporters\": {
+        \"prometheus\": [{\"name\": \"local\", \"port\": $MP, \"listen_ip\": \"127.0.0.1\"}],
+        \"otlp\": [{\"name\": \"collector\", \"host\": \"127.0.0.1\", \"port\": $UPSTREAM_PORT, \"use_http\": true}]}}}" \
+        >"$TMP/weir-plain-telemetry.json"
+    weir_scenario "weir no-op + telemetry" "$TMP/weir-plain-telemetry.json" "$P" /user
 
     # 3. weir, one JSON backend with allow + mapping + group.
     alloc_port P

@@ -188,7 +188,7 @@ impl Runtime {
                 let status = response.status().as_u16();
                 pipeline.stats().record(status, started.elapsed());
                 if let Some(trace) = trace {
-                    trace.finish(&parts.method, pipeline.stats().route(), status);
+                    trace.finish(&parts.method, pipeline.stats(), status);
                 }
                 response
             }

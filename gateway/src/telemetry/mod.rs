@@ -90,6 +90,7 @@ impl Latency {
 }
 
 /// Counters of one endpoint.
+#[derive(Debug)]
 pub struct EndpointStats {
     route: Box<str>,
     method: Box<str>,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The W3C Trace Context header.
 pub const TRACEPARENT: http::header::HeaderName = http::header::HeaderName::from_static("traceparent");
@@ -88,18 +88,22 @@ fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A finished span.
+/// A finished span, kept as plain values: the exporter writes the JSON.
 #[derive(Debug, Clone)]
 struct Span {
     trace: u128,
     id: u64,
     parent: Option<u64>,
     kind: u8,
-    name: String,
+    method: http::Method,
+    /// The endpoint (server spans).
+    endpoint: Option<Arc<super::EndpointStats>>,
+    /// The backend URL (client spans).
+    url: Option<http::Uri>,
+    /// The answer's status; none when the backend gave none.
+    status: Option<u16>,
     start_ns: u64,
     end_ns: u64,
-    attributes: Vec<(&'static str, String)>,
-    error: bool,
 }
 
 /// Finished spans waiting for the exporter. It outlives config reloads.
@@ -200,8 +204,8 @@ impl TraceContext {
         ClientSpan { context: self, id: nonzero_random(), start: SystemTime::now() }
     }
 
-    /// Ends the server span (only a sampled one is kept).
-    pub fn finish(self, method: &http::Method, route: &str, status: u16) {
+    /// Ends the server span of `endpoint` (only a sampled one is kept).
+    pub fn finish(self, method: &http::Method, endpoint: &Arc<super::EndpointStats>, status: u16) {
         if !self.sampled {
             return;
         }
@@ -210,15 +214,12 @@ impl TraceContext {
             id: self.span,
             parent: self.parent,
             kind: SERVER,
-            name: format!("{method} {route}"),
+            method: method.clone(),
+            endpoint: Some(endpoint.clone()),
+            url: None,
+            status: Some(status),
             start_ns: unix_nanos(self.start),
             end_ns: unix_nanos(SystemTime::now()),
-            attributes: vec![
-                ("http.request.method", method.to_string()),
-                ("http.route", route.to_owned()),
-                ("http.response.status_code", status.to_string()),
-            ],
-            error: status >= 500,
         });
     }
 }
@@ -241,85 +242,127 @@ impl ClientSpan<'_> {
         if !self.context.sampled {
             return;
         }
-        let mut attributes = vec![("http.request.method", method.to_string()), ("url.full", url.to_string())];
-        if let Some(host) = url.host() {
-            attributes.push(("server.address", host.to_owned()));
-        }
-        if let Some(status) = status {
-            attributes.push(("http.response.status_code", status.to_string()));
-        }
         self.context.queue.push(Span {
             trace: self.context.trace,
             id: self.id,
             parent: Some(self.context.span),
             kind: CLIENT,
-            name: method.to_string(),
+            method: method.clone(),
+            endpoint: None,
+            url: Some(url.clone()),
+            status,
             start_ns: unix_nanos(self.start),
             end_ns: unix_nanos(SystemTime::now()),
-            attributes,
-            error: status.is_none_or(|s| s >= 500),
         });
     }
 }
 
-/// The OTLP/HTTP JSON body (`ExportTraceServiceRequest`) of `spans`.
-fn export_json(spans: &[Span], resource: &[(&str, String)]) -> String {
-    let attribute = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut span = json!({
-                // OTLP's JSON encoding writes ids as hex, not base64.
-                "traceId": format!("{:032x}", s.trace),
-                "spanId": format!("{:016x}", s.id),
-                "name": s.name,
-                "kind": s.kind,
-                "startTimeUnixNano": s.start_ns.to_string(),
-                "endTimeUnixNano": s.end_ns.to_string(),
-                "attributes": s.attributes.iter().map(|(k, v)| attribute(k, v)).collect::<Vec<_>>(),
-                // 1 ok, 2 error.
-                "status": {"code": if s.error { 2 } else { 1 }},
-            });
-            if let Some(parent) = s.parent {
-                span["parentSpanId"] = json!(format!("{parent:016x}"));
-            }
-            span
-        })
-        .collect();
-    json!({"resourceSpans": [{
-        "resource": {"attributes": resource.iter().map(|(k, v)| attribute(k, v)).collect::<Vec<_>>()},
-        "scopeSpans": [{"scope": {"name": "weir", "version": crate::VERSION}, "spans": spans}],
-    }]})
-    .to_string()
+/// Writes `s` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    // Serializing a string cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
 }
 
-/// How often finished spans are sent.
-const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+fn json_attribute(out: &mut String, first: &mut bool, key: &str, value: &str) {
+    if !std::mem::take(first) {
+        out.push(',');
+    }
+    let _ = write!(out, "{{\"key\":\"{key}\",\"value\":{{\"stringValue\":");
+    json_string(out, value);
+    out.push_str("}}");
+}
 
-/// Sends the current runtime's finished spans to each collector every second, forever.
+/// The OTLP/HTTP JSON body (`ExportTraceServiceRequest`) of `spans`, written directly
+/// (a `serde_json::Value` tree of thousands of spans costs more than the spans).
+fn export_json(spans: &[Span], resource: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(256 + spans.len() * 400);
+    out.push_str("{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    let mut first = true;
+    for (k, v) in resource {
+        json_attribute(&mut out, &mut first, k, v);
+    }
+    let _ = write!(
+        out,
+        "]}},\"scopeSpans\":[{{\"scope\":{{\"name\":\"weir\",\"version\":\"{}\"}},\"spans\":[",
+        crate::VERSION
+    );
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // OTLP's JSON encoding writes ids as hex, not base64, and 64-bit integers as strings.
+        let _ = write!(out, "{{\"traceId\":\"{:032x}\",\"spanId\":\"{:016x}\",", s.trace, s.id);
+        if let Some(parent) = s.parent {
+            let _ = write!(out, "\"parentSpanId\":\"{parent:016x}\",");
+        }
+        out.push_str("\"name\":");
+        match &s.endpoint {
+            Some(e) => json_string(&mut out, &format!("{} {}", s.method, e.route())),
+            None => json_string(&mut out, s.method.as_str()),
+        }
+        let _ = write!(
+            out,
+            ",\"kind\":{},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+            s.kind, s.start_ns, s.end_ns
+        );
+        let mut first = true;
+        json_attribute(&mut out, &mut first, "http.request.method", s.method.as_str());
+        if let Some(e) = &s.endpoint {
+            json_attribute(&mut out, &mut first, "http.route", e.route());
+        }
+        if let Some(url) = &s.url {
+            json_attribute(&mut out, &mut first, "url.full", &url.to_string());
+            if let Some(host) = url.host() {
+                json_attribute(&mut out, &mut first, "server.address", host);
+            }
+        }
+        if let Some(status) = s.status {
+            json_attribute(&mut out, &mut first, "http.response.status_code", &status.to_string());
+        }
+        // 1 ok, 2 error: a 5xx, or no answer at all.
+        let error = s.status.is_none_or(|status| status >= 500);
+        let _ = write!(out, "],\"status\":{{\"code\":{}}}}}", if error { 2 } else { 1 });
+    }
+    out.push_str("]}]}]}");
+    out
+}
+
+/// How often finished spans are sent, and at most how many in one request.
+const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const SPANS_PER_EXPORT: usize = 2_048;
+
+/// Sends the current runtime's finished spans to each collector, forever. Encoding runs on
+/// a blocking thread, so a large batch never holds up the requests of this worker.
 pub async fn export_to_collectors(urls: Vec<http::Uri>, service_name: String, runtime: crate::runtime::Shared) {
     let Ok(client) = crate::proxy::client::build(1) else { return };
-    let resource =
-        [("service.name", service_name), ("service.instance.id", crate::node::hostname().unwrap_or_default())];
+    let resource = Arc::new([
+        ("service.name", service_name),
+        ("service.instance.id", crate::node::hostname().unwrap_or_default()),
+    ]);
     let mut tick = tokio::time::interval(EXPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(tracer) = runtime.load_full().tracer().cloned() else { continue };
         let spans = tracer.queue.take();
-        if spans.is_empty() {
-            continue;
-        }
-        let body = bytes::Bytes::from(export_json(&spans, &resource));
-        for url in &urls {
-            let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = url.clone();
-            request.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request)).await {
-                Ok(Ok(r)) if r.status().is_success() => {}
-                Ok(Ok(r)) => tracing::warn!(%url, status = %r.status(), "OTLP collector refused the spans"),
-                Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector unreachable"),
-                Err(_) => tracing::warn!(%url, "OTLP collector did not answer in 10 s"),
+        for batch in spans.chunks(SPANS_PER_EXPORT) {
+            let batch = batch.to_vec();
+            let resource = resource.clone();
+            let Ok(body) = tokio::task::spawn_blocking(move || export_json(&batch, &*resource)).await else {
+                continue;
+            };
+            let body = bytes::Bytes::from(body);
+            for url in &urls {
+                let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
+                *request.method_mut() = http::Method::POST;
+                *request.uri_mut() = url.clone();
+                request.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request)).await {
+                    Ok(Ok(r)) if r.status().is_success() => {}
+                    Ok(Ok(r)) => tracing::warn!(%url, status = %r.status(), "OTLP collector refused the spans"),
+                    Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector unreachable"),
+                    Err(_) => tracing::warn!(%url, "OTLP collector did not answer in 10 s"),
+                }
             }
         }
     }
@@ -331,6 +374,10 @@ mod tests {
 
     fn tracer(rate: f64) -> Tracer {
         Tracer { rate, queue: Arc::default() }
+    }
+
+    fn endpoint(route: &str) -> Arc<crate::telemetry::EndpointStats> {
+        Arc::new(crate::telemetry::EndpointStats::new(route, "GET"))
     }
 
     #[test]
@@ -371,7 +418,7 @@ mod tests {
         assert!(sampled);
         assert_ne!(parent, 0x00f0_67aa_0ba9_02b7, "the backend's parent is the client span");
         call.finish(&http::Method::GET, &"http://db:8080/x".parse().unwrap(), Some(200));
-        ctx.finish(&http::Method::GET, "/x", 200);
+        ctx.finish(&http::Method::GET, &endpoint("/x"), 200);
         let spans = t.queue.take();
         assert_eq!(spans.len(), 2);
         let (client, server) = (&spans[0], &spans[1]);
@@ -382,7 +429,11 @@ mod tests {
         let exported = &body["resourceSpans"][0]["scopeSpans"][0]["spans"];
         assert_eq!(exported[1]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(exported[1]["kind"], 2);
+        assert_eq!(exported[1]["name"], "GET /x");
+        assert_eq!(exported[1]["status"]["code"], 1);
         assert_eq!(exported[0]["parentSpanId"], exported[1]["spanId"]);
+        assert_eq!(exported[0]["attributes"][1]["value"]["stringValue"], "http://db:8080/x");
+        assert_eq!(exported[0]["attributes"][2]["value"]["stringValue"], "db");
     }
 
     #[test]
@@ -391,7 +442,7 @@ mod tests {
         let ctx = none.start(&HeaderMap::new());
         assert!(!ctx.sampled());
         assert!(ctx.client_span().traceparent().to_str().unwrap().ends_with("-00"));
-        ctx.finish(&http::Method::GET, "/", 200);
+        ctx.finish(&http::Method::GET, &endpoint("/"), 200);
         assert!(none.queue.take().is_empty(), "unsampled spans are not kept");
         let half = tracer(0.5);
         let sampled = (0..10_000).filter(|_| half.start(&HeaderMap::new()).sampled()).count();
@@ -404,7 +455,7 @@ mod tests {
     fn the_queue_is_bounded() {
         let t = tracer(1.0);
         for _ in 0..QUEUE_LIMIT + 10 {
-            t.start(&HeaderMap::new()).finish(&http::Method::GET, "/", 200);
+            t.start(&HeaderMap::new()).finish(&http::Method::GET, &endpoint("/"), 200);
         }
         assert_eq!(t.queue.take().len(), QUEUE_LIMIT);
         assert_eq!(t.queue.dropped(), 10);
