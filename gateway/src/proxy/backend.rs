@@ -50,7 +50,7 @@ pub struct Inbound<'a> {
     /// Headers every backend request carries (propagated claims, roles).
     pub extra_headers: &'a [(HeaderName, HeaderValue)],
     /// The request's trace, when traces are exported.
-    pub trace: Option<&'a crate::telemetry::trace::TraceContext>,
+    pub trace: Option<&'a crate::telemetry::trace::TraceContext<'a>>,
 }
 
 /// A backend that failed, with what it answered when it answered at all.

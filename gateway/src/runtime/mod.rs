@@ -202,7 +202,7 @@ impl Runtime {
         parts: &http::request::Parts,
         body: Incoming,
         client_ip: std::net::IpAddr,
-        trace: Option<&crate::telemetry::trace::TraceContext>,
+        trace: Option<&crate::telemetry::trace::TraceContext<'_>>,
     ) -> Response<Body> {
         let admitted = match pipeline.admit(parts, client_ip, params).await {
             Ok(a) => a,

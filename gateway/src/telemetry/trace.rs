@@ -77,10 +77,21 @@ pub fn parse_traceparent(value: &HeaderValue) -> Option<(u128, u64, bool)> {
 }
 
 fn traceparent(trace: u128, span: u64, sampled: bool) -> HeaderValue {
-    let mut s = String::with_capacity(55);
-    let _ = write!(s, "00-{trace:032x}-{span:016x}-{:02x}", u8::from(sampled));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `00-<32 hex trace>-<16 hex span>-<2 hex flags>`, written without the formatter: this
+    // runs for every backend call of a traced service.
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    for i in 0..32 {
+        out[3 + i] = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    for i in 0..16 {
+        out[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
     // Only hex digits and dashes: always a valid header value.
-    HeaderValue::from_str(&s)
+    HeaderValue::from_bytes(&out)
         .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
 }
 
@@ -160,7 +171,7 @@ impl Tracer {
 
     /// The trace context of a request: continues the caller's trace (and its sampling
     /// decision) when it sent a valid `traceparent`, else starts one, sampled at the rate.
-    pub fn start(&self, headers: &HeaderMap) -> TraceContext {
+    pub fn start(&self, headers: &HeaderMap) -> TraceContext<'_> {
         let parent = headers.get(TRACEPARENT).and_then(parse_traceparent);
         let (trace, parent, sampled) = match parent {
             Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
@@ -176,32 +187,34 @@ impl Tracer {
             span: nonzero_random(),
             parent,
             sampled,
-            start: SystemTime::now(),
-            queue: self.queue.clone(),
+            // Only a sampled span needs its start time.
+            start: if sampled { SystemTime::now() } else { UNIX_EPOCH },
+            queue: &self.queue,
         }
     }
 }
 
-/// The trace of one request being served.
+/// The trace of one request being served (it borrows the runtime's tracer).
 #[derive(Debug)]
-pub struct TraceContext {
+pub struct TraceContext<'a> {
     trace: u128,
     /// The server span's id.
     span: u64,
     parent: Option<u64>,
     sampled: bool,
     start: SystemTime,
-    queue: Arc<SpanQueue>,
+    queue: &'a SpanQueue,
 }
 
-impl TraceContext {
+impl TraceContext<'_> {
     pub fn sampled(&self) -> bool {
         self.sampled
     }
 
     /// Starts a backend call: its span id goes to the backend in `traceparent`.
     pub fn client_span(&self) -> ClientSpan<'_> {
-        ClientSpan { context: self, id: nonzero_random(), start: SystemTime::now() }
+        let start = if self.sampled { SystemTime::now() } else { UNIX_EPOCH };
+        ClientSpan { context: self, id: nonzero_random(), start }
     }
 
     /// Ends the server span of `endpoint` (only a sampled one is kept).
@@ -226,7 +239,7 @@ impl TraceContext {
 
 /// One backend call of a traced request.
 pub struct ClientSpan<'a> {
-    context: &'a TraceContext,
+    context: &'a TraceContext<'a>,
     id: u64,
     start: SystemTime,
 }
