@@ -55,6 +55,9 @@ cargo build --workspace --bins --locked
 step "management and portal APIs under schemathesis"
 tests/api-fuzz.sh
 
+step "OTLP over gRPC to the OpenTelemetry project's own collector classes"
+tests/otlp-grpc.sh
+
 step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -150,17 +150,17 @@ pub async fn run(
     let settings = Settings::from_service(service)?;
     let listener = bind(listen_addr(service, port))?;
     let collectors = crate::telemetry::otlp::collectors(&service.extra_config);
-    if !collectors.trace_urls.is_empty() {
-        tracing::info!(collectors = collectors.trace_urls.len(), "exporting traces as OTLP/HTTP");
+    if !collectors.traces.is_empty() {
+        tracing::info!(collectors = collectors.traces.len(), "exporting traces over OTLP");
         tokio::spawn(crate::telemetry::trace::export_to_collectors(
-            collectors.trace_urls.clone(),
+            collectors.traces.clone(),
             collectors.service_name.clone(),
             shared.clone(),
         ));
     }
-    if !collectors.urls.is_empty() {
-        tracing::info!(collectors = collectors.urls.len(), every = ?collectors.period, "exporting metrics as OTLP/HTTP");
-        tokio::spawn(crate::telemetry::otlp::export_to_collectors(collectors, shared.clone()));
+    for target in collectors.metrics {
+        tracing::info!(url = %target.uri, protocol = ?target.protocol, every = ?target.period, "exporting metrics over OTLP");
+        tokio::spawn(crate::telemetry::otlp::export_metrics(target, collectors.service_name.clone(), shared.clone()));
     }
     for addr in crate::telemetry::prometheus_addrs(&service.extra_config) {
         let metrics = bind(addr)?;

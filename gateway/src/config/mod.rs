@@ -207,19 +207,21 @@ mod tests {
     }
 
     #[test]
-    fn only_grpc_otlp_exporters_are_reported_unsupported() {
+    fn otlp_exporters_over_http_and_grpc_are_both_supported() {
         let with = |exporter: &str| {
             check(&format!(
                 r#"{{"version":3,"host":["http://b"],"extra_config":{{"telemetry/opentelemetry":{{"exporters":{{"otlp":[{exporter}]}}}}}},
                    "endpoints":[{{"endpoint":"/a","backend":[{{"url_pattern":"/"}}]}}]}}"#
             ))
             .report
-            .unsupported
         };
-        assert!(with(r#"{"name":"c","host":"collector","port":4318,"use_http":true}"#).is_empty());
-        let grpc = with(r#"{"name":"c","host":"collector","port":4317}"#);
-        assert_eq!(grpc.len(), 1, "{grpc:?}");
-        assert!(grpc[0].namespace.contains("gRPC") && !grpc[0].blocking);
+        for exporter in [
+            r#"{"name":"c","host":"collector","port":4318,"use_http":true}"#,
+            r#"{"name":"c","host":"collector","port":4317}"#,
+        ] {
+            let report = with(exporter);
+            assert!(report.unsupported.is_empty() && report.errors.is_empty(), "{exporter}: {report:?}");
+        }
     }
 
     /// Found by fuzzing: the router panicked on a path with 26 parameters.

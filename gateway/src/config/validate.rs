@@ -676,18 +676,6 @@ fn namespaces(extra: &Obj, path: &str, scope: Scope, declares: &policy::ServiceD
         };
         if policy::supports(policy_scope, ns) {
             let at = join(path, ns);
-            let grpc = extra[ns]
-                .pointer("/exporters/otlp")
-                .and_then(Value::as_array)
-                .is_some_and(|e| e.iter().any(|e| e.get("use_http").and_then(Value::as_bool) != Some(true)));
-            if ns == "telemetry/opentelemetry" && grpc {
-                // OTLP/HTTP exporters run; gRPC ones are reported, not hidden.
-                report.unsupported.push(Unsupported {
-                    path: at.clone(),
-                    namespace: "telemetry/opentelemetry exporters.otlp without use_http (gRPC)".into(),
-                    blocking: false,
-                });
-            }
             report.errors.extend(policy::validate(policy_scope, ns, &extra[ns], &at, declares));
             continue;
         }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod otlp;
+pub mod otlp_proto;
 pub mod trace;
 
 use std::fmt::Write as _;

@@ -1,12 +1,20 @@
-//! OTLP/HTTP metrics in the JSON encoding (`POST /v1/metrics`,
-//! `ExportMetricsServiceRequest`): request durations per endpoint and status class as
-//! cumulative histograms, under OpenTelemetry's `http.server.request.duration` name.
-//! Any OpenTelemetry Collector reads them, and so does Weir's control plane.
+//! OTLP metrics (`ExportMetricsServiceRequest`): request durations per endpoint and status
+//! class as cumulative histograms, under OpenTelemetry's `http.server.request.duration`
+//! name, with backend calls, connections, refusals and breakers beside them. Sent as
+//! OTLP/HTTP JSON (`POST /v1/metrics`) or over gRPC; any OpenTelemetry Collector reads
+//! them, and so does Weir's control plane.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Value, json};
 
+use super::otlp_proto::Signal;
 use super::{LATENCY_BOUNDS_MS, Registry};
 
 /// The metric name OpenTelemetry's HTTP semantic conventions give server durations.
@@ -205,91 +213,211 @@ pub fn export_with_usage(
     .to_string()
 }
 
-/// `telemetry/opentelemetry` `exporters.otlp[]` with `use_http: true`: the collectors
-/// to send metrics to, and how often (`metric_reporting_period`, seconds, default 30).
+/// How an exporter talks to its collector: KrakenD's `use_http` picks OTLP/HTTP (JSON),
+/// its absence OTLP over gRPC (protobuf on HTTP/2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+/// Where one signal of one `exporters.otlp[]` entry goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The OTLP/HTTP path (`/v1/metrics`) or the gRPC method.
+    pub uri: http::Uri,
+    pub protocol: Protocol,
+    /// How often metrics are sent: `custom_metric_reporting_period`, else
+    /// `metric_reporting_period`. (Spans go as they finish.)
+    pub period: Duration,
+}
+
+/// `telemetry/opentelemetry` `exporters.otlp[]`: the collectors to send metrics and
+/// spans to.
 pub struct Collectors {
-    /// Where metrics go (`/v1/metrics`), unless an exporter sets `disable_metrics`.
-    pub urls: Vec<http::Uri>,
-    /// Where spans go (`/v1/traces`), unless an exporter sets `disable_traces`.
-    pub trace_urls: Vec<http::Uri>,
-    pub period: std::time::Duration,
+    /// Where metrics go, unless an exporter sets `disable_metrics`.
+    pub metrics: Vec<Target>,
+    /// Where spans go, unless an exporter sets `disable_traces`.
+    pub traces: Vec<Target>,
     pub service_name: String,
 }
 
 /// KrakenD's default reporting period.
 const DEFAULT_PERIOD_SECS: u64 = 30;
+/// The collectors' standard ports.
+const GRPC_PORT: u64 = 4317;
+const HTTP_PORT: u64 = 4318;
 
 pub fn collectors(extra: &serde_json::Map<String, Value>) -> Collectors {
     let otel = extra.get("telemetry/opentelemetry");
-    let mut urls = Vec::new();
-    let mut trace_urls = Vec::new();
+    let period = otel
+        .and_then(|t| t.get("metric_reporting_period"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_PERIOD_SECS)
+        .max(1);
+    let mut metrics = Vec::new();
+    let mut traces = Vec::new();
     for e in otel.and_then(|t| t.pointer("/exporters/otlp")).and_then(Value::as_array).into_iter().flatten() {
         let host = e.get("host").and_then(Value::as_str).unwrap_or("localhost");
-        if e.get("use_http").and_then(Value::as_bool) != Some(true) {
-            tracing::warn!(
-                host,
-                "OTLP over gRPC is not supported yet: set \"use_http\": true to export to this collector"
-            );
-            continue;
-        }
-        let port = e.get("port").and_then(Value::as_u64).unwrap_or(4318);
+        let protocol =
+            if e.get("use_http").and_then(Value::as_bool) == Some(true) { Protocol::Http } else { Protocol::Grpc };
+        let default_port = if protocol == Protocol::Http { HTTP_PORT } else { GRPC_PORT };
+        let port = e.get("port").and_then(Value::as_u64).filter(|p| *p > 0).unwrap_or(default_port);
         let host = if host.contains("://") { host.to_owned() } else { format!("http://{host}") };
         let flag = |key: &str| e.get(key).and_then(Value::as_bool) == Some(true);
-        for (disabled, path, into) in
-            [(flag("disable_metrics"), "metrics", &mut urls), (flag("disable_traces"), "traces", &mut trace_urls)]
-        {
+        let own_period = e.get("custom_metric_reporting_period").and_then(Value::as_u64).filter(|p| *p > 0);
+        for (disabled, signal, into) in [
+            (flag("disable_metrics"), Signal::Metrics, &mut metrics),
+            (flag("disable_traces"), Signal::Traces, &mut traces),
+        ] {
             if disabled {
                 continue;
             }
-            match format!("{}:{port}/v1/{path}", host.trim_end_matches('/')).parse() {
-                Ok(url) => into.push(url),
+            let path = if protocol == Protocol::Http { signal.http_path() } else { signal.grpc_path() };
+            match format!("{}:{port}{path}", host.trim_end_matches('/')).parse() {
+                Ok(uri) => {
+                    into.push(Target { uri, protocol, period: Duration::from_secs(own_period.unwrap_or(period)) })
+                }
                 Err(e) => tracing::warn!(host, error = %e, "OTLP exporter skipped"),
             }
         }
     }
     Collectors {
-        urls,
-        trace_urls,
-        period: std::time::Duration::from_secs(
-            otel.and_then(|t| t.get("metric_reporting_period"))
-                .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_PERIOD_SECS)
-                .max(1),
-        ),
+        metrics,
+        traces,
         service_name: otel.and_then(|t| t.get("service_name")).and_then(Value::as_str).unwrap_or("weir").to_owned(),
     }
 }
 
-/// Sends the current runtime's metrics to each collector every period, forever.
-pub async fn export_to_collectors(collectors: Collectors, runtime: crate::runtime::Shared) {
-    let Ok(client) = crate::proxy::client::build(1) else { return };
+/// One export, in the forms its collectors take.
+pub struct Payload {
+    json: Bytes,
+    /// The framed protobuf message, when a gRPC collector takes it (or why it could not
+    /// be written).
+    grpc: Option<Result<Bytes, String>>,
+}
+
+impl Payload {
+    /// `json` is the OTLP/JSON export request; `grpc` whether to write the protobuf too.
+    pub fn new(signal: Signal, json: String, grpc: bool) -> Self {
+        let grpc = grpc.then(|| {
+            let export: Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+            Ok(Bytes::from(super::otlp_proto::grpc_frame(&super::otlp_proto::encode(signal, &export)?)?))
+        });
+        Payload { json: Bytes::from(json), grpc }
+    }
+}
+
+type GrpcClient = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Sends exports to collectors: OTLP/HTTP over the pooled HTTP/1.1 client, OTLP/gRPC over
+/// HTTP/2 (cleartext, or TLS for `https://` hosts).
+pub struct Sender {
+    http: crate::proxy::client::Client,
+    grpc: GrpcClient,
+}
+
+/// A collector that takes longer than this to answer an export is given up on.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Sender {
+    pub fn new() -> Option<Self> {
+        let http = crate::proxy::client::build(1).ok()?;
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(EXPORT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .ok()?
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(connector);
+        let grpc = HyperClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        Some(Sender { http, grpc })
+    }
+
+    /// Sends `payload` to `target`; failures are logged (the next export carries the
+    /// cumulative figures, and spans are best-effort).
+    pub async fn send(&self, target: &Target, signal: Signal, payload: &Payload) {
+        let what = match signal {
+            Signal::Metrics => "metrics",
+            Signal::Traces => "spans",
+        };
+        let url = &target.uri;
+        let outcome = match target.protocol {
+            Protocol::Http => tokio::time::timeout(EXPORT_TIMEOUT, self.post_json(url, payload.json.clone())).await,
+            Protocol::Grpc => match &payload.grpc {
+                Some(Ok(body)) => tokio::time::timeout(EXPORT_TIMEOUT, self.grpc_call(url, body.clone())).await,
+                Some(Err(e)) => Ok(Err(format!("could not be written as protobuf: {e}"))),
+                None => Ok(Err("no protobuf form was prepared".to_owned())),
+            },
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector did not take the {what}"),
+            Err(_) => tracing::warn!(%url, "OTLP collector did not answer in {} s", EXPORT_TIMEOUT.as_secs()),
+        }
+    }
+
+    async fn post_json(&self, url: &http::Uri, body: Bytes) -> Result<(), String> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = url.clone();
+        request.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        let response = self.http.request(request).await.map_err(|e| format!("unreachable: {e}"))?;
+        if response.status().is_success() { Ok(()) } else { Err(format!("status {}", response.status())) }
+    }
+
+    /// A unary gRPC call: the status is in the trailers (or, for an immediate error, in
+    /// the headers).
+    async fn grpc_call(&self, url: &http::Uri, framed: Bytes) -> Result<(), String> {
+        let mut request = http::Request::new(Full::new(framed));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = url.clone();
+        let headers = request.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
+        );
+        let response = self.grpc.request(request).await.map_err(|e| format!("unreachable: {e}"))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", parts.status));
+        }
+        let collected = body.collect().await.map_err(|e| format!("broken answer: {e}"))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let header = |name: &str| trailers.get(name).or_else(|| parts.headers.get(name)).and_then(|v| v.to_str().ok());
+        match header("grpc-status") {
+            Some("0") => Ok(()),
+            Some(code) => Err(format!(
+                "gRPC status {code}: {}",
+                percent_encoding::percent_decode_str(header("grpc-message").unwrap_or("")).decode_utf8_lossy()
+            )),
+            None => Err("no gRPC status in the answer".to_owned()),
+        }
+    }
+}
+
+/// Sends the current runtime's metrics to `target` every period, forever.
+pub async fn export_metrics(target: Target, service_name: String, runtime: crate::runtime::Shared) {
+    let Some(sender) = Sender::new() else { return };
     let instance = crate::node::hostname().unwrap_or_default();
-    let resource = [("service.name", collectors.service_name.clone()), ("service.instance.id", instance)];
-    let mut tick = tokio::time::interval(collectors.period);
+    let resource = [("service.name", service_name), ("service.instance.id", instance)];
+    let mut tick = tokio::time::interval(target.period);
     tick.tick().await;
     loop {
         tick.tick().await;
         let current = runtime.load_full();
-        let body = bytes::Bytes::from(export_with_usage(
-            current.metrics(),
-            &current.consumer_usage(),
-            &resource,
-            SystemTime::now(),
-        ));
-        for url in &collectors.urls {
-            let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = url.clone();
-            request
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-            match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request)).await {
-                Ok(Ok(r)) if r.status().is_success() => {}
-                Ok(Ok(r)) => tracing::warn!(%url, status = %r.status(), "OTLP collector refused the metrics"),
-                Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector unreachable"),
-                Err(_) => tracing::warn!(%url, "OTLP collector did not answer in 10 s"),
-            }
-        }
+        let json = export_with_usage(current.metrics(), &current.consumer_usage(), &resource, SystemTime::now());
+        let payload = Payload::new(Signal::Metrics, json, target.protocol == Protocol::Grpc);
+        sender.send(&target, Signal::Metrics, &payload).await;
     }
 }
 
@@ -302,24 +430,62 @@ mod tests {
     use crate::telemetry::EndpointStats;
 
     #[test]
-    fn http_collectors_come_from_krakend_settings() {
+    fn collectors_come_from_krakend_settings() {
         let extra = serde_json::json!({"telemetry/opentelemetry": {"service_name": "shop", "metric_reporting_period": 5,
             "exporters": {"otlp": [{"name": "a", "host": "collector", "port": 4318, "use_http": true},
-                                   {"name": "b", "host": "grpc-only", "port": 4317}]}}});
+                                   {"name": "b", "host": "agent", "custom_metric_reporting_period": 60},
+                                   {"name": "c", "host": "https://otlp.example.com", "port": 443, "use_http": false}]}}});
         let c = collectors(extra.as_object().unwrap());
-        assert_eq!(c.urls.len(), 1, "gRPC exporters are skipped");
-        assert_eq!(c.urls[0].to_string(), "http://collector:4318/v1/metrics");
-        assert_eq!(c.trace_urls[0].to_string(), "http://collector:4318/v1/traces");
-        assert_eq!(c.period, std::time::Duration::from_secs(5));
+        let shown = |targets: &[Target]| {
+            targets.iter().map(|t| (t.uri.to_string(), t.protocol, t.period.as_secs())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shown(&c.metrics),
+            [
+                ("http://collector:4318/v1/metrics".to_owned(), Protocol::Http, 5),
+                // gRPC without use_http, on its standard port unless one is given.
+                (
+                    "http://agent:4317/opentelemetry.proto.collector.metrics.v1.MetricsService/Export".to_owned(),
+                    Protocol::Grpc,
+                    60
+                ),
+                (
+                    "https://otlp.example.com:443/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+                        .to_owned(),
+                    Protocol::Grpc,
+                    5
+                ),
+            ]
+        );
+        assert_eq!(c.traces[0].uri.to_string(), "http://collector:4318/v1/traces");
+        assert_eq!(
+            c.traces[1].uri.to_string(),
+            "http://agent:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
         assert_eq!(c.service_name, "shop");
         let extra = serde_json::json!({"telemetry/opentelemetry": {"exporters": {"otlp": [
             {"name": "m", "host": "metrics-only", "port": 4318, "use_http": true, "disable_traces": true},
             {"name": "t", "host": "traces-only", "port": 4318, "use_http": true, "disable_metrics": true}]}}});
         let c = collectors(extra.as_object().unwrap());
-        assert_eq!(c.urls.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http://metrics-only:4318/v1/metrics"]);
-        assert_eq!(
-            c.trace_urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["http://traces-only:4318/v1/traces"]
+        assert_eq!(shown(&c.metrics), [("http://metrics-only:4318/v1/metrics".to_owned(), Protocol::Http, 30)]);
+        assert_eq!(shown(&c.traces), [("http://traces-only:4318/v1/traces".to_owned(), Protocol::Http, 30)]);
+    }
+
+    #[test]
+    fn a_real_export_is_written_as_protobuf_for_grpc_collectors() {
+        let stats = Arc::new(EndpointStats::new("/orders/{id}", "GET"));
+        stats.record(200, Duration::from_millis(3));
+        let registry = Registry { endpoints: vec![stats], ..Registry::default() };
+        let json = export_json(&registry, &[("service.name", "weir".into())], SystemTime::now());
+        let payload = Payload::new(Signal::Metrics, json.clone(), true);
+        let framed = payload.grpc.unwrap().unwrap();
+        assert_eq!(framed[0], 0, "not compressed");
+        let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, framed.len() - 5);
+        assert_eq!(payload.json, json.as_bytes(), "HTTP collectors get the JSON unchanged");
+        assert!(
+            Payload::new(Signal::Metrics, json, false).grpc.is_none(),
+            "protobuf only when a gRPC collector wants it"
         );
     }
 

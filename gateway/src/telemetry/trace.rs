@@ -1,6 +1,7 @@
 //! Traces: a server span per endpoint request and a client span per backend call, W3C
 //! `traceparent` propagated to backends, sampled at `trace_sample_rate`, and sent as
-//! OTLP/HTTP JSON (`POST /v1/traces`) to the collectors that do not set `disable_traces`.
+//! OTLP/HTTP JSON (`POST /v1/traces`) or over gRPC to the collectors that do not set
+//! `disable_traces`.
 //!
 //! The request path only draws ids from a thread-local generator and, for sampled
 //! requests, pushes finished spans onto a bounded queue; an exporter task drains it.
@@ -153,11 +154,11 @@ pub struct Tracer {
 
 impl Tracer {
     /// A tracer when the service exports traces to a collector: an `exporters.otlp[]`
-    /// entry with `use_http` and without `disable_traces`. `trace_sample_rate` defaults
+    /// entry without `disable_traces`. `trace_sample_rate` defaults
     /// to 1 (KrakenD's default). `previous` keeps the queue across reloads.
     pub fn from_service(extra: &serde_json::Map<String, Value>, previous: Option<&Arc<Tracer>>) -> Option<Arc<Tracer>> {
         let otel = extra.get("telemetry/opentelemetry")?;
-        if super::otlp::collectors(extra).trace_urls.is_empty() {
+        if super::otlp::collectors(extra).traces.is_empty() {
             return None;
         }
         let rate = otel.get("trace_sample_rate").and_then(Value::as_f64).unwrap_or(1.0).clamp(0.0, 1.0);
@@ -346,8 +347,15 @@ const SPANS_PER_EXPORT: usize = 2_048;
 
 /// Sends the current runtime's finished spans to each collector, forever. Encoding runs on
 /// a blocking thread, so a large batch never holds up the requests of this worker.
-pub async fn export_to_collectors(urls: Vec<http::Uri>, service_name: String, runtime: crate::runtime::Shared) {
-    let Ok(client) = crate::proxy::client::build(1) else { return };
+pub async fn export_to_collectors(
+    targets: Vec<super::otlp::Target>,
+    service_name: String,
+    runtime: crate::runtime::Shared,
+) {
+    use super::otlp::{Payload, Protocol};
+    use super::otlp_proto::Signal;
+    let Some(sender) = super::otlp::Sender::new() else { return };
+    let grpc = targets.iter().any(|t| t.protocol == Protocol::Grpc);
     let resource = Arc::new([
         ("service.name", service_name),
         ("service.instance.id", crate::node::hostname().unwrap_or_default()),
@@ -361,21 +369,12 @@ pub async fn export_to_collectors(urls: Vec<http::Uri>, service_name: String, ru
         for batch in spans.chunks(SPANS_PER_EXPORT) {
             let batch = batch.to_vec();
             let resource = resource.clone();
-            let Ok(body) = tokio::task::spawn_blocking(move || export_json(&batch, &*resource)).await else {
+            let encode = move || Payload::new(Signal::Traces, export_json(&batch, &*resource), grpc);
+            let Ok(payload) = tokio::task::spawn_blocking(encode).await else {
                 continue;
             };
-            let body = bytes::Bytes::from(body);
-            for url in &urls {
-                let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
-                *request.method_mut() = http::Method::POST;
-                *request.uri_mut() = url.clone();
-                request.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request)).await {
-                    Ok(Ok(r)) if r.status().is_success() => {}
-                    Ok(Ok(r)) => tracing::warn!(%url, status = %r.status(), "OTLP collector refused the spans"),
-                    Ok(Err(e)) => tracing::warn!(%url, error = %e, "OTLP collector unreachable"),
-                    Err(_) => tracing::warn!(%url, "OTLP collector did not answer in 10 s"),
-                }
+            for target in &targets {
+                sender.send(target, Signal::Traces, &payload).await;
             }
         }
     }

@@ -296,6 +296,19 @@ mod tests {
         assert_eq!(crate::domain::traffic::usage_from_otlp(&decoded, "n").unwrap()[0].requests, 17);
     }
 
+    /// The gateway's encoder (OTLP over gRPC) against the same reference: written from
+    /// `export.json`, it gives the very bytes of the OpenTelemetry project's encoder.
+    #[test]
+    fn the_gateways_protobuf_reads_as_the_reference_encoding() {
+        let json: Value = serde_json::from_str(include_str!("../../tests/fixtures/otlp/export.json")).unwrap();
+        let ours =
+            weir_gateway::telemetry::otlp_proto::encode(weir_gateway::telemetry::otlp_proto::Signal::Metrics, &json)
+                .unwrap();
+        let reference = include_bytes!("../../tests/fixtures/otlp/export.pb");
+        assert_eq!(export_to_json(&ours).unwrap(), export_to_json(reference).unwrap());
+        assert_eq!(ours, reference, "byte for byte: fields in number order, repeated numbers packed");
+    }
+
     #[test]
     fn truncated_and_malformed_messages_are_errors() {
         // A length that runs past the end, a varint of 11 bytes, a group (wire type 3).
