@@ -90,7 +90,11 @@ impl Runtime {
         };
         let policies = crate::policy::ServicePolicies::build(&service.extra_config).map_err(CompileError::Policy)?;
         let mut router = Router::compile(service, flags, &common, &policies)?;
-        let metrics = match previous {
+        let tracer = crate::telemetry::trace::Tracer::from_service(
+            &service.extra_config,
+            previous.and_then(|p| p.tracer.as_ref()),
+        );
+        let mut metrics = match previous {
             Some(p) => {
                 router.adopt_stats(&p.metrics);
                 let mut registry = router.registry();
@@ -100,6 +104,7 @@ impl Runtime {
             }
             None => router.registry(),
         };
+        metrics.spans = tracer.as_ref().map(|t| t.queue().clone());
         Ok(Self {
             router,
             client,
@@ -111,10 +116,7 @@ impl Runtime {
             metrics,
             api_keys: policies.api_keys().cloned(),
             access_log: crate::telemetry::access::AccessLog::from_service(service),
-            tracer: crate::telemetry::trace::Tracer::from_service(
-                &service.extra_config,
-                previous.and_then(|p| p.tracer.as_ref()),
-            ),
+            tracer,
         })
     }
 

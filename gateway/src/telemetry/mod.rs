@@ -291,6 +291,8 @@ pub struct Registry {
     pub backends: Vec<Arc<BackendStats>>,
     pub front: FrontStats,
     pub breakers: Vec<(String, Arc<CircuitBreaker>)>,
+    /// The finished spans' queue, when traces are exported (for its drop count).
+    pub spans: Option<Arc<trace::SpanQueue>>,
     /// When the counters started (the runtime's compile time): cumulative series begin here.
     pub started: std::time::SystemTime,
 }
@@ -302,6 +304,7 @@ impl Default for Registry {
             backends: Vec::new(),
             front: FrontStats::default(),
             breakers: Vec::new(),
+            spans: None,
             started: std::time::SystemTime::now(),
         }
     }
@@ -376,6 +379,13 @@ impl Registry {
             "# HELP weir_open_connections Client connections open now.\n# TYPE weir_open_connections gauge\nweir_open_connections {}",
             OpenConnection::count()
         );
+        if let Some(spans) = &self.spans {
+            let _ = writeln!(
+                out,
+                "# HELP weir_spans_dropped_total Finished spans dropped because the export queue was full.\n# TYPE weir_spans_dropped_total counter\nweir_spans_dropped_total {}",
+                spans.dropped()
+            );
+        }
         out.push_str("# HELP weir_refusals_total Requests refused by a policy before reaching backends.\n# TYPE weir_refusals_total counter\n");
         for e in &self.endpoints {
             for (r, n) in Refusal::ALL.iter().zip(&e.refusals) {

@@ -40,6 +40,9 @@ pub const REFUSALS_METRIC: &str = "weir.requests.refused";
 /// Each circuit breaker's state, a gauge.
 pub const BREAKER_METRIC: &str = "weir.circuit_breaker.state";
 
+/// Finished spans dropped because the export queue was full, a cumulative sum.
+pub const SPANS_DROPPED_METRIC: &str = "weir.traces.spans_dropped";
+
 /// Requests made with each consumer's API keys (keyring keys), a cumulative sum.
 pub const CONSUMER_METRIC: &str = "weir.consumer.requests";
 
@@ -185,6 +188,15 @@ pub fn export_with_usage(
             "unit": "1",
             "description": "Circuit breaker state: 0 closed, 1 open, 2 half-open",
             "gauge": {"dataPoints": breaker_points},
+        }));
+    }
+    if let Some(spans) = &registry.spans {
+        metrics.push(json!({
+            "name": SPANS_DROPPED_METRIC,
+            "unit": "{span}",
+            "description": "Finished spans dropped because the export queue was full",
+            "sum": {"aggregationTemporality": 2, "isMonotonic": true, "dataPoints": [
+                {"startTimeUnixNano": start, "timeUnixNano": now, "asInt": spans.dropped().to_string()}]},
         }));
     }
     if !usage.is_empty() {

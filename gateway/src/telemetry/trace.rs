@@ -471,5 +471,13 @@ mod tests {
         }
         assert_eq!(t.queue.take().len(), QUEUE_LIMIT);
         assert_eq!(t.queue.dropped(), 10);
+        // The drop count is a metric, in OTLP and Prometheus.
+        let registry = crate::telemetry::Registry { spans: Some(t.queue.clone()), ..Default::default() };
+        assert!(registry.render().contains("\nweir_spans_dropped_total 10\n"));
+        let body: Value =
+            serde_json::from_str(&super::super::otlp::export_json(&registry, &[], SystemTime::now())).unwrap();
+        let metrics = body["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().unwrap();
+        let dropped = metrics.iter().find(|m| m["name"] == super::super::otlp::SPANS_DROPPED_METRIC).unwrap();
+        assert_eq!(dropped["sum"]["dataPoints"][0]["asInt"], "10");
     }
 }
