@@ -427,6 +427,26 @@ add_row() { # name rps p50 p99 rss_mb errors note [other_cpus proxy_cpu]
     ROW_OTHER+=("${8:--}") ROW_PCPU+=("${9:--}")
 }
 
+# telemetry_cost: the cost of telemetry as the median over rounds of each round's ratio of
+# "no-op + telemetry" to "no-op" req/s. Both ran back to back in the same round, so the ratio
+# is steadier than the ratio of the two median rows on a noisy machine.
+telemetry_cost() {
+    local plain=() tele=() i ratios
+    for i in "${!ROW_NAME[@]}"; do
+        case ${ROW_NAME[$i]} in
+        "weir no-op proxy") plain+=("${ROW_RPS[$i]}") ;;
+        "weir no-op + telemetry") tele+=("${ROW_RPS[$i]}") ;;
+        esac
+    done
+    ((${#plain[@]} > 0 && ${#plain[@]} == ${#tele[@]})) || return 0
+    ratios=$(for i in "${!plain[@]}"; do
+        [[ ${plain[$i]} =~ ^[0-9]+$ && ${tele[$i]} =~ ^[0-9]+$ && ${plain[$i]} -gt 0 ]] || continue
+        awk -v t="${tele[$i]}" -v p="${plain[$i]}" 'BEGIN { printf "%.3f\n", t / p }'
+    done | sort -n)
+    [[ -n $ratios ]] || return 0
+    NOTES+=("telemetry cost: no-op + telemetry / no-op req/s per round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | awk '{ r[NR] = $1 } END { printf "%.3f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
+}
+
 # median_rows: with several rounds, keeps one row per scenario: the round with the median
 # req/s (a failed round counts as 0), with the highest peak RSS of all its rounds; notes
 # every round's req/s.
@@ -752,6 +772,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     ((ROUNDS == 1)) || log "round $ROUND of $ROUNDS"
     run_round
 done
+telemetry_cost
 median_rows
 
 # 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.

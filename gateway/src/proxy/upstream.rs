@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::sync::{Arc, Weak};
@@ -76,9 +77,32 @@ pub enum CallError {
     Closed,
 }
 
+/// The pool's hasher: a multiply-rotate hash (as rustc's `FxHasher`). `Authority` hashes
+/// byte by byte, and SipHash spent ~1,600 instructions a request on two lookups; the keys
+/// are backend hosts from the config, never chosen by clients, so flooding resistance buys
+/// nothing here.
+#[derive(Default)]
+struct HostHasher(u64);
+
+impl Hasher for HostHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u8(*b);
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Idle connections by host.
 pub struct Upstreams {
-    idle: Mutex<HashMap<Authority, Vec<Pooled>>>,
+    idle: Mutex<HashMap<Authority, Vec<Pooled>, BuildHasherDefault<HostHasher>>>,
     max_idle_per_host: usize,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -86,7 +110,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(max_idle_per_host: usize, connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { idle: Mutex::new(HashMap::new()), max_idle_per_host, connect_timeout, idle_timeout }
+        Self { idle: Mutex::new(HashMap::default()), max_idle_per_host, connect_timeout, idle_timeout }
     }
 
     fn checkout(&self, authority: &Authority) -> Option<Pooled> {
