@@ -162,6 +162,7 @@ enum BundleCommand {
 
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
@@ -183,6 +184,18 @@ pub fn main() -> ExitCode {
         }
         Command::Keygen { out } => keygen(&out),
         Command::Bundle(cmd) => bundle_command(cmd),
+    }
+}
+
+/// Turns transparent huge pages off for this process. With the kernel's THP on `always`,
+/// the allocator's arenas fault in as 2 MiB pages, and a gateway holding many small
+/// per-connection buffers pays for whole huge pages: peak RSS with 1,000 connections was
+/// 74-86 MB with THP and 57-65 MB without, at the same throughput within the noise.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Only memory use is at stake: say so and go on.
+        eprintln!("weir: could not turn transparent huge pages off: {e}");
     }
 }
 

@@ -157,6 +157,12 @@ async fn backend_and_client_faults_are_contained_and_leak_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds_before, rss_before) = (open_fds(pid), rss_kb(pid));
+    // Transparent huge pages are off for the gateway (2 MiB pages for small per-connection
+    // buffers inflate its memory); kernels before 5.0 do not report the field.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if let Some(thp) = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")) {
+        assert_eq!(thp.trim(), "0", "transparent huge pages are on for the gateway");
+    }
 
     // Backend faults, three rounds each; the healthy endpoint answers between them. The
     // first round sets the allocator's high-water mark; later rounds must not add to it.
