@@ -396,6 +396,69 @@ mod tests {
         assert!(bytes.ends_with(&tail), "{bytes:02x?}");
     }
 
+    /// Any JSON value, for the places where a field holds the wrong kind of thing.
+    fn any_leaf() -> proptest::strategy::BoxedStrategy<Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "[0-9a-fA-F]{0,6}|-?[0-9]{1,25}|NaN|-Infinity|\\PC{0,8}".prop_map(Value::String),
+            Just(Value::Array(vec![Value::from(1)])),
+            Just(serde_json::json!({"unknown": 1})),
+        ]
+        .boxed()
+    }
+
+    /// A value for `kind`: mostly of the right form, sometimes anything at all.
+    fn value_of(kind: Kind, depth: u32) -> proptest::strategy::BoxedStrategy<Value> {
+        use proptest::prelude::*;
+        let right = match kind {
+            Kind::Str => "\\PC{0,12}".prop_map(Value::String).boxed(),
+            Kind::HexBytes => "([0-9a-f]{2}){0,16}|[0-9a-z]{0,5}".prop_map(Value::String).boxed(),
+            Kind::Varint | Kind::Fixed32 => any::<u32>().prop_map(Value::from).boxed(),
+            Kind::Int64 | Kind::Fixed64 | Kind::SFixed64 => {
+                any::<i64>().prop_map(|n| Value::String(n.to_string())).boxed()
+            }
+            Kind::Double => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from).boxed(),
+            Kind::Message(fields) if depth < 5 => message_of(fields, depth + 1),
+            Kind::Message(_) => Just(serde_json::json!({})).boxed(),
+        };
+        let repeated = prop::collection::vec(right.clone(), 0..3).prop_map(Value::Array);
+        prop_oneof![6 => right, 2 => repeated, 1 => any_leaf()].boxed()
+    }
+
+    /// An object with a random subset of `fields`.
+    fn message_of(fields: &'static [Field], depth: u32) -> proptest::strategy::BoxedStrategy<Value> {
+        use proptest::prelude::*;
+        let parts: Vec<_> = fields
+            .iter()
+            .map(|f| proptest::option::weighted(0.6, value_of(f.kind, depth)).prop_map(move |v| (f.json, v)))
+            .collect();
+        parts
+            .prop_map(|chosen| {
+                Value::Object(chosen.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))).collect())
+            })
+            .boxed()
+    }
+
+    proptest::proptest! {
+        /// Whatever an export holds, encoding gives bytes or an error naming a path, never
+        /// a panic.
+        #[test]
+        fn any_export_encodes_or_is_refused(
+            metrics in message_of(&EXPORT_METRICS, 0),
+            traces in message_of(&EXPORT_TRACES, 0),
+        ) {
+            for (signal, export) in [(Signal::Metrics, &metrics), (Signal::Traces, &traces)] {
+                if let Err(e) = encode(signal, export) {
+                    proptest::prop_assert!(e.starts_with('.'), "{e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn fields_outside_the_messages_are_refused_with_their_path() {
         let err =
