@@ -42,17 +42,34 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// endpoint timeout in the TCP handshake of every request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds a client keeping at most `max_idle_per_host` idle connections per backend.
-pub fn build(max_idle_per_host: usize) -> Result<Client, rustls::Error> {
+/// The HTTP version a connector negotiates.
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 only: prior knowledge on cleartext, ALPN `h2` with TLS (gRPC).
+    Http2,
+}
+
+/// Plain TCP (no delay, bounded connect) or TLS with the Mozilla roots, by the URL's scheme.
+pub fn connector(
+    connect_timeout: Duration,
+    protocol: Protocol,
+) -> Result<HttpsConnector<HttpConnector>, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    http.set_connect_timeout(Some(connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+        .https_or_http();
+    Ok(match protocol {
+        Protocol::Http1 => builder.enable_http1().wrap_connector(http),
+        Protocol::Http2 => builder.enable_http2().wrap_connector(http),
+    })
+}
+
+/// Builds a client keeping at most `max_idle_per_host` idle connections per backend.
+pub fn build(max_idle_per_host: usize) -> Result<Client, rustls::Error> {
+    let https = connector(CONNECT_TIMEOUT, Protocol::Http1)?;
     let pooled = HyperClient::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)

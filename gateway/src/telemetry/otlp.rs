@@ -59,6 +59,16 @@ pub fn export_with_usage(
     resource: &[(&str, String)],
     now: SystemTime,
 ) -> String {
+    export_value(registry, usage, resource, now).to_string()
+}
+
+/// The export as an OTLP/JSON value, which both encodings are written from.
+fn export_value(
+    registry: &Registry,
+    usage: &[std::sync::Arc<crate::policy::keyring::Usage>],
+    resource: &[(&str, String)],
+    now: SystemTime,
+) -> Value {
     // Bounds in seconds, as the semantic conventions want durations.
     #[allow(clippy::cast_precision_loss)]
     let bounds: Vec<f64> = LATENCY_BOUNDS_MS.iter().map(|ms| *ms as f64 / 1000.0).collect();
@@ -222,7 +232,6 @@ pub fn export_with_usage(
         "resource": {"attributes": attributes},
         "scopeMetrics": [{"scope": {"name": "weir", "version": crate::VERSION}, "metrics": metrics}],
     }]})
-    .to_string()
 }
 
 /// How an exporter talks to its collector: KrakenD's `use_http` picks OTLP/HTTP (JSON),
@@ -310,13 +319,23 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// `json` is the OTLP/JSON export request; `grpc` whether to write the protobuf too.
+    /// `json` is the OTLP/JSON export request, already written; `grpc` whether to write the
+    /// protobuf too (from the JSON read back).
     pub fn new(signal: Signal, json: String, grpc: bool) -> Self {
         let grpc = grpc.then(|| {
             let export: Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-            Ok(Bytes::from(super::otlp_proto::grpc_frame(&super::otlp_proto::encode(signal, &export)?)?))
+            Self::framed(signal, &export)
         });
         Payload { json: Bytes::from(json), grpc }
+    }
+
+    /// The same from the export as a value: each encoding is written from it once.
+    pub fn from_value(signal: Signal, export: &Value, grpc: bool) -> Self {
+        Payload { json: Bytes::from(export.to_string()), grpc: grpc.then(|| Self::framed(signal, export)) }
+    }
+
+    fn framed(signal: Signal, export: &Value) -> Result<Bytes, String> {
+        Ok(Bytes::from(super::otlp_proto::grpc_frame(&super::otlp_proto::encode(signal, export)?)?))
     }
 }
 
@@ -335,16 +354,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Sender {
     pub fn new() -> Option<Self> {
         let http = crate::proxy::client::build(1).ok()?;
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(EXPORT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .ok()?
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(connector);
+        let https = crate::proxy::client::connector(EXPORT_TIMEOUT, crate::proxy::client::Protocol::Http2).ok()?;
         let grpc = HyperClient::builder(TokioExecutor::new())
             .http2_only(true)
             .timer(TokioTimer::new())
@@ -427,8 +437,8 @@ pub async fn export_metrics(target: Target, service_name: String, runtime: crate
     loop {
         tick.tick().await;
         let current = runtime.load_full();
-        let json = export_with_usage(current.metrics(), &current.consumer_usage(), &resource, SystemTime::now());
-        let payload = Payload::new(Signal::Metrics, json, target.protocol == Protocol::Grpc);
+        let export = export_value(current.metrics(), &current.consumer_usage(), &resource, SystemTime::now());
+        let payload = Payload::from_value(Signal::Metrics, &export, target.protocol == Protocol::Grpc);
         sender.send(&target, Signal::Metrics, &payload).await;
     }
 }
@@ -495,6 +505,10 @@ mod tests {
         let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
         assert_eq!(len, framed.len() - 5);
         assert_eq!(payload.json, json.as_bytes(), "HTTP collectors get the JSON unchanged");
+        let value: Value = serde_json::from_str(&json).unwrap();
+        let direct = Payload::from_value(Signal::Metrics, &value, true);
+        assert_eq!(direct.json, payload.json);
+        assert_eq!(direct.grpc.unwrap().unwrap(), framed, "the same bytes from the value as from the text");
         assert!(
             Payload::new(Signal::Metrics, json, false).grpc.is_none(),
             "protobuf only when a gRPC collector wants it"
