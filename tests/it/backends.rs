@@ -252,3 +252,101 @@ async fn connections_the_backend_closed_while_idle_are_not_reused() {
     assert_eq!(gw.send(Method::POST, "/post", &[], "x").await.status, 200, "a POST is not lost to a stale connection");
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
+
+/// A backend speaking raw HTTP/1.1 on keep-alive connections: for each request it writes
+/// the bytes scripted for its path, in two pieces a moment apart (so that heads and
+/// bodies arrive split), and closes the connection after a close-delimited answer.
+/// Returns its URL, the connections it accepted and the requests it read.
+async fn scripted_backend() -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen) = (accepted.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut buf = [0u8; 4096];
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse().unwrap());
+                    while pending.len() < end + 4 + length {
+                        let mut buf = [0u8; 4096];
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.drain(..end + 4 + length);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(head);
+                    let answer: &[u8] = match path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\nx-trailer: t\r\n\r\n",
+                        "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"b\":2}",
+                        "/http10" => b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"c\":3}",
+                        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                    };
+                    let (first, rest) = answer.split_at(answer.len() / 2);
+                    if s.write_all(first).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if s.write_all(rest).await.is_err() {
+                        return;
+                    }
+                    if path == "/http10" {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted, requests)
+}
+
+#[tokio::test]
+async fn backend_responses_are_framed_as_http_1_1_says() {
+    let (url, accepted, requests) = scripted_backend().await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/json/{what}", "backend": [{"host": [url], "url_pattern": "/{what}"}]},
+        {"endpoint": "/raw/{what}", "output_encoding": "no-op", "backend": [{"host": [url], "url_pattern": "/{what}", "encoding": "no-op"}]},
+        {"endpoint": "/post", "method": "POST", "backend": [{"host": [url], "url_pattern": "/interim", "method": "POST"}]}
+    ])))
+    .await;
+    // Chunked (with an extension and a trailer), and an interim 100 before the answer,
+    // read whole and streamed, all over one kept-alive connection.
+    for _ in 0..2 {
+        assert_eq!(gw.get("/json/chunked").await.json(), json!({"a": 1}));
+        let raw = gw.get("/raw/chunked").await;
+        assert_eq!((raw.status, raw.text().as_str()), (200, r#"{"a":1}"#));
+        assert_eq!(gw.get("/json/interim").await.json(), json!({"b": 2}));
+        let raw = gw.get("/raw/interim").await;
+        assert_eq!((raw.status, raw.text().as_str(), raw.header("content-length")), (200, r#"{"b":2}"#, Some("7")));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "every answer left the connection reusable");
+    // A request body goes with its length.
+    assert_eq!(gw.send(Method::POST, "/post", &[], "hello").await.json(), json!({"b": 2}));
+    let post = requests.lock().unwrap().last().cloned().unwrap();
+    assert!(post.starts_with("POST /interim HTTP/1.1\r\n") && post.contains("content-length: 5\r\n"), "{post}");
+    // HTTP/1.0 without a length: the body runs to the end of the connection, which is
+    // not reused.
+    assert_eq!(gw.get("/json/http10").await.json(), json!({"c": 3}));
+    assert_eq!(gw.get("/raw/http10").await.text(), r#"{"c":3}"#);
+    assert_eq!(gw.get("/json/chunked").await.json(), json!({"a": 1}));
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "each close-delimited answer used up its connection");
+}

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod client;
 pub mod decode;
 pub mod flatmap;
+pub mod h1;
 pub mod pipeline;
 pub mod render;
 pub mod shape;

@@ -1,0 +1,529 @@
+//! HTTP/1.1 on the wire, client side, without I/O: request heads written straight into
+//! a buffer, response heads parsed in place, and bodies delimited as RFC 9112 §6 says.
+//!
+//! [`super::upstream`] drives these over its pooled connections. Keeping the protocol
+//! here, as functions over byte buffers, lets it be tested byte for byte and fuzzed
+//! without sockets.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// A response head larger than this is refused (the backend is misbehaving).
+pub const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// Response headers beyond this many are refused.
+const MAX_HEADERS: usize = 128;
+/// A chunk-size line (with extensions) or a trailer section longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why a response could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("invalid response head: {0}")]
+    Head(&'static str),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid chunked body: {0}")]
+    Chunk(&'static str),
+}
+
+/// Writes `method target HTTP/1.1`, `Host` (unless `headers` carry one), the headers,
+/// and the framing of `body`, then the body. Framing headers in `headers` are dropped:
+/// the length written is the body's own.
+pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, host: &str, headers: &HeaderMap, body: &[u8]) {
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    out.reserve(64 + target.len() + host.len() + fields + body.len());
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // Methods that define a body announce even an empty one, so the backend does not
+    // wait for one (as Go's and hyper's clients do).
+    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection can carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+/// Parses a complete response head at the start of `buf` and removes it. `Ok(None)`: the
+/// head is not complete yet; read more. Interim (1xx) responses are consumed and skipped.
+/// `request_method` decides whether a body follows (never after HEAD).
+pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<Head>, Invalid> {
+    loop {
+        // Left uninitialised: filling 128 header slots cost more than parsing a head.
+        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(Invalid::HeadTooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Invalid::Head("too many headers")),
+            Err(_) => return Err(Invalid::Head("malformed")),
+        };
+        if parsed > MAX_HEAD_BYTES {
+            return Err(Invalid::HeadTooLarge);
+        }
+        let code = response.code.ok_or(Invalid::Head("no status"))?;
+        let status = StatusCode::from_u16(code).map_err(|_| Invalid::Head("status out of range"))?;
+        let http11 = response.version == Some(1);
+        if status.is_informational() {
+            // 100 Continue, 103 Early Hints: the real answer follows. 101 would switch
+            // protocols, which is never asked for.
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Invalid::Head("unrequested protocol switch"));
+            }
+            buf.advance(parsed);
+            continue;
+        }
+        // Header values are sliced out of the head (no copies): record where each one
+        // is, then take the head out of the buffer.
+        let base = buf.as_ptr() as usize;
+        let fields = response
+            .headers
+            .iter()
+            .map(|h| {
+                let name =
+                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Invalid::Head("invalid header name"))?;
+                Ok((name, h.value.as_ptr() as usize - base, h.value.len()))
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        let head = buf.split_to(parsed).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, at, len) in fields {
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                .map_err(|_| Invalid::Head("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(status, &headers, request_method)?;
+        let keep_alive = connection_persists(http11, &headers) && !matches!(framing, Framing::Close);
+        return Ok(Some(Head { status, headers, framing, keep_alive }));
+    }
+}
+
+/// Whether the connection stays open after this response: HTTP/1.1 unless it says
+/// `close`, HTTP/1.0 only when it says `keep-alive`. Both `Transfer-Encoding` and
+/// `Content-Length` on one response is a smuggling pattern: never reuse after it.
+fn connection_persists(http11: bool, headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return false;
+    }
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (http11 || keep_alive)
+}
+
+/// How the body is delimited (RFC 9112 §6.3).
+fn framing(status: StatusCode, headers: &HeaderMap, request_method: &Method) -> Result<Framing, Invalid> {
+    if *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // Any other final coding leaves the length to the end of the connection.
+        return Ok(if chunked { Framing::Chunked(Chunked::Size) } else { Framing::Close });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        // A repeated or comma-listed length is accepted only when every copy agrees.
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Invalid::Head("invalid content-length"));
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(Invalid::Head("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, expecting its CRLF.
+    DataEnd,
+    /// After the last chunk, in the trailer section (which is read and dropped).
+    Trailers,
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// After this many more bytes (0: the body is complete).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunked),
+    /// When the backend closes the connection.
+    Close,
+}
+
+/// The next step of reading a body out of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Body bytes, taken out of the buffer without copying.
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more.
+    More,
+    /// The body is complete.
+    End,
+}
+
+impl Framing {
+    /// Whether the body is complete.
+    pub fn is_done(&self) -> bool {
+        *self == Framing::Length(0)
+    }
+
+    /// Bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Framing::Length(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of body out of `buf`.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Invalid> {
+        loop {
+            match self {
+                Framing::Length(0) => return Ok(Step::End),
+                Framing::Length(n) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let take = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
+                    *n -= take as u64;
+                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                }
+                Framing::Close => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                Framing::Chunked(state) => match *state {
+                    Chunked::Size => {
+                        let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else { return Ok(Step::More) };
+                        let size = chunk_size(&line)?;
+                        *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+                    }
+                    Chunked::Data(n) => {
+                        if buf.is_empty() {
+                            return Ok(Step::More);
+                        }
+                        let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+                        let left = n - take as u64;
+                        *state = if left == 0 { Chunked::DataEnd } else { Chunked::Data(left) };
+                        return Ok(Step::Data(buf.split_to(take).freeze()));
+                    }
+                    Chunked::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Step::More);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(Invalid::Chunk("chunk data not followed by CRLF"));
+                        }
+                        buf.advance(2);
+                        *state = Chunked::Size;
+                    }
+                    Chunked::Trailers => {
+                        let Some(line) = take_line(buf, MAX_TRAILERS)? else { return Ok(Step::More) };
+                        if line.is_empty() {
+                            *self = Framing::Length(0);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection ended: whether that completes the body.
+    pub fn at_eof(&mut self) -> Result<(), &'static str> {
+        match self {
+            Framing::Close => {
+                *self = Framing::Length(0);
+                Ok(())
+            }
+            Framing::Length(0) => Ok(()),
+            _ => Err("the backend closed the connection mid-body"),
+        }
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) out of `buf`; `None` until the
+/// whole line is there.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Invalid> {
+    match memchr_crlf(buf) {
+        Some(end) => {
+            let line = buf.split_to(end);
+            buf.advance(2);
+            Ok(Some(line))
+        }
+        None if buf.len() > max => Err(Invalid::Chunk("line too long")),
+        None => Ok(None),
+    }
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// The size of a chunk-size line: hex digits, then optional whitespace and extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(Invalid::Chunk("missing chunk size"));
+    }
+    if digits > 15 {
+        return Err(Invalid::Chunk("chunk size too large"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(Invalid::Chunk("invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, d| n * 16 + u64::from(hex(*d))))
+}
+
+fn hex(d: u8) -> u8 {
+    match d {
+        b'0'..=b'9' => d - b'0',
+        b'a'..=b'f' => d - b'a' + 10,
+        _ => d - b'A' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], method: &Method) -> (Result<Option<Head>, Invalid>, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse_head(&mut buf, method), buf)
+    }
+
+    /// Reads a whole body out of `wire`, fed in pieces of `piece` bytes.
+    fn body(mut framing: Framing, wire: &[u8], piece: usize) -> Result<(Vec<u8>, BytesMut), Invalid> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.step(&mut buf)? {
+                Step::Data(d) => out.extend_from_slice(&d),
+                Step::End => return Ok((out, buf)),
+                Step::More if fed < wire.len() => {
+                    let end = (fed + piece).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Step::More => {
+                    framing.at_eof().map_err(Invalid::Chunk)?;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_carry_host_headers_and_their_own_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let mut out = Vec::new();
+        encode_request(&mut out, &Method::POST, "/a?b=1", "h:8080", &headers, b"hello");
+        assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: h:8080\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello");
+
+        let mut out = Vec::new();
+        headers.insert(header::HOST, HeaderValue::from_static("given"));
+        encode_request(&mut out, &Method::GET, "", "h:8080", &headers, b"");
+        assert_eq!(out, b"GET / HTTP/1.1\r\nx-a: 1\r\nhost: given\r\n\r\n");
+
+        let mut out = Vec::new();
+        encode_request(&mut out, &Method::PUT, "/p", "h", &HeaderMap::new(), b"");
+        assert_eq!(out, b"PUT /p HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn heads_are_parsed_and_removed_from_the_buffer() {
+        let (h, rest) = head(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Multi: a\r\nx-multi: b\r\n\r\n{}", &Method::GET);
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 201);
+        assert_eq!(h.headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(h.headers.get_all("x-multi").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(h.keep_alive);
+        assert_eq!(&rest[..], b"{}");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_keeps_the_buffer() {
+        let (h, rest) = head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET);
+        assert!(h.unwrap().is_none());
+        assert_eq!(&rest[..], b"HTTP/1.1 200 OK\r\ncontent-le");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let (h, rest) =
+            head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx", &Method::POST);
+        let h = h.unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert!(!h.headers.contains_key("link"));
+        assert_eq!(&rest[..], b"x");
+        let (h, _) = head(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", &Method::GET);
+        assert_eq!(h.unwrap_err(), Invalid::Head("unrequested protocol switch"));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |wire: &[u8], method: &Method| head(wire, method).0.map(|h| h.map(|h| (h.framing, h.keep_alive)));
+        let ok = |f, k| Ok(Some((f, k)));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &Method::HEAD),
+            ok(Framing::Length(0), true)
+        );
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", &Method::GET), ok(Framing::Length(0), true));
+        assert_eq!(
+            framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", &Method::GET),
+            ok(Framing::Length(0), true)
+        );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", &Method::GET), ok(Framing::Close, false));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", &Method::GET),
+            ok(Framing::Chunked(Chunked::Size), true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", &Method::GET),
+            ok(Framing::Close, false)
+        );
+        // Transfer-Encoding wins over Content-Length, and the connection is not reused.
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", &Method::GET),
+            ok(Framing::Chunked(Chunked::Size), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", &Method::GET),
+            ok(Framing::Length(3), true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", &Method::GET),
+            Err(Invalid::Head("conflicting content-length"))
+        );
+        for bad in ["-1", "+3", "0x10", "", "99999999999999999999"] {
+            let wire = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert_eq!(framing(wire.as_bytes(), &Method::GET), Err(Invalid::Head("invalid content-length")), "{bad}");
+        }
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, close\r\ncontent-length: 0\r\n\r\n", &Method::GET),
+            ok(Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", &Method::GET),
+            ok(Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", &Method::GET),
+            ok(Framing::Length(0), true)
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        assert_eq!(head(b"HTTP/1.1 abc OK\r\n\r\n", &Method::GET).0.unwrap_err(), Invalid::Head("malformed"));
+        assert_eq!(head(b"garbage\r\n\r\n", &Method::GET).0.unwrap_err(), Invalid::Head("malformed"));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(head(many.as_bytes(), &Method::GET).0.unwrap_err(), Invalid::Head("too many headers"));
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(head(huge.as_bytes(), &Method::GET).0.unwrap_err(), Invalid::HeadTooLarge);
+    }
+
+    #[test]
+    fn bodies_are_read_whatever_the_pieces() {
+        let chunked = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\ntrailer: x\r\n\r\nNEXT";
+        for piece in [1, 2, 3, 7, 1000] {
+            let (data, rest) = body(Framing::Chunked(Chunked::Size), chunked, piece).unwrap();
+            assert_eq!(data, b"hello world!", "pieces of {piece}");
+            // What follows the body stays for the next response.
+            assert!(b"NEXT".starts_with(&rest), "pieces of {piece}: {rest:?}");
+            let (data, rest) = body(Framing::Length(5), b"abcdefg", piece).unwrap();
+            assert_eq!((data.as_slice(), rest.len() <= 2), (&b"abcde"[..], true));
+            let (data, _) = body(Framing::Close, b"to the end", piece).unwrap();
+            assert_eq!(data, b"to the end");
+        }
+    }
+
+    #[test]
+    fn broken_bodies_are_errors() {
+        let cases: [(&[u8], Invalid); 5] = [
+            (b"x\r\n", Invalid::Chunk("missing chunk size")),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", Invalid::Chunk("invalid chunk size")),
+            (b"1000000000000000\r\n", Invalid::Chunk("chunk size too large")),
+            (b"2\r\nabX\r\n", Invalid::Chunk("chunk data not followed by CRLF")),
+            (b"2\r\nab\r\n", Invalid::Chunk("the backend closed the connection mid-body")),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(
+                body(Framing::Chunked(Chunked::Size), wire, 4).unwrap_err(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert_eq!(body(Framing::Chunked(Chunked::Size), &long, 100).unwrap_err(), Invalid::Chunk("line too long"));
+        assert_eq!(
+            body(Framing::Length(10), b"short", 100).unwrap_err(),
+            Invalid::Chunk("the backend closed the connection mid-body")
+        );
+    }
+}
