@@ -252,7 +252,9 @@ impl BackendCall {
     ) -> Result<Map<String, Value>, Failure> {
         let Some(breaker) = &self.breaker else { return self.call_unguarded(client, inbound, responses).await };
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
-        match tokio::time::timeout(self.breaker_timeout, self.call_unguarded(client, inbound, responses)).await {
+        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.call_unguarded(client, inbound, responses)))
+            .await
+        {
             Ok(Ok(data)) => {
                 permit.success();
                 Ok(data)
@@ -281,7 +283,9 @@ impl BackendCall {
                     let fetched = self.fetch(client, inbound, uri.clone()).await?;
                     Ok::<_, Failure>(CachedResponse::new(fetched.status, fetched.headers, fetched.body?))
                 };
-                let (cached, _) = cache.fetch(&self.method, &uri, inbound.headers, load).await?;
+                // Boxed, like the circuit breaker's path: both are rare, and inline they
+                // would enlarge every request's future (moved and copied as a whole).
+                let (cached, _) = Box::pin(cache.fetch(&self.method, &uri, inbound.headers, load)).await?;
                 (cached.status, cached.headers.get(header::CONTENT_TYPE).cloned(), Ok(cached.body.clone()))
             }
             _ => {
@@ -299,8 +303,13 @@ impl BackendCall {
             });
         }
         let body = body?;
-        let data = decode(self.encoding, self.is_collection, &body)
-            .map_err(|e| Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e))?;
+        let data = match self.shape.allow_first() {
+            Some(allow) if self.encoding == BackendEncoding::Json && !self.is_collection => {
+                super::shape::decode_allowed(&body, allow)
+            }
+            _ => decode(self.encoding, self.is_collection, &body),
+        }
+        .map_err(|e| Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e))?;
         Ok(if self.shape.is_identity() { data } else { self.shape.apply(data) })
     }
 

@@ -162,7 +162,10 @@ impl Pipeline {
     ) -> Result<Admitted, Response<Body>> {
         let Some(guards) = &self.guards else { return Ok(Admitted::default()) };
         let named: Vec<(&str, &str)> = self.param_names.iter().map(|n| &**n).zip(params.iter().copied()).collect();
-        guards.admit(&crate::policy::Request { parts, client_ip, params: &named }).await.map_err(|mut r| {
+        // Boxed: the checks' future (JWT keys, cluster rate limits) is the largest of the
+        // request path, and inline it would enlarge the future of every request, guarded
+        // or not, which is moved and copied whole.
+        Box::pin(guards.admit(&crate::policy::Request { parts, client_ip, params: &named })).await.map_err(|mut r| {
             self.stats.refused(crate::telemetry::Refusal::from_status(r.status().as_u16()));
             self.common_headers(r.headers_mut(), false);
             r

@@ -4,6 +4,7 @@
 //!
 //! Paths are split into segments when the config is compiled, never per request.
 
+use serde::de::{DeserializeSeed, Visitor};
 use serde_json::{Map, Value};
 
 use super::flatmap::Flatmap;
@@ -36,7 +37,7 @@ enum Filter {
 
 /// Allowed paths as a tree: a leaf keeps the whole value under it.
 #[derive(Debug, Clone, Default)]
-struct Tree {
+pub struct Tree {
     children: Vec<(Box<str>, Tree)>,
     leaf: bool,
 }
@@ -56,6 +57,10 @@ impl Tree {
             }
         };
         child.insert(rest);
+    }
+
+    fn child(&self, key: &str) -> Option<&Tree> {
+        self.children.iter().find(|(k, _)| **k == *key).map(|(_, t)| t)
     }
 
     /// Keeps only allowed keys of `obj`; returns whether anything is left.
@@ -115,6 +120,16 @@ impl Shape {
             && self.mapping.is_empty()
             && self.flatmap.is_none()
             && self.group.is_none()
+    }
+
+    /// The allow-list, when it is the first thing applied to the backend's object: then
+    /// the object can be decoded already pruned ([`decode_allowed`]), and what `allow`
+    /// drops is never built.
+    pub fn allow_first(&self) -> Option<&Tree> {
+        match &self.filter {
+            Filter::Allow(tree) if self.target.is_none() && self.flatmap.is_none() => Some(tree),
+            _ => None,
+        }
     }
 
     /// Applies the manipulation to decoded data.
@@ -191,6 +206,202 @@ fn deny(obj: &mut Map<String, Value>, path: &[Box<str>]) {
     }
 }
 
+/// Decodes a JSON object keeping only what `allow` keeps: the same result as decoding the
+/// whole document and pruning it, without building what would be dropped (skipped values
+/// are still checked to be well-formed JSON). Anything but an object is an error, as in
+/// [`super::decode::decode`].
+pub fn decode_allowed(body: &[u8], allow: &Tree) -> Result<Map<String, Value>, super::decode::DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let root = Pruned { tree: allow, root: true }.deserialize(&mut de)?;
+    de.end()?;
+    match root {
+        Kept::Object(m) => Ok(m),
+        Kept::Other(kind) => Err(super::decode::DecodeError::NotAnObject(kind)),
+        Kept::Value(_) | Kept::Dropped => Err(super::decode::DecodeError::NotAnObject("an array")),
+    }
+}
+
+/// What is left of a value under an allow-tree node.
+enum Kept {
+    Object(Map<String, Value>),
+    /// An array (its objects pruned) or, under a leaf, anything.
+    Value(Value),
+    /// A scalar, or an object left empty: the key goes.
+    Dropped,
+    /// The root was not an object: what it was.
+    Other(&'static str),
+}
+
+/// Decodes a value under a non-leaf node of the tree, as [`Tree::prune`] would leave it.
+struct Pruned<'t> {
+    tree: &'t Tree,
+    root: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Kept;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Kept, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Pruned<'_> {
+    fn scalar(&self, kind: &'static str) -> Kept {
+        if self.root { Kept::Other(kind) } else { Kept::Dropped }
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Kept;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kept, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            let Some(sub) = self.tree.child(&key) else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let kept = if sub.leaf {
+                Kept::Value(map.next_value::<Value>()?)
+            } else {
+                map.next_value_seed(Pruned { tree: sub, root: false })?
+            };
+            // A repeated key replaces the earlier value, as in a full decode.
+            match kept {
+                Kept::Object(m) => {
+                    out.insert(key.into_owned(), Value::Object(m));
+                }
+                Kept::Value(v) => {
+                    out.insert(key.into_owned(), v);
+                }
+                Kept::Dropped | Kept::Other(_) => {
+                    out.remove(&*key);
+                }
+            }
+        }
+        Ok(if self.root || !out.is_empty() { Kept::Object(out) } else { Kept::Dropped })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kept, A::Error> {
+        if self.root {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(Kept::Other("an array"));
+        }
+        // Objects in an array are pruned (and kept, even when empty); anything else in it
+        // is kept whole.
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Item(self.tree))? {
+            items.push(item);
+        }
+        Ok(Kept::Value(Value::Array(items)))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Kept, E> {
+        Ok(self.scalar("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Kept, E> {
+        Ok(self.scalar("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Kept, E> {
+        Ok(self.scalar("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Kept, E> {
+        Ok(self.scalar("a number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Kept, E> {
+        Ok(self.scalar("a string"))
+    }
+    fn visit_unit<E>(self) -> Result<Kept, E> {
+        Ok(self.scalar("null"))
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+}
+
+/// An item of an array under a non-leaf node: an object is pruned, anything else kept.
+struct Item<'t>(&'t Tree);
+
+impl<'de> DeserializeSeed<'de> for Item<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Item<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        match Visitor::visit_map(Pruned { tree: self.0, root: true }, map)? {
+            Kept::Object(m) => Ok(Value::Object(m)),
+            _ => Ok(Value::Object(Map::new())),
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +441,32 @@ mod tests {
         let s = shape(r#"{"url_pattern":"/","deny":["a.b","items.secret"]}"#);
         let input = obj(json!({"a":{"b":1,"c":2},"items":[{"secret":1,"ok":2},{"ok":3}]}));
         assert_eq!(Value::Object(s.apply(input)), json!({"a":{"c":2},"items":[{"ok":2},{"ok":3}]}));
+    }
+
+    #[test]
+    fn decoding_pruned_handles_repeats_escapes_and_bad_documents() {
+        let s = shape(r#"{"url_pattern":"/","allow":["a.x","b","c\"q"]}"#);
+        let allow = s.allow_first().expect("allow comes first");
+        let decode = |body: &str| decode_allowed(body.as_bytes(), allow).map(Value::Object).map_err(|e| e.to_string());
+        // A repeated key replaces the earlier value, even when what replaces it is dropped.
+        assert_eq!(decode(r#"{"a":{"x":1},"a":{"y":2},"b":1,"b":[2]}"#), Ok(json!({"b": [2]})));
+        assert_eq!(decode(r#"{"c\"q":1,"\u0062":true,"z":{"deep":[1,{"x":2}]}}"#), Ok(json!({"c\"q": 1, "b": true})));
+        assert_eq!(
+            decode(r#"{"a":[{"x":1,"y":2},{"y":3},4,[{"y":5}]]}"#),
+            Ok(json!({"a": [{"x": 1}, {}, 4, [{"y": 5}]]}))
+        );
+        // Skipped values must still be well-formed, and nothing may trail the document.
+        assert!(decode(r#"{"z":[1,}"#).unwrap_err().contains("invalid JSON"));
+        assert!(decode(r#"{"b":1} x"#).unwrap_err().contains("invalid JSON"));
+        assert_eq!(decode("[1]"), Err("expected a JSON object, found an array (set is_collection for arrays)".into()));
+        assert_eq!(
+            decode(r#""s""#),
+            Err("expected a JSON object, found a string (set is_collection for arrays)".into())
+        );
+        // Only a leading allow-list decodes pruned: after `target` or with `flatmap_filter`
+        // the object it applies to is not the document.
+        assert!(shape(r#"{"url_pattern":"/","target":"t","allow":["a"]}"#).allow_first().is_none());
+        assert!(shape(r#"{"url_pattern":"/","deny":["a"]}"#).allow_first().is_none());
     }
 
     #[test]
@@ -295,6 +532,16 @@ mod properties {
             let roots: Vec<&str> = allow.iter().map(|p| p.split('.').next().unwrap_or("")).collect();
             prop_assert!(once.keys().all(|k| roots.contains(&k.as_str())));
             prop_assert_eq!(s.apply(once.clone()), once);
+        }
+
+        /// Decoding with the allow-list gives what decoding everything and pruning gives.
+        #[test]
+        fn decoding_pruned_equals_pruning_the_decoded(data in object(), allow in prop::collection::vec(path(), 1..4)) {
+            let s = shape_with(serde_json::json!({"allow": allow}));
+            let body = serde_json::to_vec(&data).unwrap();
+            let pruned = decode_allowed(&body, s.allow_first().unwrap()).unwrap();
+            prop_assert_eq!(&pruned, &s.apply(data));
+            prop_assert_eq!(s.apply(pruned.clone()), pruned);
         }
 
         #[test]

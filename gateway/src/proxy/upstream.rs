@@ -29,9 +29,12 @@ use tokio::net::TcpStream;
 
 use super::h1::{self, Framing, Step};
 
-/// Reads ask for at least this much room; a connection's buffer exists only while it
-/// carries a request.
-const READ_CHUNK: usize = 8 * 1024;
+/// Room for a response head (and, most often, the whole of a small response): one page,
+/// as nginx's `proxy_buffer_size`. A connection's buffer exists only while it carries a
+/// request; bodies get room for their announced length, up to [`MAX_READ`].
+const HEAD_READ: usize = 4 * 1024;
+/// The most a body read asks room for at once.
+const MAX_READ: usize = 64 * 1024;
 
 /// One keep-alive connection and what has been read from it but not consumed. Boxed
 /// wherever it goes ([`Pooled`]), so that moving it in and out of the pool is cheap.
@@ -66,15 +69,15 @@ impl Conn {
     }
 
     /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < room.min(1024) {
+            self.buf.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    async fn fill(&mut self, room: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, room)).await
     }
 
     /// Writes a whole request. A failure means the backend never got all of it.
@@ -90,7 +93,7 @@ impl Conn {
                 return Ok(head);
             }
             let started = !self.buf.is_empty();
-            match self.fill().await {
+            match self.fill(HEAD_READ).await {
                 Ok(0) if started => return Err(CallError::Truncated),
                 Ok(0) => return Err(CallError::Closed),
                 Ok(_) => {}
@@ -108,7 +111,13 @@ impl Conn {
                 Step::End => return Poll::Ready(Ok(None)),
                 Step::More => {}
             }
-            if ready!(self.poll_fill(cx))? == 0 {
+            // Room for what is announced, or, without a length, as much as the last read
+            // filled (a body arriving faster than it is read gets larger reads).
+            let room = match framing.remaining() {
+                Some(n) => usize::try_from(n).unwrap_or(MAX_READ),
+                None => self.buf.capacity().max(HEAD_READ),
+            };
+            if ready!(self.poll_fill(cx, room.clamp(1, MAX_READ)))? == 0 {
                 framing.at_eof().map_err(|e| io::Error::new(io::ErrorKind::UnexpectedEof, e))?;
             }
         }
@@ -124,7 +133,7 @@ impl Conn {
                 self.buf.reserve(len - self.buf.len());
             }
             while self.buf.len() < len {
-                if self.fill().await.map_err(broken)? == 0 {
+                if self.fill(len - self.buf.len()).await.map_err(broken)? == 0 {
                     return Err(BodyError::Broken("the backend closed the connection mid-body".into()));
                 }
             }
@@ -274,8 +283,8 @@ impl Upstreams {
         request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> Result<Answer, CallError> {
-        let method = request.method().clone();
-        self.attempt(authority, request, |c, wire| self.exchange(authority, c, wire, &method, max_body)).await
+        let wire = Wire::encode(authority, request);
+        self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body)).await
     }
 
     /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
@@ -286,49 +295,37 @@ impl Upstreams {
         authority: &Authority,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Streamed>, CallError> {
-        let method = request.method().clone();
-        self.attempt(authority, request, |c, wire| self.head(authority, c, wire, &method)).await
+        let wire = Wire::encode(authority, request);
+        self.attempt(authority, &wire, |c| self.head(authority, c, &wire)).await
     }
 
     /// Runs `exchange` on an idle connection, or a new one. When a reused connection
     /// turns out closed, the call is made again on a fresh one if that is safe: the
     /// request never got through, or its method is idempotent.
-    async fn attempt<T, F, Fut>(
-        &self,
-        authority: &Authority,
-        request: Request<Full<Bytes>>,
-        exchange: F,
-    ) -> Result<T, CallError>
+    async fn attempt<T, F, Fut>(&self, authority: &Authority, wire: &Wire, exchange: F) -> Result<T, CallError>
     where
-        F: Fn(Pooled, Bytes) -> Fut,
+        F: Fn(Pooled) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut wire = Vec::new();
-        h1::encode_request(&mut wire, &parts.method, target, authority.as_str(), &parts.headers, &into_bytes(body));
-        let wire = Bytes::from(wire);
-        let idempotent = parts.method.is_idempotent();
         if let Some(c) = self.checkout(authority) {
-            match exchange(c, wire.clone()).await {
+            match exchange(c).await {
                 Err(CallError::Unsent(_)) => {}
-                Err(CallError::Closed) if idempotent => {}
+                Err(CallError::Closed) if wire.method.is_idempotent() => {}
                 other => return other,
             }
         }
         let fresh = self.connect(authority).await?;
-        exchange(fresh, wire).await
+        exchange(fresh).await
     }
 
     async fn head(
         self: &Arc<Self>,
         authority: &Authority,
         mut c: Pooled,
-        wire: Bytes,
-        method: &Method,
+        wire: &Wire,
     ) -> Result<Response<Streamed>, CallError> {
-        c.send(&wire).await?;
-        let head = c.read_head(method).await?;
+        c.send(&wire.bytes).await?;
+        let head = c.read_head(&wire.method).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
@@ -347,12 +344,11 @@ impl Upstreams {
         &self,
         authority: &Authority,
         mut c: Pooled,
-        wire: Bytes,
-        method: &Method,
+        wire: &Wire,
         max_body: usize,
     ) -> Result<Answer, CallError> {
-        c.send(&wire).await?;
-        let head = c.read_head(method).await?;
+        c.send(&wire.bytes).await?;
+        let head = c.read_head(&wire.method).await?;
         let mut framing = head.framing;
         let body = c.read_body(&mut framing, max_body).await;
         if body.is_ok() && head.keep_alive && c.buf.is_empty() {
@@ -417,6 +413,22 @@ impl Streamed {
         {
             pool.checkin(&authority, c);
         }
+    }
+}
+
+/// A request as it goes on the wire, encoded once for however many attempts it takes.
+struct Wire {
+    method: Method,
+    bytes: Vec<u8>,
+}
+
+impl Wire {
+    fn encode(authority: &Authority, request: Request<Full<Bytes>>) -> Self {
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut bytes = Vec::new();
+        h1::encode_request(&mut bytes, &parts.method, target, authority.as_str(), &parts.headers, &into_bytes(body));
+        Self { method: parts.method, bytes }
     }
 }
 
