@@ -2,8 +2,7 @@
 //! a buffer, response heads parsed in place, and bodies delimited as RFC 9112 §6 says.
 //!
 //! [`super::upstream`] drives these over its pooled connections. Keeping the protocol
-//! here, as functions over byte buffers, lets it be tested byte for byte and fuzzed
-//! without sockets.
+//! here, as functions over byte buffers, lets it be tested byte for byte without sockets.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
