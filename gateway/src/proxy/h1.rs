@@ -303,7 +303,7 @@ impl Framing {
 /// Takes one CRLF-terminated line (without the CRLF) out of `buf`; `None` until the
 /// whole line is there.
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Invalid> {
-    match memchr_crlf(buf) {
+    match find_crlf(buf) {
         Some(end) => {
             let line = buf.split_to(end);
             buf.advance(2);
@@ -314,7 +314,7 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Invalid
     }
 }
 
-fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 

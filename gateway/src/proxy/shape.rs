@@ -208,116 +208,104 @@ fn deny(obj: &mut Map<String, Value>, path: &[Box<str>]) {
 
 /// Decodes a JSON object keeping only what `allow` keeps: the same result as decoding the
 /// whole document and pruning it, without building what would be dropped (skipped values
-/// are still checked to be well-formed JSON). Anything but an object is an error, as in
-/// [`super::decode::decode`].
+/// are still checked to be well-formed JSON). A document that is not an object goes to
+/// [`super::decode::decode`], which words the error.
 pub fn decode_allowed(body: &[u8], allow: &Tree) -> Result<Map<String, Value>, super::decode::DecodeError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return super::decode::decode(crate::config::BackendEncoding::Json, false, body);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let root = Pruned { tree: allow, root: true }.deserialize(&mut de)?;
+    let object = serde::Deserializer::deserialize_map(&mut de, Object(allow))?;
     de.end()?;
-    match root {
-        Kept::Object(m) => Ok(m),
-        Kept::Other(kind) => Err(super::decode::DecodeError::NotAnObject(kind)),
-        Kept::Value(_) | Kept::Dropped => Err(super::decode::DecodeError::NotAnObject("an array")),
+    Ok(object)
+}
+
+/// Keeps the keys of an object that `tree` allows, each pruned as [`Tree::prune`] would.
+fn prune_map<'de, A: serde::de::MapAccess<'de>>(tree: &Tree, mut map: A) -> Result<Map<String, Value>, A::Error> {
+    let mut out = Map::new();
+    while let Some(key) = map.next_key_seed(Key)? {
+        let Some(sub) = tree.child(&key) else {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            continue;
+        };
+        let kept = if sub.leaf { Some(map.next_value::<Value>()?) } else { map.next_value_seed(Under(sub))? };
+        // A repeated key replaces the earlier value, as in a full decode.
+        match kept {
+            Some(v) => {
+                out.insert(key.into_owned(), v);
+            }
+            None => {
+                out.remove(&*key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The document: an object, pruned (and kept even when nothing is left).
+struct Object<'t>(&'t Tree);
+
+impl<'de> Visitor<'de> for Object<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        prune_map(self.0, map)
     }
 }
 
-/// What is left of a value under an allow-tree node.
-enum Kept {
-    Object(Map<String, Value>),
-    /// An array (its objects pruned) or, under a leaf, anything.
-    Value(Value),
-    /// A scalar, or an object left empty: the key goes.
-    Dropped,
-    /// The root was not an object: what it was.
-    Other(&'static str),
-}
+/// A value under a non-leaf node: an object is pruned and goes when left empty, an
+/// array keeps its items (objects in it pruned), and a scalar goes (`None`).
+struct Under<'t>(&'t Tree);
 
-/// Decodes a value under a non-leaf node of the tree, as [`Tree::prune`] would leave it.
-struct Pruned<'t> {
-    tree: &'t Tree,
-    root: bool,
-}
+impl<'de> DeserializeSeed<'de> for Under<'_> {
+    type Value = Option<Value>;
 
-impl<'de> DeserializeSeed<'de> for Pruned<'_> {
-    type Value = Kept;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Kept, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl Pruned<'_> {
-    fn scalar(&self, kind: &'static str) -> Kept {
-        if self.root { Kept::Other(kind) } else { Kept::Dropped }
-    }
-}
-
-impl<'de> Visitor<'de> for Pruned<'_> {
-    type Value = Kept;
+impl<'de> Visitor<'de> for Under<'_> {
+    type Value = Option<Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kept, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key_seed(Key)? {
-            let Some(sub) = self.tree.child(&key) else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                continue;
-            };
-            let kept = if sub.leaf {
-                Kept::Value(map.next_value::<Value>()?)
-            } else {
-                map.next_value_seed(Pruned { tree: sub, root: false })?
-            };
-            // A repeated key replaces the earlier value, as in a full decode.
-            match kept {
-                Kept::Object(m) => {
-                    out.insert(key.into_owned(), Value::Object(m));
-                }
-                Kept::Value(v) => {
-                    out.insert(key.into_owned(), v);
-                }
-                Kept::Dropped | Kept::Other(_) => {
-                    out.remove(&*key);
-                }
-            }
-        }
-        Ok(if self.root || !out.is_empty() { Kept::Object(out) } else { Kept::Dropped })
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let object = prune_map(self.0, map)?;
+        Ok((!object.is_empty()).then_some(Value::Object(object)))
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kept, A::Error> {
-        if self.root {
-            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-            return Ok(Kept::Other("an array"));
-        }
-        // Objects in an array are pruned (and kept, even when empty); anything else in it
-        // is kept whole.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Item(self.tree))? {
+        while let Some(item) = seq.next_element_seed(Item(self.0))? {
             items.push(item);
         }
-        Ok(Kept::Value(Value::Array(items)))
+        Ok(Some(Value::Array(items)))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Kept, E> {
-        Ok(self.scalar("a boolean"))
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Kept, E> {
-        Ok(self.scalar("a number"))
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Kept, E> {
-        Ok(self.scalar("a number"))
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Kept, E> {
-        Ok(self.scalar("a number"))
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
     }
-    fn visit_str<E>(self, _: &str) -> Result<Kept, E> {
-        Ok(self.scalar("a string"))
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
     }
-    fn visit_unit<E>(self) -> Result<Kept, E> {
-        Ok(self.scalar("null"))
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -346,7 +334,8 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
-/// An item of an array under a non-leaf node: an object is pruned, anything else kept.
+/// An item of an array under a non-leaf node: an object is pruned (and kept, even when
+/// empty), anything else kept whole.
 struct Item<'t>(&'t Tree);
 
 impl<'de> DeserializeSeed<'de> for Item<'_> {
@@ -365,10 +354,7 @@ impl<'de> Visitor<'de> for Item<'_> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        match Visitor::visit_map(Pruned { tree: self.0, root: true }, map)? {
-            Kept::Object(m) => Ok(Value::Object(m)),
-            _ => Ok(Value::Object(Map::new())),
-        }
+        prune_map(self.0, map).map(Value::Object)
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
