@@ -10,9 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::config::Service;
 use crate::proxy::backend::Inbound;
@@ -137,8 +135,10 @@ impl Runtime {
         true
     }
 
-    /// Answers one request. Never fails: every problem becomes a response.
-    pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    /// Answers one request. Never fails: every problem becomes a response. The body is
+    /// hyper's (TLS, HTTP/2) or the gateway's own HTTP/1.1 connection's; it is read only
+    /// by an endpoint that takes one.
+    pub async fn handle<B: RequestBody>(&self, request: Request<B>, remote: SocketAddr) -> Response<Body> {
         let started = self.access_log.as_ref().map(|_| std::time::Instant::now());
         let (parts, body) = request.into_parts();
         let client_ip = self.front.client_ip(remote.ip(), &parts.headers);
@@ -162,7 +162,12 @@ impl Runtime {
         response
     }
 
-    async fn route(&self, parts: &http::request::Parts, body: Incoming, client_ip: std::net::IpAddr) -> Response<Body> {
+    async fn route<B: RequestBody>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+        client_ip: std::net::IpAddr,
+    ) -> Response<Body> {
         let route = match self.router.lookup(parts.uri.path(), &parts.method) {
             Lookup::Found(route) => route,
             Lookup::Redirect(location) => return self.redirect(parts, location),
@@ -197,12 +202,12 @@ impl Runtime {
         }
     }
 
-    async fn endpoint(
+    async fn endpoint<B: RequestBody>(
         &self,
         pipeline: &crate::proxy::pipeline::Pipeline,
         params: &[&str],
         parts: &http::request::Parts,
-        body: Incoming,
+        body: B,
         client_ip: std::net::IpAddr,
         trace: Option<&crate::telemetry::trace::TraceContext<'_>>,
     ) -> Response<Body> {
@@ -266,7 +271,7 @@ impl Runtime {
 
     /// Reads a request body up to the configured limit: 413 above it, 408 when it
     /// takes longer than `read_timeout`, 400 when the client breaks off.
-    async fn read_body(&self, body: Incoming, limit: Option<usize>) -> Result<Bytes, StatusCode> {
+    async fn read_body<B: RequestBody>(&self, body: B, limit: Option<usize>) -> Result<Bytes, StatusCode> {
         let max = limit.unwrap_or(self.max_body_bytes);
         if body.is_end_stream() {
             return Ok(Bytes::new());
@@ -342,6 +347,13 @@ impl Runtime {
         response
     }
 }
+
+/// A request body as a server hands it to [`Runtime::handle`].
+pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
+
+impl<B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send> RequestBody for B {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The runtime a server answers with, replaceable while it serves.
 pub type Shared = Arc<arc_swap::ArcSwap<Runtime>>;

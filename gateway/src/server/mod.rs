@@ -1,5 +1,9 @@
 //! Listeners: TCP, optional TLS (rustls, HTTP/2 by ALPN), HTTP/1.1 and h2c, limits,
 //! and graceful shutdown that stops accepting and lets requests in flight finish.
+//!
+//! Plain HTTP/1.1 connections are served by [`http1`]; TLS and h2c ones by hyper.
+
+mod http1;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +38,7 @@ pub struct Settings {
     h2c: bool,
     header_timeout: Duration,
     max_header_bytes: usize,
+    write_timeout: Option<Duration>,
     shutdown_wait: Duration,
 }
 
@@ -60,6 +65,7 @@ impl Settings {
                 .min()
                 .unwrap_or(DEFAULT_HEADER_TIMEOUT),
             max_header_bytes: limits.max_header_bytes,
+            write_timeout: limits.write_timeout,
             shutdown_wait: limits.shutdown_wait,
         })
     }
@@ -188,15 +194,15 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    // Plain HTTP/1.1 connections skip the protocol detection of the auto builder: its
-    // buffers and state cost memory on every idle keep-alive connection.
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
+    let plain = http1::Limits {
+        header_timeout: settings.header_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        write_timeout: settings.write_timeout,
+    };
+    // hyper's connections are watched by `graceful`; plain ones hold a receiver of
+    // `stop`, and are all gone when its sender sees no receivers left.
     let graceful = GracefulShutdown::new();
+    let (stop, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -214,6 +220,14 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         };
         let _ = stream.set_nodelay(true);
         let open = crate::telemetry::OpenConnection::open();
+        if settings.tls.is_none() && !settings.h2c {
+            let (runtime, stop) = (runtime.clone(), stop.subscribe());
+            tokio::spawn(async move {
+                http1::serve(stream, remote, runtime, plain, stop).await;
+                drop(open);
+            });
+            continue;
+        }
         let runtime = runtime.clone();
         let service = service_fn(move |request| {
             let runtime = runtime.load_full();
@@ -226,15 +240,8 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         });
         let watcher = graceful.watcher();
         match &settings.tls {
-            None if settings.h2c => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                tokio::spawn(async move {
-                    let _ = watcher.watch(conn).await;
-                    drop(open);
-                });
-            }
             None => {
-                let conn = http1.serve_connection(TokioIo::new(stream), service);
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
                     let _ = watcher.watch(conn).await;
                     drop(open);
@@ -255,8 +262,10 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
         }
     }
     drop(listener);
+    stop.send_replace(());
+    let finished = async { tokio::join!(graceful.shutdown(), stop.closed()) };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = finished => {}
         () = tokio::time::sleep(settings.shutdown_wait) => {
             tracing::warn!(wait = ?settings.shutdown_wait, "requests still in flight at the shutdown deadline");
         }
