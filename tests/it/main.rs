@@ -7,6 +7,7 @@ mod bundles;
 mod cli;
 mod encodings;
 mod faults;
+mod http1;
 mod policies;
 mod routing;
 mod sequential;

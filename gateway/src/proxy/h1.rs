@@ -107,6 +107,8 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<
             buf.advance(parsed);
             continue;
         }
+        let framing = framing(status, response.headers, request_method)?;
+        let keep_alive = connection_persists(http11, response.headers) && !matches!(framing, Framing::Close);
         // Header values are sliced out of the head (no copies): record where each one
         // is, then take the head out of the buffer.
         let base = buf.as_ptr() as usize;
@@ -126,23 +128,23 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<
                 .map_err(|_| Invalid::Head("invalid header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(status, &headers, request_method)?;
-        let keep_alive = connection_persists(http11, &headers) && !matches!(framing, Framing::Close);
         return Ok(Some(Head { status, headers, framing, keep_alive }));
     }
 }
 
 /// Whether the connection stays open after this response: HTTP/1.1 unless it says
 /// `close`, HTTP/1.0 only when it says `keep-alive`. Both `Transfer-Encoding` and
-/// `Content-Length` on one response is a smuggling pattern: never reuse after it.
-fn connection_persists(http11: bool, headers: &HeaderMap) -> bool {
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+/// `Content-Length` on one response is a smuggling pattern: never reuse after it. Read
+/// from the parsed fields, as [`framing`] is: byte comparisons, no hashed lookups.
+fn connection_persists(http11: bool, fields: &[httparse::Header<'_>]) -> bool {
+    let has = |name: &str| fields.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if has("transfer-encoding") && has("content-length") {
         return false;
     }
     let mut close = false;
     let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
+    for h in fields.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        for token in h.value.split(|b| *b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -152,13 +154,14 @@ fn connection_persists(http11: bool, headers: &HeaderMap) -> bool {
 }
 
 /// How the body is delimited (RFC 9112 §6.3).
-fn framing(status: StatusCode, headers: &HeaderMap, request_method: &Method) -> Result<Framing, Invalid> {
+fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: &Method) -> Result<Framing, Invalid> {
     if *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    let named = |name: &'static str| fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    if let Some(last) = named("transfer-encoding").last() {
         let chunked = last
-            .as_bytes()
+            .value
             .rsplit(|b| *b == b',')
             .next()
             .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -166,9 +169,9 @@ fn framing(status: StatusCode, headers: &HeaderMap, request_method: &Method) -> 
         return Ok(if chunked { Framing::Chunked(Chunked::Size) } else { Framing::Close });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for h in named("content-length") {
         // A repeated or comma-listed length is accepted only when every copy agrees.
-        for part in value.as_bytes().split(|b| *b == b',') {
+        for part in h.value.split(|b| *b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Invalid::Head("invalid content-length"));

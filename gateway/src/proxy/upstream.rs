@@ -89,7 +89,9 @@ impl Conn {
     /// sending a byte is [`CallError::Closed`]: a reused connection it had just dropped.
     async fn read_head(&mut self, method: &Method) -> Result<h1::Head, CallError> {
         loop {
-            if let Some(head) = h1::parse_head(&mut self.buf, method).map_err(CallError::Invalid)? {
+            if !self.buf.is_empty()
+                && let Some(head) = h1::parse_head(&mut self.buf, method).map_err(CallError::Invalid)?
+            {
                 return Ok(head);
             }
             let started = !self.buf.is_empty();
