@@ -132,3 +132,57 @@ async fn collisions_go_to_the_later_backend_and_endpoint_flatmap_runs_after_merg
     .await;
     assert_eq!(gw.get("/m").await.json(), json!({"k": "b", "items": [{"y": 1}]}));
 }
+
+/// Untouched JSON objects are merged from their bytes; the result, headers and failure
+/// handling are those of decoding, merging and encoding (forced here by a mapping that
+/// renames nothing).
+#[tokio::test]
+async fn untouched_objects_merge_exactly_as_decoded_ones() {
+    let a = Backend::start(|_| {
+        Reply::raw(200, "application/json", r#" {"z": 1.50, "b": {"y": "\u00e9\/", "x": [1e2, -0, 12345678901234567890]}, "k": "a"} "#)
+    })
+    .await;
+    let b = Backend::start(|_| Reply::raw(200, "application/json", r#"{"k": "from b", "c": "tab\there", "k": "last"}"#)).await;
+    let broken = Backend::start(|_| Reply::raw(200, "application/json", r#"{"half": "#)).await;
+    let down = Backend::start(|_| Reply::status(503)).await;
+    let endpoint = |path: &str, hosts: &[&str], touched: bool| {
+        let backends: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                let mut b = json!({"host": [h], "url_pattern": "/"});
+                if touched {
+                    b["mapping"] = json!({"absent": "nothing"});
+                }
+                b
+            })
+            .collect();
+        json!({"endpoint": path, "cache_ttl": "30s", "backend": backends})
+    };
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("both", vec![&a.url, &b.url]),
+        ("one", vec![&a.url]),
+        ("partial", vec![&a.url, &down.url]),
+        ("invalid", vec![&broken.url, &b.url]),
+    ];
+    let mut endpoints = Vec::new();
+    for (name, hosts) in &cases {
+        endpoints.push(endpoint(&format!("/fast/{name}"), hosts, false));
+        endpoints.push(endpoint(&format!("/slow/{name}"), hosts, true));
+    }
+    let gw = Gateway::start(config(json!(endpoints))).await;
+    for (name, _) in &cases {
+        let (fast, slow) = (gw.get(&format!("/fast/{name}")).await, gw.get(&format!("/slow/{name}")).await);
+        assert_eq!((fast.status, fast.text()), (slow.status, slow.text()), "/{name}");
+        for header in ["content-type", "x-krakend-completed", "cache-control"] {
+            assert_eq!(fast.header(header), slow.header(header), "/{name} {header}");
+        }
+    }
+    let both = gw.get("/fast/both").await;
+    assert_eq!(
+        both.text(),
+        r#"{"b":{"x":[100.0,-0.0,12345678901234567890],"y":"é/"},"c":"tab\there","k":"last","z":1.5}"#
+    );
+    let partial = gw.get("/fast/partial").await;
+    assert_eq!((partial.status, partial.header("x-krakend-completed")), (200, Some("false")));
+    assert_eq!(partial.header("cache-control"), None, "incomplete answers are not cacheable");
+}

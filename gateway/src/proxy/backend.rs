@@ -276,6 +276,17 @@ impl BackendCall {
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Map<String, Value>, Failure> {
+        let body = self.call_for_body(client, inbound, responses).await?;
+        self.shape_body(&body)
+    }
+
+    /// Calls the backend and returns the body of a successful answer, undecoded.
+    pub async fn call_for_body(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+    ) -> Result<Bytes, Failure> {
         let uri = self.uri(inbound, responses)?;
         let (status, content_type, body) = match &self.cache {
             Some(cache) if self.method == Method::GET || self.method == Method::HEAD => {
@@ -302,15 +313,31 @@ impl BackendCall {
                 content_type,
             });
         }
-        let body = body?;
+        body
+    }
+
+    /// Decodes a successful answer's body and applies the backend's manipulation.
+    pub fn shape_body(&self, body: &[u8]) -> Result<Map<String, Value>, Failure> {
         let data = match self.shape.allow_first() {
             Some(allow) if self.encoding == BackendEncoding::Json && !self.is_collection => {
-                super::shape::decode_allowed(&body, allow)
+                super::shape::decode_allowed(body, allow)
             }
-            _ => decode(self.encoding, self.is_collection, &body),
+            _ => decode(self.encoding, self.is_collection, body),
         }
         .map_err(|e| Error::upstream(ErrorKind::Decode, "cannot decode the backend response").with_detail(e))?;
         Ok(if self.shape.is_identity() { data } else { self.shape.apply(data) })
+    }
+
+    /// Whether the backend's answer is used as the JSON object it sends, untouched: one
+    /// call, no breaker, no manipulation, no error details. Such answers can be merged
+    /// from their bytes ([`super::merge`]).
+    pub fn passes_json_through(&self) -> bool {
+        self.encoding == BackendEncoding::Json
+            && !self.is_collection
+            && self.shape.is_identity()
+            && self.breaker.is_none()
+            && self.concurrent_calls <= 1
+            && self.error_details_key.is_none()
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Failure> {

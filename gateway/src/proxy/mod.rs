@@ -5,6 +5,7 @@ pub mod client;
 pub mod decode;
 pub mod flatmap;
 pub mod h1;
+pub mod merge;
 pub mod pipeline;
 pub mod render;
 pub mod shape;

@@ -57,6 +57,9 @@ pub struct Pipeline {
     /// `proxy.max_payload`: this endpoint's request body limit, when it has its own.
     max_body: Option<usize>,
     stats: std::sync::Arc<crate::telemetry::EndpointStats>,
+    /// Neither the endpoint nor its backends touch the data: the JSON objects the
+    /// backends send are merged from their bytes ([`super::merge`]).
+    merge_bytes: bool,
 }
 
 /// What the backends produced together.
@@ -103,7 +106,15 @@ impl Pipeline {
             .map(|(i, b)| BackendCall::compile(e, i, b, default_hosts, common.max_response_bytes, shared_cache))
             .collect();
         let secs = e.cache_ttl.as_secs();
+        let backends: Box<[BackendCall]> = backends;
+        let merge_bytes = e.output_encoding == OutputEncoding::Json
+            && !e.sequential
+            && e.static_response.is_none()
+            && (e.backends.len() == 1 || e.flatmap.is_empty())
+            && signer.is_none()
+            && backends.iter().all(BackendCall::passes_json_through);
         Self {
+            merge_bytes,
             encoding: e.output_encoding,
             timeout: e.timeout,
             cache_control: (secs > 0).then(|| HeaderValue::try_from(format!("public, max-age={secs}")).ok()).flatten(),
@@ -177,6 +188,10 @@ impl Pipeline {
         if self.encoding == OutputEncoding::NoOp {
             return self.passthrough(client, inbound).await;
         }
+        let accept_encoding = inbound.headers.get(header::ACCEPT_ENCODING);
+        if self.merge_bytes {
+            return self.merge_bytes(client, inbound, accept, accept_encoding).await;
+        }
         let merged = if self.sequential {
             self.sequential(client, inbound).await
         } else if self.backends.len() == 1 {
@@ -184,7 +199,57 @@ impl Pipeline {
         } else {
             self.parallel(client, inbound).await
         };
-        self.respond(merged, accept, inbound.headers.get(header::ACCEPT_ENCODING))
+        self.respond(merged, accept, accept_encoding)
+    }
+
+    /// Calls the backends and merges the JSON objects they send without decoding them,
+    /// when they are as usual; otherwise decodes them and goes on as [`Pipeline::serve`].
+    async fn merge_bytes(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        accept: Option<&HeaderValue>,
+        accept_encoding: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        let results: Vec<Result<Bytes, Failure>> = if let [backend] = &*self.backends {
+            let call = tokio::time::timeout(self.timeout, backend.call_for_body(client, inbound, &[]));
+            vec![call.await.unwrap_or_else(|_| Err(timeout()))]
+        } else {
+            let deadline = Instant::now() + self.timeout;
+            let mut results: Vec<Option<Result<Bytes, Failure>>> = (0..self.backends.len()).map(|_| None).collect();
+            let mut calls: FuturesUnordered<_> = self
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| async move { (i, b.call_for_body(client, inbound, &[]).await) })
+                .collect();
+            let sleep = tokio::time::sleep_until(deadline);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    next = calls.next() => match next {
+                        Some((i, r)) => results[i] = Some(r),
+                        None => break,
+                    },
+                    () = &mut sleep => break,
+                }
+            }
+            results.into_iter().map(|r| r.unwrap_or_else(|| Err(timeout()))).collect()
+        };
+        let bodies: Vec<&[u8]> = results.iter().filter_map(|r| r.as_deref().ok()).collect();
+        if !bodies.is_empty() {
+            let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 2);
+            if super::merge::merge(&bodies, &mut out).is_some() {
+                let complete = bodies.len() == results.len();
+                let has_data = out.len() > 2;
+                return self.encoded(Bytes::from(out), super::render::JSON, complete, has_data, accept_encoding);
+            }
+        }
+        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
+        for (i, result) in results.into_iter().enumerate() {
+            self.fold(&mut merged, i, result.and_then(|body| self.backends[i].shape_body(&body)));
+        }
+        self.respond(merged, accept, accept_encoding)
     }
 
     async fn single(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
@@ -310,6 +375,19 @@ impl Pipeline {
             return self.failure(&merged.failures);
         }
         let (body, content_type) = render(self.encoding, accept, &merged.data);
+        self.encoded(body, content_type, complete, !merged.data.is_empty(), accept_encoding)
+    }
+
+    /// The response for an encoded body: compressed when the client takes it, with the
+    /// gateway's headers; `Cache-Control` only for complete, non-empty data.
+    fn encoded(
+        &self,
+        body: Bytes,
+        content_type: HeaderValue,
+        complete: bool,
+        has_data: bool,
+        accept_encoding: Option<&HeaderValue>,
+    ) -> Response<Body> {
         let compressed = self.common.compression.as_ref().and_then(|c| {
             let encoding = c.negotiate(accept_encoding)?;
             Some((encoding, c.compress(encoding, Some(&content_type), &body)?))
@@ -329,7 +407,7 @@ impl Pipeline {
         headers.insert(header::CONTENT_TYPE, content_type);
         self.common_headers(headers, complete);
         if complete
-            && !merged.data.is_empty()
+            && has_data
             && let Some(cc) = &self.cache_control
         {
             headers.insert(header::CACHE_CONTROL, cc.clone());
