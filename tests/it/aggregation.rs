@@ -139,10 +139,16 @@ async fn collisions_go_to_the_later_backend_and_endpoint_flatmap_runs_after_merg
 #[tokio::test]
 async fn untouched_objects_merge_exactly_as_decoded_ones() {
     let a = Backend::start(|_| {
-        Reply::raw(200, "application/json", r#" {"z": 1.50, "b": {"y": "\u00e9\/", "x": [1e2, -0, 12345678901234567890]}, "k": "a"} "#)
+        Reply::raw(
+            200,
+            "application/json",
+            r#" {"z": 1.50, "b": {"y": "\u00e9\/", "x": [1e2, -0, 12345678901234567890]}, "k": "a"} "#,
+        )
     })
     .await;
-    let b = Backend::start(|_| Reply::raw(200, "application/json", r#"{"k": "from b", "c": "tab\there", "k": "last"}"#)).await;
+    let b =
+        Backend::start(|_| Reply::raw(200, "application/json", r#"{"k": "from b", "c": "tab\there", "k": "last"}"#))
+            .await;
     let broken = Backend::start(|_| Reply::raw(200, "application/json", r#"{"half": "#)).await;
     let down = Backend::start(|_| Reply::status(503)).await;
     let endpoint = |path: &str, hosts: &[&str], touched: bool| {

@@ -117,8 +117,10 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     ])))
     .await;
     let mut wire = Wire::to(&gw).await;
-    wire.send(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nGET /nope HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await;
+    wire.send(
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nGET /nope HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let first = wire.response(false).await;
     assert_eq!((first.status, &first.body[..]), (200, &br#"{"path":"/first"}"#[..]));
     assert!(first.header("date").is_some(), "{}", first.head);

@@ -159,12 +159,9 @@ fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: 
         return Ok(Framing::Length(0));
     }
     let named = |name: &'static str| fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    if let Some(last) = named("transfer-encoding").last() {
-        let chunked = last
-            .value
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if let Some(last) = named("transfer-encoding").next_back() {
+        let chunked =
+            last.value.rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // Any other final coding leaves the length to the end of the connection.
         return Ok(if chunked { Framing::Chunked(Chunked::Size) } else { Framing::Close });
     }

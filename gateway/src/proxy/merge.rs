@@ -20,124 +20,135 @@ const MAX_DEPTH: usize = 100;
 /// Writes the merge of `docs` (each a JSON object, later ones winning a key) to `out`.
 /// `None`: some document needs the general path; `out` is then unspecified.
 pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
-    let mut members = Vec::new();
+    let mut members = Vec::with_capacity(32);
     for doc in docs {
+        // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
+        // structure is ASCII and strings are cut at ASCII quotes.
+        let doc = std::str::from_utf8(doc).ok()?;
         let mut p = Parser { src: doc, at: 0 };
         p.ws();
-        members.extend(p.object_members(0)?);
+        p.eat(b'{')?;
+        p.members(&mut members, 0)?;
         p.ws();
         if p.at != doc.len() {
             return None;
         }
     }
-    write_members(members, out, 0)
+    write_members(members, out);
+    Some(())
 }
 
-/// One member of an object: its decoded key and its value's bytes.
-struct Member<'a> {
-    key: Cow<'a, str>,
-    value: &'a [u8],
+/// A value as spans of its document: what is needed to write it again.
+enum Node<'a> {
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+    Array(Vec<Node<'a>>),
+    /// A string token, quotes included.
+    String(&'a str),
+    Number(&'a str),
+    /// `true`, `false` or `null`.
+    Literal(&'static str),
 }
 
 struct Parser<'a> {
-    src: &'a [u8],
+    src: &'a str,
     at: usize,
 }
 
 impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.at).copied()
+    }
+
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.at) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.at += 1;
         }
     }
 
     fn eat(&mut self, byte: u8) -> Option<()> {
-        (self.src.get(self.at) == Some(&byte)).then(|| self.at += 1)
+        (self.peek() == Some(byte)).then(|| self.at += 1)
     }
 
-    /// The members of the object at the cursor, in document order.
-    fn object_members(&mut self, depth: usize) -> Option<Vec<Member<'a>>> {
-        self.eat(b'{')?;
-        let mut members = Vec::new();
+    /// Appends the members of the object whose `{` was just read, in document order.
+    fn members(&mut self, into: &mut Vec<(Cow<'a, str>, Node<'a>)>, depth: usize) -> Option<()> {
         self.ws();
         if self.eat(b'}').is_some() {
-            return Some(members);
+            return Some(());
         }
         loop {
             self.ws();
-            let key = self.string()?;
+            let key = decode_string(self.string()?)?;
             self.ws();
             self.eat(b':')?;
             self.ws();
-            let start = self.at;
-            self.skip_value(depth + 1)?;
-            members.push(Member { key: decode_string(key)?, value: &self.src[start..self.at] });
+            into.push((key, self.value(depth + 1)?));
             self.ws();
             if self.eat(b',').is_none() {
-                self.eat(b'}')?;
-                return Some(members);
+                return self.eat(b'}');
             }
         }
     }
 
-    /// Moves past one value, checking its syntax.
-    fn skip_value(&mut self, depth: usize) -> Option<()> {
+    /// Reads one value, checking it as strictly as serde_json would (every value is
+    /// checked, also one that a later duplicate key replaces and is never written).
+    fn value(&mut self, depth: usize) -> Option<Node<'a>> {
         if depth > MAX_DEPTH {
             return None;
         }
-        match *self.src.get(self.at)? {
+        match self.peek()? {
             b'{' => {
-                self.object_members(depth)?;
+                self.at += 1;
+                let mut members = Vec::new();
+                self.members(&mut members, depth)?;
+                Some(Node::Object(members))
             }
             b'[' => {
                 self.at += 1;
+                let mut items = Vec::new();
                 self.ws();
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',').is_none() {
-                        return self.eat(b']');
+                if self.eat(b']').is_none() {
+                    loop {
+                        self.ws();
+                        items.push(self.value(depth + 1)?);
+                        self.ws();
+                        if self.eat(b',').is_none() {
+                            self.eat(b']')?;
+                            break;
+                        }
                     }
                 }
+                Some(Node::Array(items))
             }
-            b'"' => {
-                self.string()?;
-            }
-            b't' => self.literal(b"true")?,
-            b'f' => self.literal(b"false")?,
-            b'n' => self.literal(b"null")?,
-            _ => {
-                self.number()?;
-            }
+            b'"' => self.string().map(Node::String),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            _ => self.number().map(Node::Number),
         }
-        Some(())
     }
 
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.src[self.at..].starts_with(word).then(|| self.at += word.len())
+    fn literal(&mut self, word: &'static str) -> Option<Node<'a>> {
+        self.src[self.at..].starts_with(word).then(|| {
+            self.at += word.len();
+            Node::Literal(word)
+        })
     }
 
-    /// A string token, quotes included, checked as strictly as serde_json checks it
-    /// (every member is checked, also one a later duplicate replaces): no control
-    /// characters, valid UTF-8, known escapes, surrogates only in pairs.
-    fn string(&mut self) -> Option<&'a [u8]> {
+    /// A string token, quotes included: no control characters, known escapes only,
+    /// surrogates only in pairs (as serde_json requires).
+    fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
         self.eat(b'"')?;
         loop {
-            match *self.src.get(self.at)? {
+            self.at += plain_run(&self.src.as_bytes()[self.at..]);
+            match self.peek()? {
                 b'"' => {
                     self.at += 1;
-                    let token = &self.src[start..self.at];
-                    std::str::from_utf8(token).ok()?;
-                    return Some(token);
+                    return self.src.get(start..self.at);
                 }
                 b'\\' => {
                     self.at += 1;
-                    match *self.src.get(self.at)? {
+                    match self.peek()? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
                         b'u' => {
                             let unit = self.hex4()?;
@@ -154,8 +165,8 @@ impl<'a> Parser<'a> {
                         _ => return None,
                     }
                 }
-                0..0x20 => return None,
-                _ => self.at += 1,
+                // A control character.
+                _ => return None,
             }
         }
     }
@@ -164,31 +175,34 @@ impl<'a> Parser<'a> {
     fn hex4(&mut self) -> Option<u32> {
         self.eat(b'u')?;
         let digits = self.src.get(self.at..self.at + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         self.at += 4;
-        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok().filter(|_| digits.iter().all(u8::is_ascii_hexdigit))
+        u32::from_str_radix(digits, 16).ok()
     }
 
     /// A number token, checked against JSON's grammar.
-    fn number(&mut self) -> Option<&'a [u8]> {
+    fn number(&mut self) -> Option<&'a str> {
         let start = self.at;
         self.eat(b'-');
-        match *self.src.get(self.at)? {
+        match self.peek()? {
             b'0' => self.at += 1,
             b'1'..=b'9' => self.digits(),
             _ => return None,
         }
         if self.eat(b'.').is_some() {
-            if !self.src.get(self.at)?.is_ascii_digit() {
+            if !self.peek()?.is_ascii_digit() {
                 return None;
             }
             self.digits();
         }
-        if let Some(b'e' | b'E') = self.src.get(self.at) {
+        if let Some(b'e' | b'E') = self.peek() {
             self.at += 1;
-            if let Some(b'+' | b'-') = self.src.get(self.at) {
+            if let Some(b'+' | b'-') = self.peek() {
                 self.at += 1;
             }
-            if !self.src.get(self.at)?.is_ascii_digit() {
+            if !self.peek()?.is_ascii_digit() {
                 return None;
             }
             self.digits();
@@ -196,90 +210,96 @@ impl<'a> Parser<'a> {
         let token = &self.src[start..self.at];
         // One serde_json would refuse (out of range) must not pass, even unwritten.
         if !plain_integer(token) {
-            serde_json::from_slice::<serde_json::Number>(token).ok()?;
+            serde_json::from_str::<serde_json::Number>(token).ok()?;
         }
         Some(token)
     }
 
     fn digits(&mut self) {
-        while self.src.get(self.at).is_some_and(u8::is_ascii_digit) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.at += 1;
         }
     }
 }
 
+/// How many bytes at the start of `bytes` need no attention inside a string: neither
+/// `"`, `\` nor a control character. Eight bytes at a time while it can.
+fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `w` is below `n` (n <= 128): exact as a yes/no.
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let w = u64::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
+        if below(w, 0x20) || below(w ^ (ONES * u64::from(b'"')), 1) || below(w ^ (ONES * u64::from(b'\\')), 1) {
+            break;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().take_while(|&&b| b >= 0x20 && b != b'"' && b != b'\\').count()
+}
+
 /// A string token's text: borrowed when it has no escapes, decoded by serde_json when
 /// it has (surrogate pairs and all).
-fn decode_string(token: &[u8]) -> Option<Cow<'_, str>> {
+fn decode_string(token: &str) -> Option<Cow<'_, str>> {
     let inner = &token[1..token.len() - 1];
-    if !inner.contains(&b'\\') {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_slice::<String>(token).ok().map(Cow::Owned)
+    serde_json::from_str::<String>(token).ok().map(Cow::Owned)
 }
 
 /// Writes members as one object: sorted by key, the last of equal keys kept.
-fn write_members(mut members: Vec<Member<'_>>, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+fn write_members(mut members: Vec<(Cow<'_, str>, Node<'_>)>, out: &mut Vec<u8>) {
     // Stable: among equal keys the later member stays later, and is the one kept.
-    members.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+    members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     out.push(b'{');
     let mut first = true;
-    for (i, m) in members.iter().enumerate() {
-        if members.get(i + 1).is_some_and(|next| next.key == m.key) {
+    let mut members = members.into_iter().peekable();
+    while let Some((key, value)) = members.next() {
+        if members.peek().is_some_and(|next| next.0 == key) {
             continue;
         }
         if !first {
             out.push(b',');
         }
         first = false;
-        write_string(&m.key, out);
+        write_string(&key, out);
         out.push(b':');
-        write_value(m.value, out, depth + 1)?;
+        write_node(value, out);
     }
     out.push(b'}');
-    Some(())
 }
 
-/// Writes one value (already checked by the parser) canonically.
-fn write_value(value: &[u8], out: &mut Vec<u8>, depth: usize) -> Option<()> {
-    let mut p = Parser { src: value, at: 0 };
-    match *value.first()? {
-        b'{' => write_members(p.object_members(depth)?, out, depth),
-        b'[' => {
+/// Writes one value as serde_json writes the value it would decode.
+fn write_node(node: Node<'_>, out: &mut Vec<u8>) {
+    match node {
+        Node::Object(members) => write_members(members, out),
+        Node::Array(items) => {
             out.push(b'[');
-            p.at = 1;
-            p.ws();
-            if p.eat(b']').is_none() {
-                loop {
-                    p.ws();
-                    let start = p.at;
-                    p.skip_value(depth + 1)?;
-                    write_value(&value[start..p.at], out, depth + 1)?;
-                    p.ws();
-                    if p.eat(b',').is_none() {
-                        break;
-                    }
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
                     out.push(b',');
                 }
+                write_node(item, out);
             }
             out.push(b']');
-            Some(())
         }
-        b'"' => {
-            write_string(&decode_string(value)?, out);
-            Some(())
-        }
-        b't' | b'f' | b'n' => {
-            out.extend_from_slice(value);
-            Some(())
-        }
-        _ => write_number(value, out),
+        // Without escapes a checked string is already as serde_json writes it; with
+        // them it is decoded (checked by the parser: it cannot fail) and written again.
+        Node::String(token) => match decode_string(token) {
+            Some(Cow::Owned(text)) => write_string(&text, out),
+            _ => out.extend_from_slice(token.as_bytes()),
+        },
+        Node::Number(token) => write_number(token, out),
+        Node::Literal(word) => out.extend_from_slice(word.as_bytes()),
     }
 }
 
 /// A string as serde_json writes it: only `"`, `\` and control characters escaped.
 fn write_string(text: &str, out: &mut Vec<u8>) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain_run(text.as_bytes()) == text.len() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
@@ -290,25 +310,25 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
 }
 
 /// A number as serde_json writes the value it decodes: integers that fit 64 bits as
-/// they are, anything else through serde_json's own number (a float, printed shortest).
-fn write_number(token: &[u8], out: &mut Vec<u8>) -> Option<()> {
+/// they are, anything else through serde_json's own number (a float, printed shortest;
+/// the parser checked that it reads).
+fn write_number(token: &str, out: &mut Vec<u8>) {
     if plain_integer(token) {
-        out.extend_from_slice(token);
-        return Some(());
+        out.extend_from_slice(token.as_bytes());
+    } else if let Ok(number) = serde_json::from_str::<serde_json::Number>(token) {
+        let _ = serde_json::to_writer(&mut *out, &number);
     }
-    let number: serde_json::Number = serde_json::from_slice(token).ok()?;
-    serde_json::to_writer(&mut *out, &number).ok()
 }
 
 /// An integer serde_json keeps as it is: up to 18 digits (so it fits 64 bits either
 /// way), no leading zero, not `-0` (which it reads as a float).
-fn plain_integer(token: &[u8]) -> bool {
-    let digits = token.strip_prefix(b"-").unwrap_or(token);
+fn plain_integer(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token).as_bytes();
     !digits.is_empty()
         && digits.len() <= 18
         && digits.iter().all(u8::is_ascii_digit)
         && (digits.len() == 1 || digits[0] != b'0')
-        && token != b"-0"
+        && token != "-0"
 }
 
 #[cfg(test)]
@@ -339,7 +359,10 @@ mod tests {
         let a = br#"{"b": 1, "a": {"z": [3, {"y": 1, "x": 2}], "c": "\u00e9\n"}, "d": 1.50}"#;
         let b = br#" {"d": -0, "e": 1e3, "b": "two", "b": "three"} "#;
         let out = direct(&[a, b]).unwrap();
-        assert_eq!(String::from_utf8(out.clone()).unwrap(), r#"{"a":{"c":"é\n","z":[3,{"x":2,"y":1}]},"b":"three","d":-0.0,"e":1000.0}"#);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#"{"a":{"c":"é\n","z":[3,{"x":2,"y":1}]},"b":"three","d":-0.0,"e":1000.0}"#
+        );
         assert_eq!(Some(out), general(&[a, b]));
     }
 
@@ -406,6 +429,14 @@ mod tests {
         ) {
             let doc = format!(r#"{{"n": {number}, "s": "{text}", "{text}": [{number}]}}"#);
             prop_assert_eq!(direct(&[doc.as_bytes()]), general(&[doc.as_bytes()]), "{}", doc);
+        }
+
+        /// The eight-bytes-at-a-time scan stops where a byte-by-byte one does.
+        #[test]
+        fn plain_runs_end_at_the_first_special_byte(bytes in prop::collection::vec(
+            prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), Just(0x7f), Just(0x80), any::<u8>(), 0x21u8..0x7e], 0..40)) {
+            let naive = bytes.iter().take_while(|&&b| b >= 0x20 && b != b'"' && b != b'\\').count();
+            prop_assert_eq!(plain_run(&bytes), naive);
         }
 
         /// Garbage never panics, and whatever is accepted is what the general path gives.

@@ -463,8 +463,7 @@ impl http_body::Body for RequestBody<'_> {
 fn parse_head(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, StatusCode> {
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut slots)
-    {
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= max_bytes => len,
         Ok(httparse::Status::Complete(_)) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         Ok(httparse::Status::Partial) if buf.len() >= max_bytes => {
@@ -703,7 +702,10 @@ mod tests {
         let framing = |text: &str| parse(text.as_bytes()).map(|h| h.unwrap().framing);
         assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"), Ok(Framing::Length(12)));
         assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\n"), Ok(Framing::Length(3)));
-        assert_eq!(framing("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"), Ok(Framing::Chunked(Chunked::Size)));
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"),
+            Ok(Framing::Chunked(Chunked::Size))
+        );
         for refused in [
             "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
@@ -775,7 +777,10 @@ mod tests {
     /// What a parse produced, comparable across runs.
     fn summary(head: &Head) -> String {
         let p = &head.parts;
-        format!("{} {} {:?} {:?} {:?} {} {}", p.method, p.uri, p.version, p.headers, head.framing, head.keep_alive, head.expect_continue)
+        format!(
+            "{} {} {:?} {:?} {:?} {} {}",
+            p.method, p.uri, p.version, p.headers, head.framing, head.keep_alive, head.expect_continue
+        )
     }
 
     proptest::proptest! {
