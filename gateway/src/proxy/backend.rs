@@ -330,7 +330,7 @@ impl BackendCall {
 
     /// Whether the backend's answer is used as the JSON object it sends, untouched: one
     /// call, no breaker, no manipulation, no error details. Such answers can be merged
-    /// from their bytes ([`super::merge`]).
+    /// from their bytes ([`super::spans`]).
     pub fn passes_json_through(&self) -> bool {
         self.encoding == BackendEncoding::Json
             && !self.is_collection

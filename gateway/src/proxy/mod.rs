@@ -5,7 +5,7 @@ pub mod client;
 pub mod decode;
 pub mod flatmap;
 pub mod h1;
-pub mod merge;
+pub mod spans;
 pub mod pipeline;
 pub mod render;
 pub mod shape;

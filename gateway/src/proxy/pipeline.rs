@@ -58,7 +58,7 @@ pub struct Pipeline {
     max_body: Option<usize>,
     stats: std::sync::Arc<crate::telemetry::EndpointStats>,
     /// Neither the endpoint nor its backends touch the data: the JSON objects the
-    /// backends send are merged from their bytes ([`super::merge`]).
+    /// backends send are merged from their bytes ([`super::spans`]).
     merge_bytes: bool,
 }
 
@@ -239,7 +239,7 @@ impl Pipeline {
         let bodies: Vec<&[u8]> = results.iter().filter_map(|r| r.as_deref().ok()).collect();
         if !bodies.is_empty() {
             let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 2);
-            if super::merge::merge(&bodies, &mut out).is_some() {
+            if super::spans::merge(&bodies, &mut out).is_some() {
                 let complete = bodies.len() == results.len();
                 let has_data = out.len() > 2;
                 return self.encoded(Bytes::from(out), super::render::JSON, complete, has_data, accept_encoding);
