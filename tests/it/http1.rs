@@ -293,3 +293,82 @@ async fn slow_heads_are_cut_and_shutdown_closes_idle_connections() {
     assert_eq!((answered.status, answered.header("connection")), (200, Some("close")));
     tokio::time::timeout(Duration::from_secs(2), stopping).await.expect("shutdown ends with the last request").unwrap();
 }
+
+#[tokio::test]
+async fn chunked_bodies_that_could_smuggle_a_request_are_refused_and_the_connection_closed() {
+    let b = Backend::start(|seen| Reply::raw(200, "application/json", seen.body.clone())).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/p", "method": "POST", "output_encoding": "no-op",
+         "backend": [{"host": [b.url], "url_pattern": "/"}]},
+    ])))
+    .await;
+    for wire_bytes in [
+        &b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;\nxx\r\n2f\r\n0\r\n\r\nGET /p HTTP/1.1\r\nhost: x\r\n\r\n\r\n0\r\n\r\n"[..],
+        b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx: y\n\nGET /p HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let mut wire = Wire::to(&gw).await;
+        wire.send(wire_bytes).await;
+        let refused = wire.response(false).await;
+        assert_eq!((refused.status, refused.header("connection")), (400, Some("close")), "{}", refused.head);
+        assert!(wire.closed().await, "nothing after the refused body is read as a request");
+    }
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_backend_call() {
+    // A backend that reads the request, never answers, and reports when the gateway
+    // drops the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = format!("http://{}", listener.local_addr().unwrap());
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let started = std::time::Instant::now();
+        let _ = s.read(&mut buf).await;
+        let _ = dropped_tx.send(started.elapsed());
+    });
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/hang", "timeout": "10s", "backend": [{"host": [backend], "url_pattern": "/"}]},
+    ])))
+    .await;
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(wire);
+    let after =
+        tokio::time::timeout(Duration::from_secs(3), dropped).await.expect("the backend call was dropped").unwrap();
+    assert!(after < Duration::from_secs(2), "dropped after {after:?}");
+}
+
+#[tokio::test]
+async fn head_requests_learn_the_length_a_get_would_get() {
+    let b = Backend::json(json!({"a": 1})).await;
+    let gw =
+        Gateway::start(config(json!([{"endpoint": "/g", "backend": [{"host": [b.url], "url_pattern": "/"}]}]))).await;
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nhost: x\r\n\r\nGET /g HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let get = wire.response(false).await;
+    let head = wire.response(true).await;
+    assert_eq!(head.status, 404, "{}", head.head);
+    assert_eq!(head.header("content-length"), Some(get.body.len().to_string().as_str()), "{}", head.head);
+    // No body came between: the next answer starts right after the head.
+    assert_eq!(wire.response(false).await.body, br#"{"a":1}"#);
+}
+
+#[tokio::test]
+async fn unread_chunked_bodies_close_the_connection_after_the_answer() {
+    let b = Backend::json(json!({})).await;
+    let gw =
+        Gateway::start(config(json!([{"endpoint": "/g", "backend": [{"host": [b.url], "url_pattern": "/"}]}]))).await;
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"POST /nowhere HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+    let answer = wire.response(false).await;
+    assert_eq!((answer.status, answer.header("connection")), (404, Some("close")));
+    wire.send(b"0\r\n\r\n").await;
+    assert!(wire.closed().await);
+}

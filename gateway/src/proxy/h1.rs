@@ -12,9 +12,12 @@ use http::{Method, StatusCode};
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Response headers beyond this many are refused.
 const MAX_HEADERS: usize = 128;
-/// A chunk-size line (with extensions) or a trailer section longer than this is refused.
+/// A chunk-size line (with extensions) or a trailer line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Chunk extensions and trailers of one body, together, may not exceed this: they carry
+/// no data, and no body limit would count them otherwise.
+const MAX_CHUNK_OVERHEAD: u32 = 16 * 1024;
 
 /// Why a response could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -163,7 +166,7 @@ fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: 
         let chunked =
             last.value.rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // Any other final coding leaves the length to the end of the connection.
-        return Ok(if chunked { Framing::Chunked(Chunked::Size) } else { Framing::Close });
+        return Ok(if chunked { Framing::chunked() } else { Framing::Close });
     }
     let mut length = None;
     for h in named("content-length") {
@@ -201,8 +204,8 @@ pub enum Chunked {
 pub enum Framing {
     /// After this many more bytes (0: the body is complete).
     Length(u64),
-    /// Chunked transfer coding.
-    Chunked(Chunked),
+    /// Chunked transfer coding, and the bytes of extensions and trailers read so far.
+    Chunked(Chunked, u32),
     /// When the backend closes the connection.
     Close,
 }
@@ -219,6 +222,11 @@ pub enum Step {
 }
 
 impl Framing {
+    /// A chunked body, before its first chunk.
+    pub const fn chunked() -> Self {
+        Framing::Chunked(Chunked::Size, 0)
+    }
+
     /// Whether the body is complete.
     pub fn is_done(&self) -> bool {
         *self == Framing::Length(0)
@@ -251,10 +259,11 @@ impl Framing {
                     }
                     return Ok(Step::Data(buf.split().freeze()));
                 }
-                Framing::Chunked(state) => match *state {
+                Framing::Chunked(state, overhead) => match *state {
                     Chunked::Size => {
                         let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else { return Ok(Step::More) };
-                        let size = chunk_size(&line)?;
+                        let (size, extensions) = chunk_size(&line)?;
+                        *overhead = add_overhead(*overhead, extensions)?;
                         *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
                     }
                     Chunked::Data(n) => {
@@ -280,6 +289,12 @@ impl Framing {
                         let Some(line) = take_line(buf, MAX_TRAILERS)? else { return Ok(Step::More) };
                         if line.is_empty() {
                             *self = Framing::Length(0);
+                        } else if line.iter().any(|&b| is_control(b)) {
+                            // A bare CR or LF would end the line for a reader that
+                            // accepts them: the two would disagree on where the body ends.
+                            return Err(Invalid::Chunk("control character in a trailer"));
+                        } else {
+                            *overhead = add_overhead(*overhead, line.len())?;
                         }
                     }
                 },
@@ -318,8 +333,24 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// The size of a chunk-size line: hex digits, then optional whitespace and extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
+/// Whether a byte may not appear in a chunk-size or trailer line: controls but HTAB.
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+fn add_overhead(so_far: u32, more: usize) -> Result<u32, Invalid> {
+    u32::try_from(more)
+        .ok()
+        .and_then(|m| so_far.checked_add(m))
+        .filter(|total| *total <= MAX_CHUNK_OVERHEAD)
+        .ok_or(Invalid::Chunk("chunk extensions and trailers too large"))
+}
+
+/// The size of a chunk-size line (hex digits, then optional SP/HTAB and extensions)
+/// and how many bytes its extensions take. Nothing but SP and HTAB may follow the
+/// digits before `;`, and extensions hold no control characters (a bare LF in them
+/// would end the line for a lenient reader).
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), Invalid> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(Invalid::Chunk("missing chunk size"));
@@ -327,11 +358,15 @@ fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
     if digits > 15 {
         return Err(Invalid::Chunk("chunk size too large"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    let rest = &line[digits..];
+    let rest = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err(Invalid::Chunk("invalid chunk size"));
     }
-    Ok(line[..digits].iter().fold(0u64, |n, d| n * 16 + u64::from(hex(*d))))
+    if rest.iter().any(|&b| is_control(b)) {
+        return Err(Invalid::Chunk("control character in a chunk extension"));
+    }
+    Ok((line[..digits].iter().fold(0u64, |n, d| n * 16 + u64::from(hex(*d))), rest.len()))
 }
 
 fn hex(d: u8) -> u8 {
@@ -439,7 +474,7 @@ mod tests {
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", &Method::GET), ok(Framing::Close, false));
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", &Method::GET),
-            ok(Framing::Chunked(Chunked::Size), true)
+            ok(Framing::chunked(), true)
         );
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", &Method::GET),
@@ -448,7 +483,7 @@ mod tests {
         // Transfer-Encoding wins over Content-Length, and the connection is not reused.
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", &Method::GET),
-            ok(Framing::Chunked(Chunked::Size), false)
+            ok(Framing::chunked(), false)
         );
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", &Method::GET),
@@ -490,7 +525,7 @@ mod tests {
     fn bodies_are_read_whatever_the_pieces() {
         let chunked = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\ntrailer: x\r\n\r\nNEXT";
         for piece in [1, 2, 3, 7, 1000] {
-            let (data, rest) = body(Framing::Chunked(Chunked::Size), chunked, piece).unwrap();
+            let (data, rest) = body(Framing::chunked(), chunked, piece).unwrap();
             assert_eq!(data, b"hello world!", "pieces of {piece}");
             // What follows the body stays for the next response.
             assert!(b"NEXT".starts_with(&rest), "pieces of {piece}: {rest:?}");
@@ -511,15 +546,36 @@ mod tests {
             (b"2\r\nab\r\n", Invalid::Chunk("the backend closed the connection mid-body")),
         ];
         for (wire, want) in cases {
-            assert_eq!(
-                body(Framing::Chunked(Chunked::Size), wire, 4).unwrap_err(),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
+            assert_eq!(body(Framing::chunked(), wire, 4).unwrap_err(), want, "{:?}", String::from_utf8_lossy(wire));
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert_eq!(body(Framing::Chunked(Chunked::Size), &long, 100).unwrap_err(), Invalid::Chunk("line too long"));
+        assert_eq!(body(Framing::chunked(), &long, 100).unwrap_err(), Invalid::Chunk("line too long"));
+    }
+
+    /// Lines a lenient reader would end at a bare CR or LF are refused, so that the
+    /// gateway and anything in front of it never disagree on where a body ends.
+    #[test]
+    fn chunk_lines_and_trailers_that_smuggle_are_refused() {
+        let cases: [(&[u8], Invalid); 4] = [
+            (b"2;\nxx\r\n2f\r\n0\r\n\r\n", Invalid::Chunk("control character in a chunk extension")),
+            (b"1\r;\x0c\x01\x7f\r\nx\r\n0\r\n\r\n", Invalid::Chunk("invalid chunk size")),
+            (b"1\n\r\nx\r\n0\r\n\r\n", Invalid::Chunk("invalid chunk size")),
+            (b"0\r\nx: y\n\nGET /next HTTP/1.1\r\n\r\n", Invalid::Chunk("control character in a trailer")),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(body(Framing::chunked(), wire, 3).unwrap_err(), want, "{:?}", String::from_utf8_lossy(wire));
+        }
+        // Extensions and trailers carry no data: together they are bounded per body.
+        let mut padded = Vec::new();
+        for _ in 0..8 {
+            padded.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(3000)).as_bytes());
+        }
+        assert_eq!(
+            body(Framing::chunked(), &padded, 4096).unwrap_err(),
+            Invalid::Chunk("chunk extensions and trailers too large")
+        );
+        let (data, _) = body(Framing::chunked(), b"1\t ;a=b\r\nx\r\n0\r\nt: v\tw\r\n\r\n", 5).unwrap();
+        assert_eq!(data, b"x", "whitespace before an extension and tabs in a trailer are fine");
         assert_eq!(
             body(Framing::Length(10), b"short", 100).unwrap_err(),
             Invalid::Chunk("the backend closed the connection mid-body")

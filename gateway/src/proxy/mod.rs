@@ -5,10 +5,10 @@ pub mod client;
 pub mod decode;
 pub mod flatmap;
 pub mod h1;
-pub mod spans;
 pub mod pipeline;
 pub mod render;
 pub mod shape;
+pub mod spans;
 pub mod upstream;
 pub mod url;
 

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::Body;
-use crate::proxy::h1::{Chunked, Framing, Step};
+use crate::proxy::h1::{Framing, Step};
 use crate::runtime::Shared;
 
 /// A request with more header fields than this is refused with 431 (as hyper's limit).
@@ -62,7 +62,8 @@ pub struct Limits {
 /// a request asks to close, or `stop` changes (then the request in flight is answered
 /// first).
 pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: Limits, mut stop: watch::Receiver<()>) {
-    let mut conn = Conn { io, buf: BytesMut::new(), body: Framing::Length(0), expect_continue: None };
+    let mut conn =
+        Conn { io, buf: BytesMut::new(), body: Framing::Length(0), body_broken: false, expect_continue: None };
     // One timer for the connection's life, moved forward for each request head: pushing
     // a deadline later costs an atomic store, where a new timer takes the wheel's lock.
     let timer = tokio::time::sleep(limits.header_timeout);
@@ -82,12 +83,22 @@ pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: L
             keep_alive: head.keep_alive,
         };
         conn.body = head.framing;
+        conn.body_broken = false;
         conn.expect_continue = head.expect_continue.then_some(0);
-        let response = {
-            let request = Request::from_parts(head.parts, RequestBody { conn: &mut conn });
-            let runtime = runtime.load_full();
-            // Boxed: the request path's future is large, and inline it would be part of
-            // every connection's task, idle or not.
+        let runtime = runtime.load_full();
+        // Boxed: the request path's future is large, and inline it would be part of
+        // every connection's task, idle or not.
+        let response = if conn.body.is_done() {
+            // Nothing more to read for this request: while it is answered, the socket is
+            // watched for the client going away, which drops the work (backend calls
+            // included), as hyper did.
+            let request = Request::from_parts(head.parts, RequestBody { conn: None });
+            match unless_closed(&conn.io, Box::pin(runtime.handle(request, remote))).await {
+                Some(response) => response,
+                None => return,
+            }
+        } else {
+            let request = Request::from_parts(head.parts, RequestBody { conn: Some(&mut conn) });
             Box::pin(runtime.handle(request, remote)).await
         };
         let unread = conn.unread_body();
@@ -108,6 +119,7 @@ pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: L
             Err(_) => return,
         }
         if unread == Unread::Some && !conn.drain().await {
+            conn.linger(Unread::Some).await;
             return;
         }
         if conn.buf.is_empty() {
@@ -149,6 +161,8 @@ struct Conn {
     buf: BytesMut,
     /// How the current request's body ends, and how much of it is left.
     body: Framing,
+    /// Reading the body failed (bad chunking, the client closed): its end is unknown.
+    body_broken: bool,
     /// A client waiting for `100 Continue`: how much of it has been written.
     expect_continue: Option<usize>,
 }
@@ -235,10 +249,13 @@ impl Conn {
         }
         match self.body {
             Framing::Length(0) => Unread::Nothing,
-            // The client never sent the body it announced, and will not without a 100.
-            _ if self.expect_continue == Some(0) => Unread::TooMuch,
-            Framing::Length(n) if n > DRAIN_BYTES => Unread::TooMuch,
-            _ => Unread::Some,
+            _ if self.body_broken => Unread::TooMuch,
+            // The client never sent the body it announced, and will not without a 100
+            // (or it got part of one: the stream is no longer clean).
+            _ if self.expect_continue.is_some() => Unread::TooMuch,
+            Framing::Length(n) if n <= DRAIN_BYTES => Unread::Some,
+            // Chunked bodies are not drained: their length is unknown until read.
+            _ => Unread::TooMuch,
         }
     }
 
@@ -290,14 +307,23 @@ impl Conn {
 
     /// Writes the response. `Ok(false)`: it was delimited by closing the connection.
     async fn respond(&mut self, response: Response<Body>, exchange: &Exchange, keep_alive: bool) -> io::Result<bool> {
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        if parts.status.is_informational() {
+            // An interim status cannot end an exchange: the client would wait for more.
+            parts.status = StatusCode::BAD_GATEWAY;
+            body = crate::proxy::full(Bytes::new());
+        }
         let status = parts.status;
         let bodiless = exchange.head
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
-            Out::None
+            // HEAD: the length a GET would get, when the handler knows it.
+            match body.size_hint().exact() {
+                Some(n) if exchange.head && !parts.headers.contains_key(header::CONTENT_LENGTH) => Out::Omitted(n),
+                _ => Out::None,
+            }
         } else {
             match body.size_hint().exact() {
                 Some(n) => Out::Length(n),
@@ -319,7 +345,7 @@ impl Conn {
         // What the body has ready goes out with the head: a built body whole, a
         // streamed one as far as its backend already sent it.
         let mut ended = false;
-        loop {
+        while out.len() < COALESCE {
             let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
             match polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -397,6 +423,8 @@ impl Conn {
 enum Out {
     /// No body (HEAD, 1xx, 204, 304).
     None,
+    /// No body, for a HEAD request whose GET would get this many bytes.
+    Omitted(u64),
     Length(u64),
     Chunked,
     /// By closing the connection: an HTTP/1.0 client and a body of unknown length.
@@ -406,7 +434,8 @@ enum Out {
 /// The request body, read from the connection when the runtime polls it. Reading it
 /// sends `100 Continue` first to a client that waits for one.
 pub struct RequestBody<'c> {
-    conn: &'c mut Conn,
+    /// `None` when the request has no body left to read.
+    conn: Option<&'c mut Conn>,
 }
 
 impl http_body::Body for RequestBody<'_> {
@@ -414,7 +443,7 @@ impl http_body::Body for RequestBody<'_> {
     type Error = io::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let c = &mut *self.get_mut().conn;
+        let Some(c) = self.get_mut().conn.as_deref_mut() else { return Poll::Ready(None) };
         if c.body.is_done() {
             return Poll::Ready(None);
         }
@@ -434,28 +463,64 @@ impl http_body::Body for RequestBody<'_> {
             c.expect_continue = None;
         }
         loop {
-            match c.body.step(&mut c.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
-                Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Step::End => return Poll::Ready(None),
-                Step::More => {}
+            match c.body.step(&mut c.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::More) => {}
+                Err(e) => {
+                    c.body_broken = true;
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))));
+                }
             }
             let room = c.body.remaining().map_or(HEAD_READ, |n| usize::try_from(n).unwrap_or(MAX_READ));
-            if ready!(c.poll_fill(cx, room.clamp(1, MAX_READ)))? == 0 {
-                return Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the client closed the connection mid-body",
-                ))));
+            match ready!(c.poll_fill(cx, room.clamp(1, MAX_READ))) {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
+                    c.body_broken = true;
+                    let closed =
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection mid-body");
+                    return Poll::Ready(Some(Err(closed)));
+                }
+                Err(e) => {
+                    c.body_broken = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.body.is_done()
+        self.conn.as_ref().is_none_or(|c| c.body.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.conn.body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact)
+        match &self.conn {
+            Some(c) => c.body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+            None => SizeHint::with_exact(0),
+        }
     }
+}
+
+/// Runs `work` unless the client closes the connection first (`None`). Bytes the
+/// client sends meanwhile (a pipelined request) end the watch: they are left for later.
+async fn unless_closed<F: std::future::Future>(io: &TcpStream, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if watching {
+            let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+            match io.poll_peek(cx, &mut tokio::io::ReadBuf::uninit(&mut probe)) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Parses a complete request head at the start of `buf` and takes it out. `Ok(None)`:
@@ -516,7 +581,7 @@ fn body_framing(version: Version, fields: &[httparse::Header<'_>]) -> Result<Fra
         }
         let mut tokens = codings.flat_map(|h| h.value.split(|b| *b == b',')).map(<[u8]>::trim_ascii);
         return match (tokens.next(), tokens.next()) {
-            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked(Chunked::Size)),
+            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Framing::chunked()),
             // gzip and the like would have to be decoded, which the gateway does not do.
             (Some(t), None) if !t.is_empty() => Err(StatusCode::NOT_IMPLEMENTED),
             _ => Err(StatusCode::BAD_REQUEST),
@@ -587,7 +652,9 @@ fn encode_head(
         field(out, header::DATE.as_str(), &date());
     }
     match framing {
-        Out::Length(n) => field(out, header::CONTENT_LENGTH.as_str(), itoa::Buffer::new().format(n).as_bytes()),
+        Out::Length(n) | Out::Omitted(n) => {
+            field(out, header::CONTENT_LENGTH.as_str(), itoa::Buffer::new().format(n).as_bytes());
+        }
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
     }
@@ -702,10 +769,7 @@ mod tests {
         let framing = |text: &str| parse(text.as_bytes()).map(|h| h.unwrap().framing);
         assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"), Ok(Framing::Length(12)));
         assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\n"), Ok(Framing::Length(3)));
-        assert_eq!(
-            framing("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"),
-            Ok(Framing::Chunked(Chunked::Size))
-        );
+        assert_eq!(framing("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"), Ok(Framing::chunked()));
         for refused in [
             "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
@@ -743,7 +807,15 @@ mod tests {
             map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         let mut out = Vec::new();
-        encode_head(&mut out, status, &map, framing, keep_alive, http11, framing == Out::None);
+        encode_head(
+            &mut out,
+            status,
+            &map,
+            framing,
+            keep_alive,
+            http11,
+            matches!(framing, Out::None | Out::Omitted(_)),
+        );
         let text = String::from_utf8(out).unwrap();
         // The date changes; everything else is checked byte for byte.
         text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n")
