@@ -39,7 +39,7 @@ enum Filter {
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     children: Vec<(Box<str>, Tree)>,
-    pub(super) leaf: bool,
+    leaf: bool,
 }
 
 impl Tree {
@@ -59,7 +59,7 @@ impl Tree {
         child.insert(rest);
     }
 
-    pub(super) fn child(&self, key: &str) -> Option<&Tree> {
+    fn child(&self, key: &str) -> Option<&Tree> {
         self.children.iter().find(|(k, _)| **k == *key).map(|(_, t)| t)
     }
 
@@ -213,11 +213,6 @@ fn deny(obj: &mut Map<String, Value>, path: &[Box<str>]) {
 pub fn decode_allowed(body: &[u8], allow: &Tree) -> Result<Map<String, Value>, super::decode::DecodeError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return super::decode::decode(crate::config::BackendEncoding::Json, false, body);
-    }
-    // Read as spans first: cheaper, and anything it does not take on (invalid JSON
-    // included, for the error's wording) comes to serde_json below.
-    if let Some(object) = super::spans::decode_pruned(body, allow) {
-        return Ok(object);
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let object = serde::Deserializer::deserialize_map(&mut de, Object(allow))?;

@@ -1,5 +1,4 @@
-//! Backend JSON read as spans of its bytes: merged straight into the response, or
-//! decoded only where an allow-list keeps something.
+//! Backend JSON objects merged straight from their bytes, read as spans.
 //!
 //! When neither the backends nor the endpoint manipulate the data, the response is the
 //! union of the backends' top-level members (a later backend wins a key) encoded as the
@@ -14,10 +13,6 @@
 //! the general path, which decodes and reports the problem as it always does.
 
 use std::borrow::Cow;
-
-use serde_json::{Map, Value};
-
-use super::shape::Tree;
 
 /// Deeper documents are left to serde_json, whose recursion limit (128) decides.
 const MAX_DEPTH: usize = 100;
@@ -43,19 +38,6 @@ pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// Decodes the members of a JSON object that `allow` keeps, as decoding it whole and
-/// pruning would ([`super::shape::decode_allowed`]); what is dropped is checked and
-/// skipped, never built. `None`: leave the document to serde_json.
-pub fn decode_pruned(doc: &[u8], allow: &Tree) -> Option<Map<String, Value>> {
-    let doc = std::str::from_utf8(doc).ok()?;
-    let mut p = Parser { src: doc, at: 0 };
-    p.ws();
-    p.eat(b'{')?;
-    let object = p.pruned_members(allow, 0)?;
-    p.ws();
-    (p.at == doc.len()).then_some(object)
-}
-
 /// A value as spans of its document: what is needed to write it again.
 enum Node<'a> {
     Object(Vec<(Cow<'a, str>, Node<'a>)>),
@@ -65,31 +47,6 @@ enum Node<'a> {
     Number(&'a str),
     /// `true`, `false` or `null`.
     Literal(&'static str),
-}
-
-impl Node<'_> {
-    /// The value serde_json would decode.
-    fn into_value(self) -> Option<Value> {
-        Some(match self {
-            Node::Object(members) => {
-                let mut object = Map::new();
-                for (key, node) in members {
-                    object.insert(key.into_owned(), node.into_value()?);
-                }
-                Value::Object(object)
-            }
-            Node::Array(items) => Value::Array(items.into_iter().map(Node::into_value).collect::<Option<_>>()?),
-            Node::String(token) => Value::String(decode_string(token)?.into_owned()),
-            Node::Number(token) if plain_integer(token) => match token.strip_prefix('-') {
-                Some(_) => Value::from(token.parse::<i64>().ok()?),
-                None => Value::from(token.parse::<u64>().ok()?),
-            },
-            Node::Number(token) => Value::Number(serde_json::from_str(token).ok()?),
-            Node::Literal("true") => Value::Bool(true),
-            Node::Literal("false") => Value::Bool(false),
-            Node::Literal(_) => Value::Null,
-        })
-    }
 }
 
 struct Parser<'a> {
@@ -167,115 +124,6 @@ impl<'a> Parser<'a> {
             b'f' => self.literal("false"),
             b'n' => self.literal("null"),
             _ => self.number().map(Node::Number),
-        }
-    }
-
-    /// The members of the object whose `{` was just read that `tree` keeps, pruned:
-    /// a repeated key replaces (or, pruned to nothing, removes) the earlier value.
-    fn pruned_members(&mut self, tree: &Tree, depth: usize) -> Option<Map<String, Value>> {
-        let mut out = Map::new();
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(out);
-        }
-        loop {
-            self.ws();
-            let key = decode_string(self.string()?)?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            match tree.child(&key) {
-                None => self.skip(depth + 1)?,
-                Some(sub) if sub.leaf => {
-                    let value = self.value(depth + 1)?.into_value()?;
-                    out.insert(key.into_owned(), value);
-                }
-                Some(sub) => match self.under(sub, depth + 1)? {
-                    Some(value) => {
-                        out.insert(key.into_owned(), value);
-                    }
-                    None => {
-                        out.remove(&*key);
-                    }
-                },
-            }
-            self.ws();
-            if self.eat(b',').is_none() {
-                self.eat(b'}')?;
-                return Some(out);
-            }
-        }
-    }
-
-    /// A value under a path that goes deeper: an object is pruned and goes when left
-    /// empty, an array keeps its items (objects in it pruned, kept even when empty),
-    /// anything else goes. `Some(None)`: nothing is kept.
-    fn under(&mut self, tree: &Tree, depth: usize) -> Option<Option<Value>> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'{' => {
-                self.at += 1;
-                let object = self.pruned_members(tree, depth)?;
-                Some((!object.is_empty()).then_some(Value::Object(object)))
-            }
-            b'[' => {
-                self.at += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.eat(b']').is_none() {
-                    loop {
-                        self.ws();
-                        let item = if self.peek()? == b'{' && depth < MAX_DEPTH {
-                            self.at += 1;
-                            Value::Object(self.pruned_members(tree, depth + 1)?)
-                        } else {
-                            self.value(depth + 1)?.into_value()?
-                        };
-                        items.push(item);
-                        self.ws();
-                        if self.eat(b',').is_none() {
-                            self.eat(b']')?;
-                            break;
-                        }
-                    }
-                }
-                Some(Some(Value::Array(items)))
-            }
-            _ => self.skip(depth).map(|()| None),
-        }
-    }
-
-    /// Moves past one value, checking it, without building anything.
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            open @ (b'{' | b'[') => {
-                self.at += 1;
-                let close = if open == b'{' { b'}' } else { b']' };
-                self.ws();
-                if self.eat(close).is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    if open == b'{' {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                    }
-                    self.skip(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',').is_none() {
-                        return self.eat(close);
-                    }
-                }
-            }
-            _ => self.value(depth).map(drop),
         }
     }
 
@@ -374,22 +222,23 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// How many bytes at the start of `bytes` need no attention inside a string: neither
-/// `"`, `\` nor a control character. Eight bytes at a time while it can.
-fn plain_run(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether any byte of `w` is below `n` (n <= 128): exact as a yes/no.
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
-    let mut at = 0;
-    for chunk in bytes.chunks_exact(8) {
-        let w = u64::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
-        if below(w, 0x20) || below(w ^ (ONES * u64::from(b'"')), 1) || below(w ^ (ONES * u64::from(b'\\')), 1) {
-            break;
-        }
-        at += 8;
+/// Bytes that need no attention inside a string: neither `"`, `\\` nor a control
+/// character.
+static PLAIN: [bool; 256] = {
+    let mut table = [true; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = false;
+        b += 1;
     }
-    at + bytes[at..].iter().take_while(|&&b| b >= 0x20 && b != b'"' && b != b'\\').count()
+    table[b'"' as usize] = false;
+    table[b'\\' as usize] = false;
+    table
+};
+
+/// How many bytes at the start of `bytes` are [`PLAIN`].
+fn plain_run(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len())
 }
 
 /// A string token's text: borrowed when it has no escapes, decoded by serde_json when
