@@ -51,6 +51,7 @@ http {
     listen 127.0.0.1:$up;
     default_type application/json;
     location = /user { return 200 '{"id":48213,"name":"Ada Lovelace","email":"ada@example.com","active":true,"created_at":"2024-03-01T12:00:00Z","tags":["admin","beta","ops"],"address":{"street":"12 Analytical Row","city":"London","country":"GB","zip":"N1 9GU"},"plan":{"tier":"pro","seats":25,"renews":"2027-01-01"},"stats":{"logins":1289,"last_seen":"2026-11-20T08:15:00Z","score":97.5},"bio":"Mathematician and writer."}'; }
+    location = /profile { return 200 '{"profile_id":"p-48213","display_name":"Ada L.","address":{"city":"London","country":"GB","street":"12 Analytical Row"},"roles":["admin","ops"],"preferences":{"theme":"dark","language":"en-GB","notifications":{"email":true,"sms":false}},"history":[{"at":"2026-01-01","event":"login"},{"at":"2026-02-01","event":"upgrade"}],"note":"A profile document of about five hundred bytes for the merge scenario."}'; }
     location /v1/ { return 200 '{}'; }
   }
 }
@@ -67,6 +68,7 @@ EOF
 }
 PLAIN='{"endpoint": "/user", "output_encoding": "no-op", "backend": [{"url_pattern": "/user", "encoding": "no-op"}]}'
 SHAPE='{"endpoint": "/user", "backend": [{"url_pattern": "/user", "allow": ["id", "name", "address.city"], "mapping": {"name": "full_name"}, "group": "user"}]}'
+MERGE='{"endpoint": "/user", "backend": [{"url_pattern": "/user"}, {"url_pattern": "/profile"}]}'
 telemetry() { # PROMETHEUS_PORT
   echo "{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\", \"metric_reporting_period\": 1, \"trace_sample_rate\": 0.1,
     \"exporters\": {\"prometheus\": [{\"name\": \"local\", \"port\": $1, \"listen_ip\": \"127.0.0.1\"}],
@@ -99,3 +101,4 @@ measure "no-op proxy" '{}' "$PLAIN"
 measure "no-op + telemetry" "$(telemetry "$(port)")" "$PLAIN"
 measure "json allow+mapping+group" '{}' "$SHAPE"
 measure "json + telemetry" "$(telemetry "$(port)")" "$SHAPE"
+measure "2 backends merged" '{}' "$MERGE"
