@@ -108,6 +108,17 @@ impl Wire {
     }
 }
 
+/// A gateway whose `POST /p` passes the request body to a backend that sends it back.
+async fn echoing_post() -> (Backend, Gateway) {
+    let b = Backend::start(|seen| Reply::raw(200, "application/json", seen.body.clone())).await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/p", "method": "POST", "output_encoding": "no-op",
+         "backend": [{"host": [b.url], "url_pattern": "/"}]},
+    ])))
+    .await;
+    (b, gw)
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let b = Backend::start(|seen| Reply::json(json!({"path": seen.uri}))).await;
@@ -137,12 +148,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 
 #[tokio::test]
 async fn request_bodies_arrive_sized_chunked_or_after_100_continue() {
-    let b = Backend::start(|seen| Reply::raw(200, "application/json", seen.body.clone())).await;
-    let gw = Gateway::start(config(json!([
-        {"endpoint": "/p", "method": "POST", "output_encoding": "no-op",
-         "backend": [{"host": [b.url], "url_pattern": "/"}]},
-    ])))
-    .await;
+    let (b, gw) = echoing_post().await;
     let mut wire = Wire::to(&gw).await;
     // Sized, with the body split across writes.
     wire.send(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 7\r\n\r\n{\"a\"").await;
@@ -296,12 +302,7 @@ async fn slow_heads_are_cut_and_shutdown_closes_idle_connections() {
 
 #[tokio::test]
 async fn chunked_bodies_that_could_smuggle_a_request_are_refused_and_the_connection_closed() {
-    let b = Backend::start(|seen| Reply::raw(200, "application/json", seen.body.clone())).await;
-    let gw = Gateway::start(config(json!([
-        {"endpoint": "/p", "method": "POST", "output_encoding": "no-op",
-         "backend": [{"host": [b.url], "url_pattern": "/"}]},
-    ])))
-    .await;
+    let (b, gw) = echoing_post().await;
     for wire_bytes in [
         &b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;\nxx\r\n2f\r\n0\r\n\r\nGET /p HTTP/1.1\r\nhost: x\r\n\r\n\r\n0\r\n\r\n"[..],
         b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx: y\n\nGET /p HTTP/1.1\r\nhost: x\r\n\r\n",

@@ -211,30 +211,11 @@ impl Pipeline {
         accept: Option<&HeaderValue>,
         accept_encoding: Option<&HeaderValue>,
     ) -> Response<Body> {
-        let results: Vec<Result<Bytes, Failure>> = if let [backend] = &*self.backends {
+        let results = if let [backend] = &*self.backends {
             let call = tokio::time::timeout(self.timeout, backend.call_for_body(client, inbound, &[]));
             vec![call.await.unwrap_or_else(|_| Err(timeout()))]
         } else {
-            let deadline = Instant::now() + self.timeout;
-            let mut results: Vec<Option<Result<Bytes, Failure>>> = (0..self.backends.len()).map(|_| None).collect();
-            let mut calls: FuturesUnordered<_> = self
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| async move { (i, b.call_for_body(client, inbound, &[]).await) })
-                .collect();
-            let sleep = tokio::time::sleep_until(deadline);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    next = calls.next() => match next {
-                        Some((i, r)) => results[i] = Some(r),
-                        None => break,
-                    },
-                    () = &mut sleep => break,
-                }
-            }
-            results.into_iter().map(|r| r.unwrap_or_else(|| Err(timeout()))).collect()
+            self.call_all(|b| b.call_for_body(client, inbound, &[])).await
         };
         let bodies: Vec<&[u8]> = results.iter().filter_map(|r| r.as_deref().ok()).collect();
         if !bodies.is_empty() {
@@ -264,14 +245,33 @@ impl Pipeline {
     }
 
     async fn parallel(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
+        let results = self.call_all(|b| b.call(client, inbound, &[])).await;
+        // Merge in declaration order, so that on a key collision the later backend
+        // wins every time instead of whichever happened to answer last.
+        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
+        for (i, r) in results.into_iter().enumerate() {
+            self.fold(&mut merged, i, r);
+        }
+        merged
+    }
+
+    /// Makes `call` to every backend at once and collects the results in declaration
+    /// order; a backend that has not answered when the endpoint's time is up has timed out.
+    async fn call_all<'b, T, F, Fut>(&'b self, call: F) -> Vec<Result<T, Failure>>
+    where
+        F: Fn(&'b BackendCall) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let deadline = Instant::now() + self.timeout;
-        let mut results: Vec<Option<Result<Map<String, Value>, Failure>>> =
-            (0..self.backends.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<T, Failure>>> = (0..self.backends.len()).map(|_| None).collect();
         let mut calls: FuturesUnordered<_> = self
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| async move { (i, b.call(client, inbound, &[]).await) })
+            .map(|(i, b)| {
+                let call = call(b);
+                async move { (i, call.await) }
+            })
             .collect();
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
@@ -284,13 +284,7 @@ impl Pipeline {
                 () = &mut sleep => break,
             }
         }
-        // Merge in declaration order, so that on a key collision the later backend
-        // wins every time instead of whichever happened to answer last.
-        let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
-        for (i, r) in results.into_iter().enumerate() {
-            self.fold(&mut merged, i, r.unwrap_or_else(|| Err(timeout())));
-        }
-        merged
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(timeout()))).collect()
     }
 
     async fn sequential(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
