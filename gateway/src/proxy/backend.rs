@@ -119,6 +119,57 @@ pub struct BackendCall {
     stats: Arc<BackendStats>,
 }
 
+/// A backend request as built: written straight to the wire for plain-HTTP backends,
+/// made a hyper request for HTTPS ones.
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: Fields,
+    pub body: Bytes,
+}
+
+impl Outgoing {
+    fn into_request(self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.0.len());
+        for (name, value) in self.headers.0 {
+            headers.append(name, value);
+        }
+        request
+    }
+}
+
+/// A backend request's header fields in order: a handful of them, so a list scanned by
+/// name costs less than a hashed map built only to be written out once.
+pub struct Fields(Vec<(HeaderName, HeaderValue)>);
+
+impl Fields {
+    fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
+
+    /// Replaces every field of this name.
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        self.remove(&name);
+        self.0.push((name, value));
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn as_slice(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+}
+
 /// Intersection of the endpoint's and the backend's allow-lists.
 fn intersect(endpoint: &NameFilter, backend: Option<&NameFilter>, case_insensitive: bool) -> NameFilter {
     match (endpoint, backend) {
@@ -366,7 +417,7 @@ impl BackendCall {
     async fn follow<T, F, Fut>(&self, inbound: &Inbound<'_>, mut uri: Uri, exchange: F) -> Result<T, Failure>
     where
         T: Head,
-        F: Fn(Request<Full<Bytes>>, Uri) -> Fut,
+        F: Fn(Outgoing, Uri) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         if let Some(limit) = &self.limit
@@ -382,7 +433,7 @@ impl BackendCall {
             let mut request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
             let span = inbound.trace.map(crate::telemetry::trace::TraceContext::client_span);
             if let Some(span) = &span {
-                request.headers_mut().insert(crate::telemetry::trace::TRACEPARENT, span.traceparent());
+                request.headers.insert(crate::telemetry::trace::TRACEPARENT.clone(), span.traceparent());
             }
             let timer = self.stats.start();
             let answer = exchange(request, uri.clone()).await;
@@ -407,7 +458,7 @@ impl BackendCall {
                 (Some("http"), Some(authority)) => {
                     client.upstreams().call_streaming(authority, request).await.map_err(failed)?.map(Either::Right)
                 }
-                _ => client.request(request).await.map_err(failed)?.map(Either::Left),
+                _ => client.request(request.into_request()).await.map_err(failed)?.map(Either::Left),
             };
             Ok(response)
         })
@@ -433,7 +484,7 @@ impl BackendCall {
                     Ok(Fetched { status: answer.status, headers: answer.headers, body })
                 }
                 _ => {
-                    let response = client.request(request).await.map_err(failed)?;
+                    let response = client.request(request.into_request()).await.map_err(failed)?;
                     let (parts, incoming) = response.into_parts();
                     Ok(Fetched { status: parts.status, headers: parts.headers, body: self.read_body(incoming).await })
                 }
@@ -514,18 +565,8 @@ impl BackendCall {
         }
     }
 
-    fn request(
-        &self,
-        inbound: &Inbound<'_>,
-        method: Method,
-        uri: Uri,
-        body: Bytes,
-        same_origin: bool,
-    ) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
+    fn request(&self, inbound: &Inbound<'_>, method: Method, uri: Uri, body: Bytes, same_origin: bool) -> Outgoing {
+        let mut headers = Fields(Vec::with_capacity(8));
         match &self.headers {
             HeaderRule::All => {
                 for (name, value) in inbound.headers {
@@ -544,10 +585,10 @@ impl BackendCall {
         }
         if !same_origin {
             // Credentials are for the host the client meant, not wherever a redirect points.
-            headers.remove(header::AUTHORIZATION);
-            headers.remove(header::COOKIE);
+            headers.remove(&header::AUTHORIZATION);
+            headers.remove(&header::COOKIE);
         }
-        if self.forwards_user_agent && headers.contains_key(header::USER_AGENT) {
+        if self.forwards_user_agent && headers.contains(&header::USER_AGENT) {
             headers.insert(X_FORWARDED_VIA.clone(), self.user_agent.clone());
         } else {
             headers.insert(header::USER_AGENT, self.user_agent.clone());
@@ -561,7 +602,7 @@ impl BackendCall {
         for (name, value) in inbound.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        request
+        Outgoing { method, uri, headers, body }
     }
 }
 

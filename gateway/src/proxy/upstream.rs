@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker, ready};
@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::backend::Outgoing;
 use super::h1::{self, Framing, Step};
 
 /// Room for a response head (and, most often, the whole of a small response): one page,
@@ -279,12 +279,7 @@ impl Upstreams {
 
     /// Sends `request` to `authority` and reads the answer, keeping the connection
     /// for reuse when it stays good.
-    pub async fn call(
-        &self,
-        authority: &Authority,
-        request: Request<Full<Bytes>>,
-        max_body: usize,
-    ) -> Result<Answer, CallError> {
+    pub async fn call(&self, authority: &Authority, request: Outgoing, max_body: usize) -> Result<Answer, CallError> {
         let wire = Wire::encode(authority, request);
         self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body)).await
     }
@@ -295,7 +290,7 @@ impl Upstreams {
     pub async fn call_streaming(
         self: &Arc<Self>,
         authority: &Authority,
-        request: Request<Full<Bytes>>,
+        request: Outgoing,
     ) -> Result<Response<Streamed>, CallError> {
         let wire = Wire::encode(authority, request);
         self.attempt(authority, &wire, |c| self.head(authority, c, &wire)).await
@@ -425,20 +420,17 @@ struct Wire {
 }
 
 impl Wire {
-    fn encode(authority: &Authority, request: Request<Full<Bytes>>) -> Self {
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    fn encode(authority: &Authority, request: Outgoing) -> Self {
+        let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut bytes = Vec::new();
-        h1::encode_request(&mut bytes, &parts.method, target, authority.as_str(), &parts.headers, &into_bytes(body));
-        Self { method: parts.method, bytes }
-    }
-}
-
-/// The bytes of a request body held in memory.
-fn into_bytes(body: Full<Bytes>) -> Bytes {
-    let mut body = pin!(body);
-    match body.as_mut().poll_frame(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
+        h1::encode_request(
+            &mut bytes,
+            &request.method,
+            target,
+            authority.as_str(),
+            request.headers.as_slice(),
+            &request.body,
+        );
+        Self { method: request.method, bytes }
     }
 }
