@@ -42,11 +42,17 @@ pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
 enum Node<'a> {
     Object(Vec<(Cow<'a, str>, Node<'a>)>),
     Array(Vec<Node<'a>>),
-    /// A string token, quotes included.
-    String(&'a str),
+    String(Str<'a>),
     Number(&'a str),
     /// `true`, `false` or `null`.
     Literal(&'static str),
+}
+
+/// A string token, quotes included, and whether it has escapes.
+#[derive(Clone, Copy)]
+struct Str<'a> {
+    token: &'a str,
+    escaped: bool,
 }
 
 struct Parser<'a> {
@@ -98,13 +104,13 @@ impl<'a> Parser<'a> {
         match self.peek()? {
             b'{' => {
                 self.at += 1;
-                let mut members = Vec::new();
+                let mut members = Vec::with_capacity(8);
                 self.members(&mut members, depth)?;
                 Some(Node::Object(members))
             }
             b'[' => {
                 self.at += 1;
-                let mut items = Vec::new();
+                let mut items = Vec::with_capacity(4);
                 self.ws();
                 if self.eat(b']').is_none() {
                     loop {
@@ -136,17 +142,19 @@ impl<'a> Parser<'a> {
 
     /// A string token, quotes included: no control characters, known escapes only,
     /// surrogates only in pairs (as serde_json requires).
-    fn string(&mut self) -> Option<&'a str> {
+    fn string(&mut self) -> Option<Str<'a>> {
         let start = self.at;
+        let mut escaped = false;
         self.eat(b'"')?;
         loop {
             self.at += plain_run(&self.src.as_bytes()[self.at..]);
             match self.peek()? {
                 b'"' => {
                     self.at += 1;
-                    return self.src.get(start..self.at);
+                    return Some(Str { token: self.src.get(start..self.at)?, escaped });
                 }
                 b'\\' => {
+                    escaped = true;
                     self.at += 1;
                     match self.peek()? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
@@ -241,14 +249,13 @@ fn plain_run(bytes: &[u8]) -> usize {
     bytes.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len())
 }
 
-/// A string token's text: borrowed when it has no escapes, decoded by serde_json when
-/// it has (surrogate pairs and all).
-fn decode_string(token: &str) -> Option<Cow<'_, str>> {
-    let inner = &token[1..token.len() - 1];
-    if !inner.contains('\\') {
-        return Some(Cow::Borrowed(inner));
+/// A string's text: borrowed when it has no escapes, decoded by serde_json when it has
+/// (surrogate pairs and all).
+fn decode_string(s: Str<'_>) -> Option<Cow<'_, str>> {
+    if !s.escaped {
+        return Some(Cow::Borrowed(&s.token[1..s.token.len() - 1]));
     }
-    serde_json::from_str::<String>(token).ok().map(Cow::Owned)
+    serde_json::from_str::<String>(s.token).ok().map(Cow::Owned)
 }
 
 /// Writes members as one object: sorted by key, the last of equal keys kept.
@@ -266,8 +273,18 @@ fn write_members(mut members: Vec<(Cow<'_, str>, Node<'_>)>, out: &mut Vec<u8>) 
             out.push(b',');
         }
         first = false;
-        write_string(&key, out);
-        out.push(b':');
+        match key {
+            // Checked by the parser: no quote, backslash or control character.
+            Cow::Borrowed(plain) => {
+                out.push(b'"');
+                out.extend_from_slice(plain.as_bytes());
+                out.extend_from_slice(b"\":");
+            }
+            Cow::Owned(decoded) => {
+                write_string(&decoded, out);
+                out.push(b':');
+            }
+        }
         write_node(value, out);
     }
     out.push(b'}');
@@ -289,9 +306,9 @@ fn write_node(node: Node<'_>, out: &mut Vec<u8>) {
         }
         // Without escapes a checked string is already as serde_json writes it; with
         // them it is decoded (checked by the parser: it cannot fail) and written again.
-        Node::String(token) => match decode_string(token) {
+        Node::String(s) => match decode_string(s) {
             Some(Cow::Owned(text)) => write_string(&text, out),
-            _ => out.extend_from_slice(token.as_bytes()),
+            _ => out.extend_from_slice(s.token.as_bytes()),
         },
         Node::Number(token) => write_number(token, out),
         Node::Literal(word) => out.extend_from_slice(word.as_bytes()),
