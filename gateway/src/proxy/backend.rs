@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use super::Streaming;
 use super::client::Client;
 use super::decode::decode;
+use super::h1::Keep;
 use super::shape::Shape;
 use super::upstream::BodyError;
 use super::url::{UrlTemplate, Values};
@@ -471,8 +472,14 @@ impl BackendCall {
         self.follow(inbound, uri, |request, uri| async move {
             match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(authority)) => {
-                    let answer =
-                        client.upstreams().call(authority, request, self.max_response_bytes).await.map_err(failed)?;
+                    // A cache stores the response's fields; otherwise only its type and a
+                    // redirect's target are read.
+                    let keep = if self.cache.is_some() { Keep::All } else { Keep::TypeAndLocation };
+                    let answer = client
+                        .upstreams()
+                        .call(authority, request, self.max_response_bytes, keep)
+                        .await
+                        .map_err(failed)?;
                     let body = answer.body.map_err(|e| match e {
                         BodyError::TooLarge => too_large(),
                         BodyError::Broken(detail) => {

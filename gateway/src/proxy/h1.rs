@@ -83,10 +83,19 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
+/// Which response header fields go into the head's map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every field (a response passed through, or one a cache stores).
+    All,
+    /// `Content-Type` and `Location`: all a decoded response is read for.
+    TypeAndLocation,
+}
+
 /// Parses a complete response head at the start of `buf` and removes it. `Ok(None)`: the
 /// head is not complete yet; read more. Interim (1xx) responses are consumed and skipped.
 /// `request_method` decides whether a body follows (never after HEAD).
-pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<Head>, Invalid> {
+pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Result<Option<Head>, Invalid> {
     loop {
         // Left uninitialised: filling 128 header slots cost more than parsing a head.
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -122,15 +131,18 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<
         // Header values are sliced out of the head (no copies): record where each one
         // is, then take the head out of the buffer.
         let base = buf.as_ptr() as usize;
-        let fields = response
-            .headers
-            .iter()
-            .map(|h| {
-                let name =
-                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Invalid::Head("invalid header name"))?;
-                Ok((name, h.value.as_ptr() as usize - base, h.value.len()))
-            })
-            .collect::<Result<Vec<_>, Invalid>>()?;
+        let mut fields = Vec::with_capacity(if keep == Keep::All { response.headers.len() } else { 2 });
+        for h in response.headers.iter() {
+            let name = match keep {
+                Keep::All => {
+                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Invalid::Head("invalid header name"))?
+                }
+                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("content-type") => header::CONTENT_TYPE,
+                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("location") => header::LOCATION,
+                Keep::TypeAndLocation => continue,
+            };
+            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        }
         let head = buf.split_to(parsed).freeze();
         let mut headers = HeaderMap::with_capacity(fields.len());
         for (name, at, len) in fields {
@@ -390,7 +402,7 @@ mod tests {
 
     fn head(bytes: &[u8], method: &Method) -> (Result<Option<Head>, Invalid>, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (parse_head(&mut buf, method), buf)
+        (parse_head(&mut buf, method, Keep::All), buf)
     }
 
     /// Reads a whole body out of `wire`, fed in pieces of `piece` bytes.

@@ -87,10 +87,10 @@ impl Conn {
 
     /// Reads the response head. The backend closing (or resetting) the connection before
     /// sending a byte is [`CallError::Closed`]: a reused connection it had just dropped.
-    async fn read_head(&mut self, method: &Method) -> Result<h1::Head, CallError> {
+    async fn read_head(&mut self, method: &Method, keep: h1::Keep) -> Result<h1::Head, CallError> {
         loop {
             if !self.buf.is_empty()
-                && let Some(head) = h1::parse_head(&mut self.buf, method).map_err(CallError::Invalid)?
+                && let Some(head) = h1::parse_head(&mut self.buf, method, keep).map_err(CallError::Invalid)?
             {
                 return Ok(head);
             }
@@ -278,10 +278,16 @@ impl Upstreams {
     }
 
     /// Sends `request` to `authority` and reads the answer, keeping the connection
-    /// for reuse when it stays good.
-    pub async fn call(&self, authority: &Authority, request: Outgoing, max_body: usize) -> Result<Answer, CallError> {
+    /// for reuse when it stays good. `keep` says which response header fields are wanted.
+    pub async fn call(
+        &self,
+        authority: &Authority,
+        request: Outgoing,
+        max_body: usize,
+        keep: h1::Keep,
+    ) -> Result<Answer, CallError> {
         let wire = Wire::encode(authority, request);
-        self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body)).await
+        self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body, keep)).await
     }
 
     /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
@@ -322,7 +328,7 @@ impl Upstreams {
         wire: &Wire,
     ) -> Result<Response<Streamed>, CallError> {
         c.send(&wire.bytes).await?;
-        let head = c.read_head(&wire.method).await?;
+        let head = c.read_head(&wire.method, h1::Keep::All).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
@@ -343,9 +349,10 @@ impl Upstreams {
         mut c: Pooled,
         wire: &Wire,
         max_body: usize,
+        keep: h1::Keep,
     ) -> Result<Answer, CallError> {
         c.send(&wire.bytes).await?;
-        let head = c.read_head(&wire.method).await?;
+        let head = c.read_head(&wire.method, keep).await?;
         let mut framing = head.framing;
         let body = c.read_body(&mut framing, max_body).await;
         if body.is_ok() && head.keep_alive && c.buf.is_empty() {
