@@ -447,6 +447,38 @@ telemetry_cost() {
     NOTES+=("telemetry cost: no-op + telemetry / no-op req/s per round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | awk '{ r[NR] = $1 } END { printf "%.3f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
 }
 
+# paired_ratios: for each weir scenario, its req/s over nginx's in the same round, and the
+# median of those. On a machine whose speed drifts between rounds (shared VMs), a ratio of
+# two measurements taken a minute apart is steadier than the ratio of two median rows, which
+# may come from different rounds.
+paired_ratios() {
+    ((ROUNDS > 1)) || return 0
+    local reference=() i n k ratios
+    local -A count=()
+    local -a order=()
+    for i in "${!ROW_NAME[@]}"; do
+        [[ ${ROW_NAME[$i]} == "nginx proxy_pass (reference)" ]] && reference+=("${ROW_RPS[$i]}")
+    done
+    for i in "${!ROW_NAME[@]}"; do
+        n=${ROW_NAME[$i]}
+        [[ $n == weir* ]] || continue
+        [[ -n ${count[$n]:-} ]] || order+=("$n")
+        count[$n]=1
+    done
+    for n in "${order[@]}"; do
+        k=0
+        ratios=$(for i in "${!ROW_NAME[@]}"; do
+            [[ ${ROW_NAME[$i]} == "$n" ]] || continue
+            local r=${ROW_RPS[$i]} ref=${reference[$k]:-}
+            k=$((k + 1))
+            [[ $r =~ ^[0-9]+$ && $ref =~ ^[0-9]+$ && $ref -gt 0 ]] || continue
+            awk -v a="$r" -v b="$ref" 'BEGIN { printf "%.2f\n", a / b }'
+        done)
+        [[ -n $ratios ]] || continue
+        NOTES+=("$n: req/s over nginx's in the same round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | sort -n | awk '{ r[NR] = $1 } END { printf "%.2fx", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
+    done
+}
+
 # median_rows: with several rounds, keeps one row per scenario: the round with the median
 # req/s (a failed round counts as 0), with the highest peak RSS of all its rounds; notes
 # every round's req/s.
@@ -773,6 +805,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     run_round
 done
 telemetry_cost
+paired_ratios
 median_rows
 
 # 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.
