@@ -7,9 +7,9 @@
 //! body that is already there (a built response, or the first bytes a backend sent with
 //! its head) goes out in the same write. Between requests a connection holds no buffer.
 //!
-//! TLS and h2c connections keep hyper's server. hyper spent about a third of the
-//! instructions of a proxied request on its dispatcher, and held two 8 KiB read buffers
-//! and a write buffer for every busy connection.
+//! TLS and h2c connections keep hyper's server. On plain ones, hyper held two 8 KiB read
+//! buffers and a write buffer for every busy connection (peak RSS with 1,000 connections
+//! went from 43 to 31 MB without them) and cost about 2,300 more instructions a request.
 
 use std::io;
 use std::net::SocketAddr;
