@@ -9,7 +9,8 @@
 //!
 //! TLS and h2c connections keep hyper's server. On plain ones, hyper held two 8 KiB read
 //! buffers and a write buffer for every busy connection (peak RSS with 1,000 connections
-//! went from 43 to 31 MB without them) and cost about 2,300 more instructions a request.
+//! went from 43 to 31 MB without them), and the no-op proxy went from 27,100 to 24,500
+//! instructions a request with this server.
 
 use std::io;
 use std::net::SocketAddr;
