@@ -27,6 +27,43 @@ pub const NAMESPACE: &str = "weir/ip-filter";
 /// Every key of the namespace.
 pub const KEYS: &[&str] = &["allow", "deny", "client_ip_headers", "trusted_proxies"];
 
+/// An IPv4 address in dotted decimal, written without the formatter: the client's address
+/// is written on every request that forwards it or keys a rate limit by it, and the
+/// formatter cost ~900 instructions for it.
+pub struct Ipv4Text {
+    bytes: [u8; 15],
+    len: usize,
+}
+
+impl Ipv4Text {
+    pub fn new(ip: Ipv4Addr) -> Self {
+        let mut bytes = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                bytes[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                bytes[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                bytes[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            bytes[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        Self { bytes, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Digits and dots only.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 /// A compiled `weir/ip-filter` policy.
 #[derive(Debug)]
 pub struct IpFilter {
@@ -186,6 +223,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn ipv4_text_is_what_the_formatter_writes() {
+        for octets in [[0, 0, 0, 0], [127, 0, 0, 1], [10, 20, 30, 40], [255, 255, 255, 255], [1, 99, 100, 249]] {
+            let ip = Ipv4Addr::from(octets);
+            assert_eq!(Ipv4Text::new(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn filter(v: Value) -> IpFilter {
         IpFilter::compile(&v, "extra_config.weir/ip-filter").unwrap()

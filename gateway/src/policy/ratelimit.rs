@@ -153,8 +153,15 @@ pub(super) fn remaining_headers(
     // Seconds until the bucket is full again: each missing token takes one period.
     let missing = rate.capacity.saturating_sub(remaining);
     let reset = rate.every.div_f64(rate.rate).mul_f64(f64::from(missing)).as_secs_f64().ceil() as u64;
-    let value =
-        HeaderValue::try_from(format!("\"{name}\";r={remaining};t={reset}")).unwrap_or(HeaderValue::from_static(""));
+    // Written without the formatter: this runs on every admitted request.
+    let mut text = String::with_capacity(name.len() + 32);
+    text.push('"');
+    text.push_str(name);
+    text.push_str("\";r=");
+    text.push_str(itoa::Buffer::new().format(remaining));
+    text.push_str(";t=");
+    text.push_str(itoa::Buffer::new().format(reset));
+    let value = HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""));
     [(RATELIMIT_POLICY.clone(), policy.clone()), (RATELIMIT.clone(), value)]
 }
 
@@ -258,7 +265,10 @@ impl RouterLimit {
 
 pub(super) fn client_key(key: &ClientKey, who: &Who<'_>) -> Option<String> {
     match key {
-        ClientKey::Ip => Some(who.ip.to_string()),
+        ClientKey::Ip => Some(match who.ip {
+            std::net::IpAddr::V4(v4) => super::ip::Ipv4Text::new(v4).as_str().to_owned(),
+            v6 => v6.to_string(),
+        }),
         ClientKey::Header(h) => who.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_owned),
         ClientKey::Param(name) => who.params.iter().find(|(k, _)| k == name).map(|(_, v)| (*v).to_owned()),
         ClientKey::Claim(path) => {
