@@ -549,6 +549,13 @@ fn parse_head(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, Stat
     let target = (target.as_ptr() as usize - base, target.len());
     let framing = body_framing(version, request.headers)?;
     let (keep_alive, expect_continue) = connection_options(version, request.headers);
+    // RFC 9112 §3.2: an HTTP/1.1 request names its host exactly once (Go's server, and so
+    // KrakenD, refuse it otherwise too).
+    if version == Version::HTTP_11
+        && request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() != 1
+    {
+        return Err(bad);
+    }
     let mut fields = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
@@ -744,11 +751,11 @@ mod tests {
     #[test]
     fn an_incomplete_head_waits_and_an_oversized_one_is_refused() {
         assert!(parse(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap().is_none());
-        let long = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(9000));
+        let long = format!("GET / HTTP/1.1\r\nhost: x\r\nx: {}\r\n", "a".repeat(9000));
         assert_eq!(parse(long.as_bytes()).unwrap_err(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        let complete = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000));
+        let complete = format!("GET / HTTP/1.1\r\nhost: x\r\nx: {}\r\n\r\n", "a".repeat(9000));
         assert_eq!(parse(complete.as_bytes()).unwrap_err(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(MAX_HEADERS + 1));
+        let many = format!("GET / HTTP/1.1\r\nhost: x\r\n{}\r\n", "x: 1\r\n".repeat(MAX_HEADERS + 1));
         assert_eq!(parse(many.as_bytes()).unwrap_err(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
@@ -756,10 +763,12 @@ mod tests {
     fn malformed_heads_are_bad_requests() {
         for text in [
             &b"NOT A REQUEST\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
-            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\nhost: x\r\n\r\n",
             b"GET / HTTP/2.0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nfolded: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nfolded: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n",
         ] {
             assert_eq!(parse(text).unwrap_err(), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(text));
         }
@@ -768,21 +777,24 @@ mod tests {
     #[test]
     fn bodies_are_delimited_and_smuggling_shapes_refused() {
         let framing = |text: &str| parse(text.as_bytes()).map(|h| h.unwrap().framing);
-        assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"), Ok(Framing::Length(12)));
-        assert_eq!(framing("POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\n"), Ok(Framing::Length(3)));
-        assert_eq!(framing("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"), Ok(Framing::chunked()));
+        assert_eq!(framing("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\n"), Ok(Framing::Length(12)));
+        assert_eq!(framing("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3, 3\r\n\r\n"), Ok(Framing::Length(3)));
+        assert_eq!(framing("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\r\n"), Ok(Framing::chunked()));
         for refused in [
-            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 1e3\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(framing(refused), Err(StatusCode::BAD_REQUEST), "{refused}");
         }
-        assert_eq!(framing("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"), Err(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Err(StatusCode::NOT_IMPLEMENTED)
+        );
     }
 
     #[test]
@@ -791,13 +803,13 @@ mod tests {
             let head = parse(text.as_bytes()).unwrap().unwrap();
             (head.keep_alive, head.expect_continue)
         };
-        assert_eq!(options("GET / HTTP/1.1\r\n\r\n"), (true, false));
-        assert_eq!(options("GET / HTTP/1.1\r\nconnection: foo, Close\r\n\r\n"), (false, false));
+        assert_eq!(options("GET / HTTP/1.1\r\nhost: x\r\n\r\n"), (true, false));
+        assert_eq!(options("GET / HTTP/1.1\r\nhost: x\r\nconnection: foo, Close\r\n\r\n"), (false, false));
         assert_eq!(options("GET / HTTP/1.0\r\n\r\n"), (false, false));
         assert_eq!(options("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"), (true, false));
-        let expect = "POST / HTTP/1.1\r\nexpect: 100-Continue\r\ncontent-length: 2\r\n\r\n";
+        let expect = "POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-Continue\r\ncontent-length: 2\r\n\r\n";
         assert_eq!(options(expect), (true, true));
-        let nothing_to_send = "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\n";
+        let nothing_to_send = "POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(options(nothing_to_send), (true, false), "no body, nothing to wait for");
         assert_eq!(options("POST / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n"), (false, false));
     }
