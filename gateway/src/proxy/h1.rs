@@ -163,16 +163,51 @@ fn connection_persists(http11: bool, fields: &[httparse::Header<'_>]) -> bool {
     if has("transfer-encoding") && has("content-length") {
         return false;
     }
+    let (close, keep_alive) = connection_says(fields);
+    !close && (http11 || keep_alive)
+}
+
+/// The parsed fields called `name`, in order.
+pub fn named<'f, 'h>(
+    fields: &'f [httparse::Header<'h>],
+    name: &'static str,
+) -> impl DoubleEndedIterator<Item = &'f httparse::Header<'h>> {
+    fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
+}
+
+/// Whether `Connection` fields say `close`, and whether they say `keep-alive`.
+pub fn connection_says(fields: &[httparse::Header<'_>]) -> (bool, bool) {
     let mut close = false;
     let mut keep_alive = false;
-    for h in fields.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+    for h in named(fields, "connection") {
         for token in h.value.split(|b| *b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    !close && (http11 || keep_alive)
+    (close, keep_alive)
+}
+
+/// The length `Content-Length` fields give, if any: decimal digits only, and a repeated or
+/// comma-listed length only when every copy agrees (a request and a response are
+/// delimited by the same rule, so both sides read it here).
+pub fn content_length(fields: &[httparse::Header<'_>]) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for h in named(fields, "content-length") {
+        for part in h.value.split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err("invalid content-length");
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
 }
 
 /// How the body is delimited (RFC 9112 §6.3).
@@ -180,29 +215,13 @@ fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: 
     if *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let named = |name: &'static str| fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    if let Some(last) = named("transfer-encoding").next_back() {
+    if let Some(last) = named(fields, "transfer-encoding").next_back() {
         let chunked =
             last.value.rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // Any other final coding leaves the length to the end of the connection.
         return Ok(if chunked { Framing::chunked() } else { Framing::Close });
     }
-    let mut length = None;
-    for h in named("content-length") {
-        // A repeated or comma-listed length is accepted only when every copy agrees.
-        for part in h.value.split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(Invalid::Head("invalid content-length"));
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(Invalid::Head("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+    Ok(content_length(fields).map_err(Invalid::Head)?.map_or(Framing::Close, Framing::Length))
 }
 
 /// Where a chunked body is.

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::Body;
-use crate::proxy::h1::{Framing, Step};
+use crate::proxy::h1::{self, Framing, Step};
 use crate::runtime::Shared;
 
 /// A request with more header fields than this is refused with 431 (as hyper's limit).
@@ -260,19 +260,14 @@ impl Conn {
         }
     }
 
-    /// Reads and drops the rest of the request body, so that the connection can carry
-    /// the next request. False: it was too long or too slow, and the connection is done.
+    /// Reads and drops the rest of the request body (a known length of at most
+    /// [`DRAIN_BYTES`], as [`Conn::unread_body`] decided), so that the connection can
+    /// carry the next request. False: it was too slow, and the connection is done.
     async fn drain(&mut self) -> bool {
         let deadline = Instant::now() + DRAIN_FOR;
-        let mut dropped = 0u64;
         loop {
             match self.body.step(&mut self.buf) {
-                Ok(Step::Data(d)) => {
-                    dropped += d.len() as u64;
-                    if dropped > DRAIN_BYTES {
-                        return false;
-                    }
-                }
+                Ok(Step::Data(_)) => {}
                 Ok(Step::End) => return true,
                 Ok(Step::More) => {
                     let read = std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ));
@@ -315,10 +310,7 @@ impl Conn {
             body = crate::proxy::full(Bytes::new());
         }
         let status = parts.status;
-        let bodiless = exchange.head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
+        let bodiless = exchange.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
             // HEAD: the length a GET would get, when the handler knows it.
             match body.size_hint().exact() {
@@ -422,7 +414,7 @@ impl Conn {
 /// How a response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Out {
-    /// No body (HEAD, 1xx, 204, 304).
+    /// No body (HEAD, 204, 304).
     None,
     /// No body, for a HEAD request whose GET would get this many bytes.
     Omitted(u64),
@@ -551,9 +543,7 @@ fn parse_head(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, Stat
     let (keep_alive, expect_continue) = connection_options(version, request.headers);
     // RFC 9112 §3.2: an HTTP/1.1 request names its host exactly once (Go's server, and so
     // KrakenD, refuse it otherwise too).
-    if version == Version::HTTP_11
-        && request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() != 1
-    {
+    if version == Version::HTTP_11 && h1::named(request.headers, "host").count() != 1 {
         return Err(bad);
     }
     let mut fields = Vec::with_capacity(request.headers.len());
@@ -581,10 +571,9 @@ fn parse_head(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, Stat
 /// are the shapes of request smuggling. Read from the parsed fields, before any map is
 /// built: a pass of byte comparisons instead of a hashed lookup per name.
 fn body_framing(version: Version, fields: &[httparse::Header<'_>]) -> Result<Framing, StatusCode> {
-    let named = |name: &'static str| fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    let mut codings = named("transfer-encoding").peekable();
+    let mut codings = h1::named(fields, "transfer-encoding").peekable();
     if codings.peek().is_some() {
-        if version != Version::HTTP_11 || named("content-length").next().is_some() {
+        if version != Version::HTTP_11 || h1::named(fields, "content-length").next().is_some() {
             return Err(StatusCode::BAD_REQUEST);
         }
         let mut tokens = codings.flat_map(|h| h.value.split(|b| *b == b',')).map(<[u8]>::trim_ascii);
@@ -595,20 +584,7 @@ fn body_framing(version: Version, fields: &[httparse::Header<'_>]) -> Result<Fra
             _ => Err(StatusCode::BAD_REQUEST),
         };
     }
-    let mut length = None;
-    for h in named("content-length") {
-        for part in h.value.split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
-            length = Some(n);
-        }
-    }
+    let length = h1::content_length(fields).map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(Framing::Length(length.unwrap_or(0)))
 }
 
@@ -616,20 +592,9 @@ fn body_framing(version: Version, fields: &[httparse::Header<'_>]) -> Result<Fra
 /// HTTP/1.0 only when it says `keep-alive`) and whether it waits for `100 Continue`.
 fn connection_options(version: Version, fields: &[httparse::Header<'_>]) -> (bool, bool) {
     let http11 = version == Version::HTTP_11;
-    let mut close = false;
-    let mut keep_alive = false;
-    let mut expect = false;
-    for h in fields {
-        if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            expect |= http11 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        }
-    }
+    let (close, keep_alive) = h1::connection_says(fields);
+    let expect =
+        http11 && h1::named(fields, "expect").any(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
     (!close && (http11 || keep_alive), expect)
 }
 
@@ -646,7 +611,7 @@ fn encode_head(
     bodiless: bool,
 ) {
     status_line(out, status);
-    let keep_length = bodiless && status != StatusCode::NO_CONTENT && !status.is_informational();
+    let keep_length = bodiless && status != StatusCode::NO_CONTENT;
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
