@@ -9,6 +9,8 @@
 #   tests/bench/instructions.sh               # 10 s window per scenario
 #   WINDOW=20 tests/bench/instructions.sh
 #   WEIR_BIN=/path/to/weir tests/bench/instructions.sh
+#   ONLY='merged|jwt' tests/bench/instructions.sh   # scenarios whose name matches the regex
+#   KEEP=/tmp/cg tests/bench/instructions.sh         # keep each profile for callgrind_annotate
 #
 # Needs valgrind, nginx, wrk and curl (Debian packages). Loopback only; stops by itself.
 set -euo pipefail
@@ -75,23 +77,28 @@ telemetry() { # PROMETHEUS_PORT
     \"otlp\": [{\"name\": \"collector\", \"host\": \"127.0.0.1\", \"port\": $up, \"use_http\": true}]}}}"
 }
 
-# measure NAME EXTRA_CONFIG ENDPOINT: prints "NAME  instructions/request  requests".
+# measure NAME EXTRA_CONFIG ENDPOINT [HEADER]: prints "NAME  instructions/request  requests".
 measure() {
-  local name=$1 p pid ir requests
+  local name=$1 p pid ir requests header=()
+  [[ $name =~ ${ONLY:-.} ]] || return 0
+  [ -z "${4:-}" ] || header=(-H "$4")
   p=$(port)
   config "$p" "$2" "$3" >"$tmp/weir.json"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/callgrind.out" \
     "$WEIR_BIN" run -c "$tmp/weir.json" --workers 1 >"$tmp/weir.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 300); do curl -fsS -o /dev/null "http://127.0.0.1:$p/user" 2>/dev/null && break; sleep 0.1; done
-  wrk -t1 -c8 -d2s "http://127.0.0.1:$p/user" >/dev/null
+  for _ in $(seq 300); do curl -fsS -o /dev/null "${header[@]}" "http://127.0.0.1:$p/user" 2>/dev/null && break; sleep 0.1; done
+  wrk -t1 -c8 -d2s "${header[@]}" "http://127.0.0.1:$p/user" >/dev/null
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  requests=$(wrk -t1 -c8 -d"${WINDOW}s" "http://127.0.0.1:$p/user" | awk '/requests in/ {print $1}')
+  requests=$(wrk -t1 -c8 -d"${WINDOW}s" "${header[@]}" "http://127.0.0.1:$p/user" | awk '/requests in/ {print $1}')
   callgrind_control -i off "$pid" >/dev/null 2>&1
   kill -INT "$pid"
   wait "$pid" 2>/dev/null || true
   ir=$(callgrind_annotate "$tmp/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP" && mv "$tmp/callgrind.out" "$KEEP/callgrind.${name//[^a-z0-9]/-}.out"
+  fi
   rm -f "$tmp"/callgrind.out*
   printf '%-36s %10d %10d\n' "$name" $((ir / requests)) "$requests"
 }
@@ -102,3 +109,35 @@ measure "no-op + telemetry" "$(telemetry "$(port)")" "$PLAIN"
 measure "json allow+mapping+group" '{}' "$SHAPE"
 measure "json + telemetry" "$(telemetry "$(port)")" "$SHAPE"
 measure "2 backends merged" '{}' "$MERGE"
+
+# JWT (RS256, local JWK, cache on) + rate limit + telemetry, as run.sh's scenario 5.
+if command -v openssl >/dev/null && command -v python3 >/dev/null; then
+  openssl genrsa -out "$tmp/key.pem" 2048 2>/dev/null
+  token=$(python3 - "$tmp/key.pem" "$tmp/jwk.json" <<'PY'
+import base64, json, subprocess, sys, time
+key, jwk_path = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+out = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"],
+                     check=True, capture_output=True, text=True).stdout
+n = bytes.fromhex(out.strip().split("=", 1)[1])
+with open(jwk_path, "w") as f:
+    json.dump({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "bench", "n": b64(n), "e": "AQAB"}]}, f)
+now = int(time.time())
+header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
+claims = {"iss": "https://auth.bench.local", "aud": "weir-bench", "sub": "user-48213",
+          "roles": ["user"], "iat": now, "exp": now + 86400}
+signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key],
+                     input=signing_input, check=True, capture_output=True).stdout
+print(signing_input.decode() + "." + b64(sig))
+PY
+)
+  POLICY='{"endpoint": "/user", "extra_config": {
+    "auth/validator": {"alg": "RS256", "jwk_local_path": "'"$tmp"'/jwk.json", "disable_jwk_security": true, "cache": true,
+      "issuer": "https://auth.bench.local", "audience": ["weir-bench"], "roles_key": "roles", "roles": ["user"]},
+    "qos/ratelimit/router": {"max_rate": 10000000, "every": "1s", "client_max_rate": 10000000, "strategy": "ip"}},
+    "backend": [{"url_pattern": "/user", "allow": ["id", "name", "address.city"], "mapping": {"name": "full_name"}, "group": "user"}]}'
+  PROMETHEUS_ONLY="{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\", \"metric_reporting_period\": 1,
+    \"exporters\": {\"prometheus\": [{\"name\": \"local\", \"port\": $(port), \"listen_ip\": \"127.0.0.1\"}]}}}"
+  measure "jwt+ratelimit+telemetry" "$PROMETHEUS_ONLY" "$POLICY" "Authorization: Bearer $token"
+fi
