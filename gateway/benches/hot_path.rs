@@ -201,6 +201,27 @@ fn merge(c: &mut Criterion) {
     });
 }
 
+/// Two untouched backend objects of about 500 bytes each (the load benchmark's `/user`
+/// and `/profile`) merged from their bytes, as an endpoint without manipulation does.
+fn merge_bytes(c: &mut Criterion) {
+    let user = br#"{"id":48213,"name":"Ada Lovelace","email":"ada@example.com","active":true,"created_at":"2024-03-01T12:00:00Z","tags":["admin","beta","ops"],"address":{"street":"12 Analytical Row","city":"London","country":"GB","zip":"N1 9GU"},"plan":{"tier":"pro","seats":25,"renews":"2027-01-01"},"stats":{"logins":1289,"last_seen":"2026-11-20T08:15:00Z","score":97.5},"bio":"Mathematician and writer."}"#;
+    let profile = br#"{"profile_id":"p-48213","display_name":"Ada L.","address":{"city":"London","country":"GB","street":"12 Analytical Row"},"roles":["admin","ops"],"preferences":{"theme":"dark","language":"en-GB","notifications":{"email":true,"sms":false}},"history":[{"at":"2026-01-01","event":"login"},{"at":"2026-02-01","event":"upgrade"}],"note":"A profile document of about five hundred bytes for the merge scenario."}"#;
+    let mut g = c.benchmark_group("merge_bytes");
+    g.throughput(Throughput::Bytes((user.len() + profile.len()) as u64));
+    g.bench_function("two_500b_objects", |b| {
+        b.iter(|| merge_bytes_once(black_box(&[&user[..], &profile[..]])))
+    });
+    g.finish();
+}
+
+/// Not inlined, so that a profiler (callgrind's `--toggle-collect`) can count one merge.
+#[inline(never)]
+fn merge_bytes_once(docs: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(docs.iter().map(|d| d.len()).sum::<usize>() + 2);
+    weir_gateway::proxy::spans::merge(docs, &mut out).expect("plain objects");
+    out
+}
+
 fn render_json(c: &mut Criterion) {
     let data = user();
     let size = serde_json::to_vec(&data).map_or(0, |v| v.len());
@@ -241,5 +262,5 @@ fn telemetry(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, url, decode_json, shape, flatmap, merge, render_json, decode_shape_render, telemetry);
+criterion_group!(benches, router, url, decode_json, shape, flatmap, merge, merge_bytes, render_json, decode_shape_render, telemetry);
 criterion_main!(benches);

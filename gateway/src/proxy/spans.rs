@@ -5,14 +5,17 @@
 //! gateway always encodes: members sorted by key at every level, no whitespace, strings
 //! and numbers in serde_json's canonical form. That is what decoding every body into
 //! values, merging the maps and encoding the result gives; here it is written directly
-//! from the input, with spans instead of values: no map, no string or number is built
-//! unless it needs rewriting (an escape in a string, a number not already canonical).
+//! from the input. The documents are read once into a flat list of spans (a tape): a
+//! value that is already in canonical form (no whitespace, keys in order, nothing to
+//! rewrite) is one span, copied out as it is; only the others keep their parts, and only
+//! a string with escapes or a number not already canonical is decoded and written again.
 //!
 //! Anything out of the ordinary (invalid JSON, a document that is not an object, deep
 //! nesting, lone surrogates) makes [`merge`] give up with `None`; the caller then takes
 //! the general path, which decodes and reports the problem as it always does.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 
 /// Deeper documents are left to serde_json, whose recursion limit (128) decides.
 const MAX_DEPTH: usize = 100;
@@ -20,44 +23,54 @@ const MAX_DEPTH: usize = 100;
 /// Writes the merge of `docs` (each a JSON object, later ones winning a key) to `out`.
 /// `None`: some document needs the general path; `out` is then unspecified.
 pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
+    let mut parser = Parser { src: "", at: 0, tape: Vec::with_capacity(64) };
     let mut members = Vec::with_capacity(32);
     for doc in docs {
         // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
         // structure is ASCII and strings are cut at ASCII quotes.
-        let doc = std::str::from_utf8(doc).ok()?;
-        let mut p = Parser { src: doc, at: 0 };
-        p.ws();
-        p.eat(b'{')?;
-        p.members(&mut members, 0)?;
-        p.ws();
-        if p.at != doc.len() {
+        parser.src = std::str::from_utf8(doc).ok()?;
+        parser.at = 0;
+        parser.ws();
+        parser.eat(b'{')?;
+        let from = parser.tape.len();
+        parser.members(0)?;
+        parser.ws();
+        if parser.at != doc.len() {
             return None;
         }
+        gather(&parser.tape, from, parser.tape.len(), &mut members)?;
     }
-    write_members(members, out);
-    Some(())
+    write_members(&parser.tape, &mut members, 0, out)
 }
 
-/// A value as spans of its document: what is needed to write it again.
-enum Node<'a> {
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
-    Array(Vec<Node<'a>>),
-    String(Str<'a>),
-    Number(&'a str),
-    /// `true`, `false` or `null`.
-    Literal(&'static str),
-}
-
-/// A string token, quotes included, and whether it has escapes.
+/// One value (or object key) of a document, with the tape index just past its parts.
 #[derive(Clone, Copy)]
-struct Str<'a> {
-    token: &'a str,
-    escaped: bool,
+struct Item<'a> {
+    /// The value's text: a token, or a whole array or object.
+    text: &'a str,
+    kind: Kind,
+    /// The index after this item and its parts: its next sibling's.
+    next: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Already as serde_json would write it: copied out whole, with no parts on the tape.
+    Canonical,
+    /// A string with escapes, decoded and written again.
+    Escaped,
+    /// A number serde_json writes differently (a float, `-0`, a very long integer).
+    Number,
+    /// An array with its items after it on the tape.
+    Array,
+    /// An object with its members after it on the tape, each a key and then its value.
+    Object,
 }
 
 struct Parser<'a> {
     src: &'a str,
     at: usize,
+    tape: Vec<Item<'a>>,
 }
 
 impl<'a> Parser<'a> {
@@ -65,93 +78,129 @@ impl<'a> Parser<'a> {
         self.src.as_bytes().get(self.at).copied()
     }
 
-    fn ws(&mut self) {
+    /// Skips whitespace; whether there was any.
+    fn ws(&mut self) -> bool {
+        let start = self.at;
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.at += 1;
         }
+        self.at != start
     }
 
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek() == Some(byte)).then(|| self.at += 1)
     }
 
-    /// Appends the members of the object whose `{` was just read, in document order.
-    fn members(&mut self, into: &mut Vec<(Cow<'a, str>, Node<'a>)>, depth: usize) -> Option<()> {
-        self.ws();
+    /// Puts the members of the object whose `{` was just read on the tape, in document
+    /// order; whether the object is canonical (no whitespace, keys strictly ascending,
+    /// every value canonical).
+    fn members(&mut self, depth: usize) -> Option<bool> {
+        let mut canonical = !self.ws();
         if self.eat(b'}').is_some() {
-            return Some(());
+            return Some(canonical);
         }
+        let mut last_key: Option<&'a str> = None;
         loop {
-            self.ws();
-            let key = decode_string(self.string()?)?;
-            self.ws();
+            canonical &= !self.ws();
+            let start = self.at;
+            let escaped = self.string()?;
+            let key = self.src.get(start..self.at)?;
+            self.tape.push(Item {
+                text: key,
+                kind: if escaped { Kind::Escaped } else { Kind::Canonical },
+                next: self.tape.len() + 1,
+            });
+            let inner = key.get(1..key.len() - 1)?;
+            canonical &= !escaped && last_key.is_none_or(|last| last.as_bytes() < inner.as_bytes());
+            last_key = Some(inner);
+            canonical &= !self.ws();
             self.eat(b':')?;
-            self.ws();
-            into.push((key, self.value(depth + 1)?));
-            self.ws();
+            canonical &= !self.ws();
+            canonical &= self.value(depth + 1)?;
+            canonical &= !self.ws();
             if self.eat(b',').is_none() {
-                return self.eat(b'}');
+                self.eat(b'}')?;
+                return Some(canonical);
             }
         }
     }
 
-    /// Reads one value, checking it as strictly as serde_json would (every value is
-    /// checked, also one that a later duplicate key replaces and is never written).
-    fn value(&mut self, depth: usize) -> Option<Node<'a>> {
+    /// Puts the items of the array whose `[` was just read on the tape; whether the array
+    /// is canonical.
+    fn elements(&mut self, depth: usize) -> Option<bool> {
+        let mut canonical = !self.ws();
+        if self.eat(b']').is_some() {
+            return Some(canonical);
+        }
+        loop {
+            canonical &= self.value(depth + 1)?;
+            canonical &= !self.ws();
+            if self.eat(b',').is_none() {
+                self.eat(b']')?;
+                return Some(canonical);
+            }
+            canonical &= !self.ws();
+        }
+    }
+
+    /// Reads one value onto the tape, checking it as strictly as serde_json would (every
+    /// value is checked, also one that a later duplicate key replaces and is never
+    /// written); whether it is canonical.
+    fn value(&mut self, depth: usize) -> Option<bool> {
         if depth > MAX_DEPTH {
             return None;
         }
-        match self.peek()? {
+        let start = self.at;
+        let at = self.tape.len();
+        self.tape.push(Item { text: "", kind: Kind::Canonical, next: at + 1 });
+        let (kind, canonical) = match self.peek()? {
             b'{' => {
                 self.at += 1;
-                let mut members = Vec::with_capacity(8);
-                self.members(&mut members, depth)?;
-                Some(Node::Object(members))
+                (Kind::Object, self.members(depth)?)
             }
             b'[' => {
                 self.at += 1;
-                let mut items = Vec::with_capacity(4);
-                self.ws();
-                if self.eat(b']').is_none() {
-                    loop {
-                        self.ws();
-                        items.push(self.value(depth + 1)?);
-                        self.ws();
-                        if self.eat(b',').is_none() {
-                            self.eat(b']')?;
-                            break;
-                        }
-                    }
-                }
-                Some(Node::Array(items))
+                (Kind::Array, self.elements(depth)?)
             }
-            b'"' => self.string().map(Node::String),
-            b't' => self.literal("true"),
-            b'f' => self.literal("false"),
-            b'n' => self.literal("null"),
-            _ => self.number().map(Node::Number),
+            b'"' => {
+                let escaped = self.string()?;
+                (Kind::Escaped, !escaped)
+            }
+            b't' => (Kind::Canonical, self.literal("true")?),
+            b'f' => (Kind::Canonical, self.literal("false")?),
+            b'n' => (Kind::Canonical, self.literal("null")?),
+            _ => (Kind::Number, self.number()?),
+        };
+        let text = self.src.get(start..self.at)?;
+        if canonical {
+            // Written as it is: its parts are not needed.
+            self.tape.truncate(at + 1);
+            self.tape[at] = Item { text, kind: Kind::Canonical, next: at + 1 };
+        } else {
+            let next = self.tape.len();
+            self.tape[at] = Item { text, kind, next };
         }
+        Some(canonical)
     }
 
-    fn literal(&mut self, word: &'static str) -> Option<Node<'a>> {
+    fn literal(&mut self, word: &'static str) -> Option<bool> {
         self.src[self.at..].starts_with(word).then(|| {
             self.at += word.len();
-            Node::Literal(word)
+            true
         })
     }
 
-    /// A string token, quotes included: no control characters, known escapes only,
-    /// surrogates only in pairs (as serde_json requires).
-    fn string(&mut self) -> Option<Str<'a>> {
-        let start = self.at;
+    /// Reads a string token: no control characters, known escapes only, surrogates only
+    /// in pairs (as serde_json requires); whether it has escapes.
+    fn string(&mut self) -> Option<bool> {
         let mut escaped = false;
         self.eat(b'"')?;
         loop {
-            self.at += plain_run(&self.src.as_bytes()[self.at..]);
+            self.at += plain_run(self.src.as_bytes().get(self.at..)?);
             match self.peek()? {
                 b'"' => {
                     self.at += 1;
-                    return Some(Str { token: self.src.get(start..self.at)?, escaped });
+                    return Some(escaped);
                 }
                 b'\\' => {
                     escaped = true;
@@ -190,8 +239,8 @@ impl<'a> Parser<'a> {
         u32::from_str_radix(digits, 16).ok()
     }
 
-    /// A number token, checked against JSON's grammar.
-    fn number(&mut self) -> Option<&'a str> {
+    /// Reads a number token, checked against JSON's grammar; whether it is canonical.
+    fn number(&mut self) -> Option<bool> {
         let start = self.at;
         self.eat(b'-');
         match self.peek()? {
@@ -215,12 +264,13 @@ impl<'a> Parser<'a> {
             }
             self.digits();
         }
-        let token = &self.src[start..self.at];
-        // One serde_json would refuse (out of range) must not pass, even unwritten.
-        if !plain_integer(token) {
-            serde_json::from_str::<serde_json::Number>(token).ok()?;
+        let token = self.src.get(start..self.at)?;
+        if plain_integer(token) {
+            return Some(true);
         }
-        Some(token)
+        // One serde_json would refuse (out of range) must not pass, even unwritten.
+        serde_json::from_str::<serde_json::Number>(token).ok()?;
+        Some(false)
     }
 
     fn digits(&mut self) {
@@ -244,36 +294,99 @@ static PLAIN: [bool; 256] = {
     table
 };
 
-/// How many bytes at the start of `bytes` are [`PLAIN`].
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// How many bytes at the start of `bytes` are [`PLAIN`]: eight at a time, then one by one.
 fn plain_run(bytes: &[u8]) -> usize {
-    bytes.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len())
-}
-
-/// A string's text: borrowed when it has no escapes, decoded by serde_json when it has
-/// (surrogate pairs and all).
-fn decode_string(s: Str<'_>) -> Option<Cow<'_, str>> {
-    if !s.escaped {
-        return Some(Cow::Borrowed(&s.token[1..s.token.len() - 1]));
+    let mut words = bytes.chunks_exact(8);
+    let mut done = 0;
+    for word in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let flags = special_bytes(u64::from_le_bytes(eight));
+        if flags != 0 {
+            return done + flags.trailing_zeros() as usize / 8;
+        }
+        done += 8;
     }
-    serde_json::from_str::<String>(s.token).ok().map(Cow::Owned)
+    let rest = words.remainder();
+    done + rest.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(rest.len())
 }
 
-/// Writes members as one object: sorted by key, the last of equal keys kept.
-fn write_members(mut members: Vec<(Cow<'_, str>, Node<'_>)>, out: &mut Vec<u8>) {
+/// The high bit of each byte of `word` that is `"`, `\\` or below 0x20. Only the lowest
+/// flag is exact (a borrow can also flag a byte above a flagged one), which is all
+/// [`plain_run`] reads.
+fn special_bytes(word: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
+}
+
+/// A member of an object being written: its key's text and its value's place on the tape.
+struct Member<'a> {
+    /// The key's first eight bytes, big-endian and zero-padded: ordering by it orders by
+    /// the key wherever two prefixes differ.
+    prefix: u64,
+    /// Borrowed: the key as it was, with nothing to escape. Owned: decoded from escapes.
+    key: Cow<'a, str>,
+    value: usize,
+}
+
+impl Member<'_> {
+    fn order(&self, other: &Self) -> Ordering {
+        self.prefix.cmp(&other.prefix).then_with(|| {
+            let (a, b) = (self.key.as_bytes(), other.key.as_bytes());
+            if a.len() <= 8 && b.len() <= 8 {
+                // Equal prefixes: the shorter key is the longer one's start.
+                a.len().cmp(&b.len())
+            } else {
+                a.cmp(b)
+            }
+        })
+    }
+}
+
+fn prefix(key: &str) -> u64 {
+    let mut eight = [0; 8];
+    for (slot, byte) in eight.iter_mut().zip(key.bytes()) {
+        *slot = byte;
+    }
+    u64::from_be_bytes(eight)
+}
+
+/// Collects the members on the tape between `from` and `to` (key, value, key, value…).
+fn gather<'a>(tape: &[Item<'a>], from: usize, to: usize, into: &mut Vec<Member<'a>>) -> Option<()> {
+    let mut at = from;
+    while at < to {
+        let key = tape.get(at)?;
+        let key = match key.kind {
+            Kind::Escaped => Cow::Owned(decode_string(key.text)?),
+            _ => Cow::Borrowed(key.text.get(1..key.text.len() - 1)?),
+        };
+        into.push(Member { prefix: prefix(&key), key, value: at + 1 });
+        at = tape.get(at + 1)?.next;
+    }
+    Some(())
+}
+
+/// Writes `members[from..]` as one object: sorted by key, the last of equal keys kept.
+fn write_members<'a>(tape: &[Item<'a>], members: &mut Vec<Member<'a>>, from: usize, out: &mut Vec<u8>) -> Option<()> {
     // Stable: among equal keys the later member stays later, and is the one kept.
-    members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    members.get_mut(from..)?.sort_by(Member::order);
     out.push(b'{');
     let mut first = true;
-    let mut members = members.into_iter().peekable();
-    while let Some((key, value)) = members.next() {
-        if members.peek().is_some_and(|next| next.0 == key) {
+    // Writing a value pushes its own members after these and takes them off again.
+    for i in from..members.len() {
+        let member = &members[i];
+        if members.get(i + 1).is_some_and(|next| member.order(next) == Ordering::Equal) {
             continue;
         }
         if !first {
             out.push(b',');
         }
         first = false;
-        match key {
+        match &member.key {
             // Checked by the parser: no quote, backslash or control character.
             Cow::Borrowed(plain) => {
                 out.push(b'"');
@@ -281,41 +394,53 @@ fn write_members(mut members: Vec<(Cow<'_, str>, Node<'_>)>, out: &mut Vec<u8>) 
                 out.extend_from_slice(b"\":");
             }
             Cow::Owned(decoded) => {
-                write_string(&decoded, out);
+                write_string(decoded, out);
                 out.push(b':');
             }
         }
-        write_node(value, out);
+        let value = member.value;
+        write_value(tape, value, members, out)?;
     }
     out.push(b'}');
+    Some(())
 }
 
-/// Writes one value as serde_json writes the value it would decode.
-fn write_node(node: Node<'_>, out: &mut Vec<u8>) {
-    match node {
-        Node::Object(members) => write_members(members, out),
-        Node::Array(items) => {
+/// Writes the value at `at` on the tape as serde_json writes the value it would decode.
+fn write_value<'a>(tape: &[Item<'a>], at: usize, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
+    let item = *tape.get(at)?;
+    match item.kind {
+        Kind::Canonical => out.extend_from_slice(item.text.as_bytes()),
+        // Checked by the parser: decoding cannot fail.
+        Kind::Escaped => write_string(&decode_string(item.text)?, out),
+        Kind::Number => write_number(item.text, out)?,
+        Kind::Array => {
             out.push(b'[');
-            for (i, item) in items.into_iter().enumerate() {
-                if i > 0 {
+            let mut part = at + 1;
+            while part < item.next {
+                if part > at + 1 {
                     out.push(b',');
                 }
-                write_node(item, out);
+                write_value(tape, part, members, out)?;
+                part = tape.get(part)?.next;
             }
             out.push(b']');
         }
-        // Without escapes a checked string is already as serde_json writes it; with
-        // them it is decoded (checked by the parser: it cannot fail) and written again.
-        Node::String(s) => match decode_string(s) {
-            Some(Cow::Owned(text)) => write_string(&text, out),
-            _ => out.extend_from_slice(s.token.as_bytes()),
-        },
-        Node::Number(token) => write_number(token, out),
-        Node::Literal(word) => out.extend_from_slice(word.as_bytes()),
+        Kind::Object => {
+            let from = members.len();
+            gather(tape, at + 1, item.next, members)?;
+            write_members(tape, members, from, out)?;
+            members.truncate(from);
+        }
     }
+    Some(())
 }
 
-/// A string as serde_json writes it: only `"`, `\` and control characters escaped.
+/// A string token's text, decoded by serde_json (escapes, surrogate pairs and all).
+fn decode_string(token: &str) -> Option<String> {
+    serde_json::from_str::<String>(token).ok()
+}
+
+/// A string as serde_json writes it: only `"`, `\\` and control characters escaped.
 fn write_string(text: &str, out: &mut Vec<u8>) {
     if plain_run(text.as_bytes()) == text.len() {
         out.push(b'"');
@@ -327,15 +452,11 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// A number as serde_json writes the value it decodes: integers that fit 64 bits as
-/// they are, anything else through serde_json's own number (a float, printed shortest;
-/// the parser checked that it reads).
-fn write_number(token: &str, out: &mut Vec<u8>) {
-    if plain_integer(token) {
-        out.extend_from_slice(token.as_bytes());
-    } else if let Ok(number) = serde_json::from_str::<serde_json::Number>(token) {
-        let _ = serde_json::to_writer(&mut *out, &number);
-    }
+/// A number as serde_json writes the value it decodes, through serde_json's own number
+/// (a float, printed shortest; the parser checked that it reads).
+fn write_number(token: &str, out: &mut Vec<u8>) -> Option<()> {
+    let number = serde_json::from_str::<serde_json::Number>(token).ok()?;
+    serde_json::to_writer(&mut *out, &number).ok()
 }
 
 /// An integer serde_json keeps as it is: up to 18 digits (so it fits 64 bits either
@@ -427,6 +548,23 @@ mod tests {
         prop::collection::vec(("[a-e]{1,2}", value()), 0..6).prop_map(|m| m.into_iter().collect())
     }
 
+    /// Compact JSON whose objects list their keys in reverse where `flips` has a bit set
+    /// for their depth.
+    fn unordered(value: &Value, flips: u32) -> String {
+        match value {
+            Value::Object(map) => {
+                let mut members: Vec<String> =
+                    map.iter().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), unordered(v, flips >> 1))).collect();
+                if flips & 1 == 1 {
+                    members.reverse();
+                }
+                format!("{{{}}}", members.join(","))
+            }
+            Value::Array(items) => format!("[{}]", items.iter().map(|v| unordered(v, flips >> 1)).collect::<Vec<_>>().join(",")),
+            other => other.to_string(),
+        }
+    }
+
     proptest! {
         /// Equal to decoding, merging and encoding, however the documents are written.
         #[test]
@@ -435,6 +573,15 @@ mod tests {
                 .iter()
                 .map(|d| if pretty { serde_json::to_vec_pretty(d).unwrap() } else { serde_json::to_vec(d).unwrap() })
                 .collect();
+            let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+            prop_assert_eq!(direct(&refs), general(&refs));
+        }
+
+        /// Equal to the general path when keys come in any order, at any level, compact
+        /// (no nested value is canonical as it stands, so each is rebuilt from its parts).
+        #[test]
+        fn unordered_keys_are_sorted_at_every_level(docs in prop::collection::vec(object(), 1..4), flips in any::<u32>()) {
+            let texts: Vec<Vec<u8>> = docs.iter().map(|d| unordered(&Value::Object(d.clone()), flips).into_bytes()).collect();
             let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
             prop_assert_eq!(direct(&refs), general(&refs));
         }
