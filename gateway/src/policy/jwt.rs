@@ -4,7 +4,7 @@
 //! client repeating its token costs a hash lookup instead of a signature check.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -241,8 +241,31 @@ enum VerifyKey {
 
 /// Verification keys by `kid`, plus every key for tokens that name none.
 type KeySet = (HashMap<String, Arc<VerifyKey>>, Vec<Arc<VerifyKey>>);
-/// Verified tokens: token hash -> (token, claims, trusted until).
-type TokenShard = Mutex<HashMap<u64, (Box<str>, Claims, Instant)>>;
+/// Verified tokens: token key (see [`JwtValidator::key`]) -> (token, claims, trusted until).
+type TokenShard = Mutex<HashMap<u64, (Box<str>, Claims, Instant), BuildHasherDefault<KeyHasher>>>;
+
+/// Hashes a [`JwtValidator::key`], already mixed and seeded, as itself.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(MIX);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+/// An odd constant with well-spread bits (2^64 / the golden ratio), for multiplicative mixing.
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Where the verification keys come from.
 enum Keys {
@@ -368,7 +391,8 @@ pub struct JwtValidator {
     keys: Keys,
     validation: Validation,
     verified: [TokenShard; SHARDS],
-    hasher: std::collections::hash_map::RandomState,
+    /// Random per validator: which tokens share a cache slot cannot be known outside.
+    seed: u64,
 }
 
 impl JwtValidator {
@@ -409,8 +433,8 @@ impl JwtValidator {
             settings,
             keys,
             validation,
-            verified: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            hasher: std::collections::hash_map::RandomState::new(),
+            verified: std::array::from_fn(|_| Mutex::new(HashMap::default())),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
         })
     }
 
@@ -464,9 +488,28 @@ impl JwtValidator {
         Ok(claims)
     }
 
+    /// A token's cache key: its length and its last 16 bytes (the end of its signature),
+    /// mixed with the seed. Hashing the whole token (500 bytes and more) would cost more
+    /// than the rest of the lookup. Two tokens with one key are told apart by the whole
+    /// token, which a lookup compares; and only verified tokens are stored, so a made-up
+    /// token that shares a stored one's key can cost its sender a signature check, never
+    /// anyone else a wrong answer or their cache entry.
+    fn key(&self, token: &str) -> u64 {
+        let bytes = token.as_bytes();
+        let mut key = self.seed ^ bytes.len() as u64;
+        for word in bytes[bytes.len().saturating_sub(16)..].chunks(8) {
+            let mut eight = [0; 8];
+            eight[..word.len()].copy_from_slice(word);
+            key = (key ^ u64::from_le_bytes(eight)).wrapping_mul(MIX);
+            key ^= key >> 32;
+        }
+        key
+    }
+
     fn shard(&self, token: &str) -> (u64, &TokenShard) {
-        let hash = self.hasher.hash_one(token);
-        (hash, &self.verified[(hash as usize) % SHARDS])
+        let key = self.key(token);
+        // Bits the map does not use for its buckets (the low ones) or tags (the top seven).
+        (key, &self.verified[(key >> 48) as usize % SHARDS])
     }
 
     fn cached(&self, token: &str) -> Option<Claims> {
@@ -689,6 +732,25 @@ mod tests {
         }
         assert_eq!(v.validate(&HeaderMap::new()).await.unwrap_err(), Denied::Unauthorized);
         assert_eq!(v.validate(&bearer("not.a.token")).await.unwrap_err(), Denied::Unauthorized);
+    }
+
+    /// The cache keys a token by its length and its last bytes: a token made to share
+    /// both with a cached one (same signature, other claims) must still be checked.
+    #[tokio::test]
+    async fn a_token_sharing_a_cached_ones_key_is_still_verified() {
+        let (v, _f) = validator(json!({"roles": ["admin"]}));
+        let good = token(json!({"sub": "u", "roles": ["admin"], "exp": now() + 60}));
+        assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u");
+        let (signed, signature) = good.rsplit_once('.').unwrap();
+        let (head, claims) = signed.split_once('.').unwrap();
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        // "sub":"v": the same length, so the forged token's length and tail match.
+        let forged_claims = URL_SAFE_NO_PAD.encode(claims.replace(r#""sub":"u""#, r#""sub":"v""#));
+        let forged = format!("{head}.{forged_claims}.{signature}");
+        assert_ne!(forged, good);
+        assert_eq!(v.key(&forged), v.key(&good), "the forged token lands on the cached one's slot");
+        assert_eq!(v.validate(&bearer(&forged)).await.unwrap_err(), Denied::Unauthorized);
+        assert_eq!(v.validate(&bearer(&good)).await.unwrap()["sub"], "u", "and the cached one stays");
     }
 
     #[tokio::test]
