@@ -14,7 +14,6 @@
 //! nesting, lone surrogates) makes [`merge`] give up with `None`; the caller then takes
 //! the general path, which decodes and reports the problem as it always does.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// Deeper documents are left to serde_json, whose recursion limit (128) decides.
@@ -23,34 +22,29 @@ const MAX_DEPTH: usize = 100;
 /// Writes the merge of `docs` (each a JSON object, later ones winning a key) to `out`.
 /// `None`: some document needs the general path; `out` is then unspecified.
 pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
-    let mut parser = Parser { src: "", at: 0, tape: Vec::with_capacity(64) };
+    let mut tape = Vec::with_capacity(64);
+    let mut frames = Vec::with_capacity(8);
     let mut members = Vec::with_capacity(32);
     for doc in docs {
         // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
         // structure is ASCII and strings are cut at ASCII quotes.
-        parser.src = std::str::from_utf8(doc).ok()?;
-        parser.at = 0;
-        parser.ws();
-        parser.eat(b'{')?;
-        let from = parser.tape.len();
-        parser.members(0)?;
-        parser.ws();
-        if parser.at != doc.len() {
-            return None;
-        }
-        gather(&parser.tape, from, parser.tape.len(), &mut members)?;
+        std::str::from_utf8(doc).ok()?;
+        let top = read(doc, &mut tape, &mut frames)?;
+        gather(&tape, top + 1, tape.get(top)?.next, &mut members)?;
     }
-    write_members(&parser.tape, &mut members, 0, out)
+    write_members(&tape, &mut members, 0, out)
 }
 
 /// One value (or object key) of a document, with the tape index just past its parts.
 #[derive(Clone, Copy)]
 struct Item<'a> {
-    /// The value's text: a token, or a whole array or object.
-    text: &'a str,
-    kind: Kind,
+    /// The value's bytes: a token, or a whole array or object.
+    text: &'a [u8],
     /// The index after this item and its parts: its next sibling's.
     next: usize,
+    /// For a key without escapes: [`prefix`] of its text.
+    prefix: u64,
+    kind: Kind,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -67,217 +61,268 @@ enum Kind {
     Object,
 }
 
-struct Parser<'a> {
-    src: &'a str,
-    at: usize,
-    tape: Vec<Item<'a>>,
+/// An array or object being read.
+struct Frame<'a> {
+    /// Its item on the tape.
+    item: usize,
+    /// Where its text starts.
+    start: usize,
+    object: bool,
+    /// Canonical so far: no whitespace, keys strictly ascending, every part canonical.
+    canonical: bool,
+    /// The previous key of an object, with its prefix.
+    last: Option<(u64, &'a [u8])>,
 }
 
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.src.as_bytes().get(self.at).copied()
+/// Reads a document that must be one object (whitespace around it allowed) onto the
+/// tape, checking every part as strictly as serde_json would (also a value that a later
+/// duplicate key replaces and is never written). Returns the object's tape index; the
+/// object itself always keeps its members on the tape.
+///
+/// One loop with a stack of open containers rather than a recursive descent: the read
+/// position stays in a register instead of being stored and reloaded around every call.
+fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>) -> Option<usize> {
+    let mut at = 0;
+    skip_ws(src, &mut at);
+    if src.get(at) != Some(&b'{') {
+        return None;
     }
-
-    /// Skips whitespace; whether there was any.
-    fn ws(&mut self) -> bool {
-        let start = self.at;
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.at += 1;
-        }
-        self.at != start
-    }
-
-    fn eat(&mut self, byte: u8) -> Option<()> {
-        (self.peek() == Some(byte)).then(|| self.at += 1)
-    }
-
-    /// Puts the members of the object whose `{` was just read on the tape, in document
-    /// order; whether the object is canonical (no whitespace, keys strictly ascending,
-    /// every value canonical).
-    fn members(&mut self, depth: usize) -> Option<bool> {
-        let mut canonical = !self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(canonical);
-        }
-        let mut last_key: Option<&'a str> = None;
-        loop {
-            canonical &= !self.ws();
-            let start = self.at;
-            let escaped = self.string()?;
-            let key = self.src.get(start..self.at)?;
-            self.tape.push(Item {
-                text: key,
-                kind: if escaped { Kind::Escaped } else { Kind::Canonical },
-                next: self.tape.len() + 1,
-            });
-            let inner = key.get(1..key.len() - 1)?;
-            canonical &= !escaped && last_key.is_none_or(|last| last.as_bytes() < inner.as_bytes());
-            last_key = Some(inner);
-            canonical &= !self.ws();
-            self.eat(b':')?;
-            canonical &= !self.ws();
-            canonical &= self.value(depth + 1)?;
-            canonical &= !self.ws();
-            if self.eat(b',').is_none() {
-                self.eat(b'}')?;
-                return Some(canonical);
-            }
-        }
-    }
-
-    /// Puts the items of the array whose `[` was just read on the tape; whether the array
-    /// is canonical.
-    fn elements(&mut self, depth: usize) -> Option<bool> {
-        let mut canonical = !self.ws();
-        if self.eat(b']').is_some() {
-            return Some(canonical);
-        }
-        loop {
-            canonical &= self.value(depth + 1)?;
-            canonical &= !self.ws();
-            if self.eat(b',').is_none() {
-                self.eat(b']')?;
-                return Some(canonical);
-            }
-            canonical &= !self.ws();
-        }
-    }
-
-    /// Reads one value onto the tape, checking it as strictly as serde_json would (every
-    /// value is checked, also one that a later duplicate key replaces and is never
-    /// written); whether it is canonical.
-    fn value(&mut self, depth: usize) -> Option<bool> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        let start = self.at;
-        let at = self.tape.len();
-        self.tape.push(Item { text: "", kind: Kind::Canonical, next: at + 1 });
-        let (kind, canonical) = match self.peek()? {
-            b'{' => {
-                self.at += 1;
-                (Kind::Object, self.members(depth)?)
-            }
-            b'[' => {
-                self.at += 1;
-                (Kind::Array, self.elements(depth)?)
+    let top = tape.len();
+    frames.clear();
+    'value: loop {
+        let start = at;
+        let mut canonical = match *src.get(at)? {
+            open @ (b'{' | b'[') => {
+                if frames.len() > MAX_DEPTH {
+                    return None;
+                }
+                let item = tape.len();
+                tape.push(Item { text: &[], next: item + 1, prefix: 0, kind: Kind::Canonical });
+                at += 1;
+                let object = open == b'{';
+                let spaced = skip_ws(src, &mut at);
+                let mut frame = Frame { item, start, object, canonical: !spaced, last: None };
+                if src.get(at) != Some(if object { &b'}' } else { &b']' }) {
+                    if object {
+                        key(src, &mut at, tape, &mut frame)?;
+                    }
+                    frames.push(frame);
+                    continue 'value;
+                }
+                at += 1;
+                close(src, at, tape, frame, frames.is_empty())?
             }
             b'"' => {
-                let escaped = self.string()?;
-                (Kind::Escaped, !escaped)
+                let escaped = string(src, &mut at)?;
+                let kind = if escaped { Kind::Escaped } else { Kind::Canonical };
+                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind });
+                !escaped
             }
-            b't' => (Kind::Canonical, self.literal("true")?),
-            b'f' => (Kind::Canonical, self.literal("false")?),
-            b'n' => (Kind::Canonical, self.literal("null")?),
-            _ => (Kind::Number, self.number()?),
+            first @ (b't' | b'f' | b'n') => {
+                let word: &'static [u8] = match first {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                if !src.get(at..)?.starts_with(word) {
+                    return None;
+                }
+                at += word.len();
+                tape.push(Item { text: word, next: tape.len() + 1, prefix: 0, kind: Kind::Canonical });
+                true
+            }
+            _ => {
+                let canonical = number(src, &mut at)?;
+                let kind = if canonical { Kind::Canonical } else { Kind::Number };
+                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind });
+                canonical
+            }
         };
-        let text = self.src.get(start..self.at)?;
-        if canonical {
-            // Written as it is: its parts are not needed.
-            self.tape.truncate(at + 1);
-            self.tape[at] = Item { text, kind: Kind::Canonical, next: at + 1 };
-        } else {
-            let next = self.tape.len();
-            self.tape[at] = Item { text, kind, next };
-        }
-        Some(canonical)
-    }
-
-    fn literal(&mut self, word: &'static str) -> Option<bool> {
-        self.src[self.at..].starts_with(word).then(|| {
-            self.at += word.len();
-            true
-        })
-    }
-
-    /// Reads a string token: no control characters, known escapes only, surrogates only
-    /// in pairs (as serde_json requires); whether it has escapes.
-    fn string(&mut self) -> Option<bool> {
-        let mut escaped = false;
-        self.eat(b'"')?;
+        // After a value: a separator, or the end of its container (and perhaps of the
+        // containers around it).
         loop {
-            self.at += plain_run(self.src.as_bytes().get(self.at..)?);
-            match self.peek()? {
-                b'"' => {
-                    self.at += 1;
-                    return Some(escaped);
-                }
-                b'\\' => {
-                    escaped = true;
-                    self.at += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
-                        b'u' => {
-                            let unit = self.hex4()?;
-                            if (0xDC00..0xE000).contains(&unit) {
-                                return None;
-                            }
-                            if (0xD800..0xDC00).contains(&unit) {
-                                self.eat(b'\\')?;
-                                if !(0xDC00..0xE000).contains(&self.hex4()?) {
-                                    return None;
-                                }
-                            }
-                        }
-                        _ => return None,
+            let Some(frame) = frames.last_mut() else {
+                skip_ws(src, &mut at);
+                return (at == src.len()).then_some(top);
+            };
+            frame.canonical &= canonical & !skip_ws(src, &mut at);
+            match src.get(at) {
+                Some(b',') => {
+                    at += 1;
+                    frame.canonical &= !skip_ws(src, &mut at);
+                    if frame.object {
+                        key(src, &mut at, tape, frame)?;
                     }
+                    continue 'value;
                 }
-                // A control character.
+                Some(b'}') if frame.object => {}
+                Some(b']') if !frame.object => {}
                 _ => return None,
             }
+            at += 1;
+            let frame = frames.pop()?;
+            canonical = close(src, at, tape, frame, frames.is_empty())?;
         }
     }
+}
 
-    /// `u` and four hex digits: the code unit they give.
-    fn hex4(&mut self) -> Option<u32> {
-        self.eat(b'u')?;
-        let digits = self.src.get(self.at..self.at + 4)?;
-        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        self.at += 4;
-        u32::from_str_radix(digits, 16).ok()
+/// Ends the container of `frame`, whose closing bracket ends before `at`: a canonical one
+/// (not the document's own object) becomes a single span without parts. Whether it was
+/// canonical.
+fn close<'a>(src: &'a [u8], at: usize, tape: &mut Vec<Item<'a>>, frame: Frame<'a>, outermost: bool) -> Option<bool> {
+    let text = src.get(frame.start..at)?;
+    let (next, kind) = if frame.canonical && !outermost {
+        tape.truncate(frame.item + 1);
+        (frame.item + 1, Kind::Canonical)
+    } else {
+        (tape.len(), if frame.object { Kind::Object } else { Kind::Array })
+    };
+    *tape.get_mut(frame.item)? = Item { text, next, prefix: 0, kind };
+    Some(frame.canonical)
+}
+
+/// Reads an object key, the colon and the whitespace around it, noting on the frame
+/// whether the keys stay canonical.
+#[inline(always)]
+fn key<'a>(src: &'a [u8], at: &mut usize, tape: &mut Vec<Item<'a>>, frame: &mut Frame<'a>) -> Option<()> {
+    let start = *at;
+    let escaped = string(src, at)?;
+    let token = src.get(start..*at)?;
+    let text = token.get(1..token.len() - 1)?;
+    // The key's first eight bytes as one load where the document has them (it usually
+    // does: a value and a closing brace follow), masked to the key's length.
+    let prefix = match src.get(start + 1..).and_then(<[u8]>::first_chunk::<8>) {
+        Some(eight) if text.len() < 8 => u64::from_be_bytes(*eight) & !(u64::MAX >> (8 * text.len())),
+        Some(eight) => u64::from_be_bytes(*eight),
+        None => prefix(text),
+    };
+    frame.canonical &= !escaped && frame.last.is_none_or(|(p, last)| p < prefix || (p == prefix && last < text));
+    frame.last = Some((prefix, text));
+    let kind = if escaped { Kind::Escaped } else { Kind::Canonical };
+    tape.push(Item { text: token, next: tape.len() + 1, prefix, kind });
+    frame.canonical &= !skip_ws(src, at);
+    if src.get(*at) != Some(&b':') {
+        return None;
     }
+    *at += 1;
+    frame.canonical &= !skip_ws(src, at);
+    Some(())
+}
 
-    /// Reads a number token, checked against JSON's grammar; whether it is canonical.
-    fn number(&mut self) -> Option<bool> {
-        let start = self.at;
-        self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.at += 1,
-            b'1'..=b'9' => self.digits(),
+/// Skips whitespace; whether there was any.
+#[inline]
+fn skip_ws(src: &[u8], at: &mut usize) -> bool {
+    let start = *at;
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = src.get(*at) {
+        *at += 1;
+    }
+    *at != start
+}
+
+/// Reads the string token at `at`: no control characters, known escapes only, surrogates
+/// only in pairs (as serde_json requires). Whether it has escapes.
+#[inline]
+fn string(src: &[u8], at: &mut usize) -> Option<bool> {
+    if src.get(*at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = *at + 1;
+    let mut escaped = false;
+    loop {
+        i += plain_run(src.get(i..)?);
+        match *src.get(i)? {
+            b'"' => {
+                *at = i + 1;
+                return Some(escaped);
+            }
+            b'\\' => {
+                escaped = true;
+                i = escape(src, i)?;
+            }
+            // A control character.
             _ => return None,
         }
-        if self.eat(b'.').is_some() {
-            if !self.peek()?.is_ascii_digit() {
-                return None;
-            }
-            self.digits();
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
-            }
-            if !self.peek()?.is_ascii_digit() {
-                return None;
-            }
-            self.digits();
-        }
-        let token = self.src.get(start..self.at)?;
-        if plain_integer(token) {
-            return Some(true);
-        }
-        // One serde_json would refuse (out of range) must not pass, even unwritten.
-        serde_json::from_str::<serde_json::Number>(token).ok()?;
-        Some(false)
     }
+}
 
-    fn digits(&mut self) {
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
+/// Reads the escape at the backslash at `at`; where it ends.
+#[cold]
+fn escape(src: &[u8], at: usize) -> Option<usize> {
+    match *src.get(at + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
+        b'u' => {
+            let unit = hex4(src, at + 2)?;
+            if (0xDC00..0xE000).contains(&unit) {
+                return None;
+            }
+            if !(0xD800..0xDC00).contains(&unit) {
+                return Some(at + 6);
+            }
+            // A high surrogate: a low one must follow.
+            if src.get(at + 6..at + 8)? != b"\\u" || !(0xDC00..0xE000).contains(&hex4(src, at + 8)?) {
+                return None;
+            }
+            Some(at + 12)
         }
+        _ => None,
     }
+}
+
+/// The code unit of the four hex digits at `at`.
+fn hex4(src: &[u8], at: usize) -> Option<u32> {
+    let mut unit = 0;
+    for &b in src.get(at..at + 4)? {
+        unit = unit * 16 + char::from(b).to_digit(16)?;
+    }
+    Some(unit)
+}
+
+/// Reads the number token at `at`, checked against JSON's grammar; whether it is
+/// canonical.
+fn number(src: &[u8], at: &mut usize) -> Option<bool> {
+    let start = *at;
+    let digits = |i: &mut usize| {
+        while src.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+    };
+    let mut i = start;
+    if src.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *src.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => digits(&mut i),
+        _ => return None,
+    }
+    let mut integer = true;
+    if src.get(i) == Some(&b'.') {
+        integer = false;
+        i += 1;
+        if !src.get(i)?.is_ascii_digit() {
+            return None;
+        }
+        digits(&mut i);
+    }
+    if let Some(b'e' | b'E') = src.get(i) {
+        integer = false;
+        i += 1;
+        if let Some(b'+' | b'-') = src.get(i) {
+            i += 1;
+        }
+        if !src.get(i)?.is_ascii_digit() {
+            return None;
+        }
+        digits(&mut i);
+    }
+    *at = i;
+    let token = src.get(start..i)?;
+    if integer && plain_integer(token) {
+        return Some(true);
+    }
+    // One serde_json would refuse (out of range) must not pass, even unwritten.
+    serde_json::from_slice::<serde_json::Number>(token).ok()?;
+    Some(false)
 }
 
 /// Bytes that need no attention inside a string: neither `"`, `\\` nor a control
@@ -298,45 +343,71 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// How many bytes at the start of `bytes` are [`PLAIN`]: eight at a time, then one by one.
+#[inline]
 fn plain_run(bytes: &[u8]) -> usize {
-    let mut words = bytes.chunks_exact(8);
     let mut done = 0;
-    for word in &mut words {
-        let mut eight = [0; 8];
-        eight.copy_from_slice(word);
-        let flags = special_bytes(u64::from_le_bytes(eight));
+    while let Some(eight) = bytes.get(done..).and_then(<[u8]>::first_chunk::<8>) {
+        let flags = special_bytes(u64::from_le_bytes(*eight));
         if flags != 0 {
             return done + flags.trailing_zeros() as usize / 8;
         }
         done += 8;
     }
-    let rest = words.remainder();
+    let rest = bytes.get(done..).unwrap_or_default();
     done + rest.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(rest.len())
 }
 
 /// The high bit of each byte of `word` that is `"`, `\\` or below 0x20. Only the lowest
 /// flag is exact (a borrow can also flag a byte above a flagged one), which is all
 /// [`plain_run`] reads.
+#[inline]
 fn special_bytes(word: u64) -> u64 {
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
     let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
     zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
 }
 
+/// A key's first eight bytes, big-endian and zero-padded: ordering by it orders by the
+/// key wherever two prefixes differ.
+#[inline]
+fn prefix(key: &[u8]) -> u64 {
+    if let Some(eight) = key.first_chunk::<8>() {
+        return u64::from_be_bytes(*eight);
+    }
+    let mut eight = [0; 8];
+    for (slot, byte) in eight.iter_mut().zip(key) {
+        *slot = *byte;
+    }
+    u64::from_be_bytes(eight)
+}
+
 /// A member of an object being written: its key's text and its value's place on the tape.
 struct Member<'a> {
-    /// The key's first eight bytes, big-endian and zero-padded: ordering by it orders by
-    /// the key wherever two prefixes differ.
     prefix: u64,
-    /// Borrowed: the key as it was, with nothing to escape. Owned: decoded from escapes.
-    key: Cow<'a, str>,
+    key: Key<'a>,
     value: usize,
+}
+
+enum Key<'a> {
+    /// As it was in the document: nothing to escape.
+    Plain(&'a [u8]),
+    /// Decoded from escapes.
+    Decoded(String),
+}
+
+impl Key<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Plain(text) => text,
+            Key::Decoded(text) => text.as_bytes(),
+        }
+    }
 }
 
 impl Member<'_> {
     fn order(&self, other: &Self) -> Ordering {
         self.prefix.cmp(&other.prefix).then_with(|| {
-            let (a, b) = (self.key.as_bytes(), other.key.as_bytes());
+            let (a, b) = (self.key.bytes(), other.key.bytes());
             if a.len() <= 8 && b.len() <= 8 {
                 // Equal prefixes: the shorter key is the longer one's start.
                 a.len().cmp(&b.len())
@@ -347,24 +418,19 @@ impl Member<'_> {
     }
 }
 
-fn prefix(key: &str) -> u64 {
-    let mut eight = [0; 8];
-    for (slot, byte) in eight.iter_mut().zip(key.bytes()) {
-        *slot = byte;
-    }
-    u64::from_be_bytes(eight)
-}
-
 /// Collects the members on the tape between `from` and `to` (key, value, key, value…).
 fn gather<'a>(tape: &[Item<'a>], from: usize, to: usize, into: &mut Vec<Member<'a>>) -> Option<()> {
     let mut at = from;
     while at < to {
         let key = tape.get(at)?;
-        let key = match key.kind {
-            Kind::Escaped => Cow::Owned(decode_string(key.text)?),
-            _ => Cow::Borrowed(key.text.get(1..key.text.len() - 1)?),
+        let (prefix, key) = match key.kind {
+            Kind::Escaped => {
+                let decoded = decode_string(key.text)?;
+                (prefix(decoded.as_bytes()), Key::Decoded(decoded))
+            }
+            _ => (key.prefix, Key::Plain(key.text.get(1..key.text.len() - 1)?)),
         };
-        into.push(Member { prefix: prefix(&key), key, value: at + 1 });
+        into.push(Member { prefix, key, value: at + 1 });
         at = tape.get(at + 1)?.next;
     }
     Some(())
@@ -388,13 +454,13 @@ fn write_members<'a>(tape: &[Item<'a>], members: &mut Vec<Member<'a>>, from: usi
         first = false;
         match &member.key {
             // Checked by the parser: no quote, backslash or control character.
-            Cow::Borrowed(plain) => {
+            Key::Plain(text) => {
                 out.push(b'"');
-                out.extend_from_slice(plain.as_bytes());
+                out.extend_from_slice(text);
                 out.extend_from_slice(b"\":");
             }
-            Cow::Owned(decoded) => {
-                write_string(decoded, out);
+            Key::Decoded(text) => {
+                write_string(text, out);
                 out.push(b':');
             }
         }
@@ -409,7 +475,7 @@ fn write_members<'a>(tape: &[Item<'a>], members: &mut Vec<Member<'a>>, from: usi
 fn write_value<'a>(tape: &[Item<'a>], at: usize, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
     let item = *tape.get(at)?;
     match item.kind {
-        Kind::Canonical => out.extend_from_slice(item.text.as_bytes()),
+        Kind::Canonical => out.extend_from_slice(item.text),
         // Checked by the parser: decoding cannot fail.
         Kind::Escaped => write_string(&decode_string(item.text)?, out),
         Kind::Number => write_number(item.text, out)?,
@@ -436,8 +502,8 @@ fn write_value<'a>(tape: &[Item<'a>], at: usize, members: &mut Vec<Member<'a>>, 
 }
 
 /// A string token's text, decoded by serde_json (escapes, surrogate pairs and all).
-fn decode_string(token: &str) -> Option<String> {
-    serde_json::from_str::<String>(token).ok()
+fn decode_string(token: &[u8]) -> Option<String> {
+    serde_json::from_slice::<String>(token).ok()
 }
 
 /// A string as serde_json writes it: only `"`, `\\` and control characters escaped.
@@ -454,20 +520,20 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
 
 /// A number as serde_json writes the value it decodes, through serde_json's own number
 /// (a float, printed shortest; the parser checked that it reads).
-fn write_number(token: &str, out: &mut Vec<u8>) -> Option<()> {
-    let number = serde_json::from_str::<serde_json::Number>(token).ok()?;
+fn write_number(token: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let number = serde_json::from_slice::<serde_json::Number>(token).ok()?;
     serde_json::to_writer(&mut *out, &number).ok()
 }
 
 /// An integer serde_json keeps as it is: up to 18 digits (so it fits 64 bits either
 /// way), no leading zero, not `-0` (which it reads as a float).
-fn plain_integer(token: &str) -> bool {
-    let digits = token.strip_prefix('-').unwrap_or(token).as_bytes();
+fn plain_integer(token: &[u8]) -> bool {
+    let digits = token.strip_prefix(b"-").unwrap_or(token);
     !digits.is_empty()
         && digits.len() <= 18
         && digits.iter().all(u8::is_ascii_digit)
         && (digits.len() == 1 || digits[0] != b'0')
-        && token != "-0"
+        && token != b"-0"
 }
 
 #[cfg(test)]
