@@ -208,9 +208,7 @@ fn merge_bytes(c: &mut Criterion) {
     let profile = br#"{"profile_id":"p-48213","display_name":"Ada L.","address":{"city":"London","country":"GB","street":"12 Analytical Row"},"roles":["admin","ops"],"preferences":{"theme":"dark","language":"en-GB","notifications":{"email":true,"sms":false}},"history":[{"at":"2026-01-01","event":"login"},{"at":"2026-02-01","event":"upgrade"}],"note":"A profile document of about five hundred bytes for the merge scenario."}"#;
     let mut g = c.benchmark_group("merge_bytes");
     g.throughput(Throughput::Bytes((user.len() + profile.len()) as u64));
-    g.bench_function("two_500b_objects", |b| {
-        b.iter(|| merge_bytes_once(black_box(&[&user[..], &profile[..]])))
-    });
+    g.bench_function("two_500b_objects", |b| b.iter(|| merge_bytes_once(black_box(&[&user[..], &profile[..]]))));
     g.finish();
 }
 
@@ -262,5 +260,17 @@ fn telemetry(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, url, decode_json, shape, flatmap, merge, merge_bytes, render_json, decode_shape_render, telemetry);
+criterion_group!(
+    benches,
+    router,
+    url,
+    decode_json,
+    shape,
+    flatmap,
+    merge,
+    merge_bytes,
+    render_json,
+    decode_shape_render,
+    telemetry
+);
 criterion_main!(benches);

@@ -619,14 +619,18 @@ mod tests {
     fn unordered(value: &Value, flips: u32) -> String {
         match value {
             Value::Object(map) => {
-                let mut members: Vec<String> =
-                    map.iter().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), unordered(v, flips >> 1))).collect();
+                let mut members: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), unordered(v, flips >> 1)))
+                    .collect();
                 if flips & 1 == 1 {
                     members.reverse();
                 }
                 format!("{{{}}}", members.join(","))
             }
-            Value::Array(items) => format!("[{}]", items.iter().map(|v| unordered(v, flips >> 1)).collect::<Vec<_>>().join(",")),
+            Value::Array(items) => {
+                format!("[{}]", items.iter().map(|v| unordered(v, flips >> 1)).collect::<Vec<_>>().join(","))
+            }
             other => other.to_string(),
         }
     }
