@@ -113,25 +113,7 @@ measure "2 backends merged" '{}' "$MERGE"
 # JWT (RS256, local JWK, cache on) + rate limit + telemetry, as run.sh's scenario 5.
 if command -v openssl >/dev/null && command -v python3 >/dev/null; then
   openssl genrsa -out "$tmp/key.pem" 2048 2>/dev/null
-  token=$(python3 - "$tmp/key.pem" "$tmp/jwk.json" <<'PY'
-import base64, json, subprocess, sys, time
-key, jwk_path = sys.argv[1], sys.argv[2]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-out = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"],
-                     check=True, capture_output=True, text=True).stdout
-n = bytes.fromhex(out.strip().split("=", 1)[1])
-with open(jwk_path, "w") as f:
-    json.dump({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "bench", "n": b64(n), "e": "AQAB"}]}, f)
-now = int(time.time())
-header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
-claims = {"iss": "https://auth.bench.local", "aud": "weir-bench", "sub": "user-48213",
-          "roles": ["user"], "iat": now, "exp": now + 86400}
-signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
-sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key],
-                     input=signing_input, check=True, capture_output=True).stdout
-print(signing_input.decode() + "." + b64(sig))
-PY
-)
+  token=$(python3 tests/bench/make_jwt.py "$tmp/key.pem" "$tmp/jwk.json")
   POLICY='{"endpoint": "/user", "extra_config": {
     "auth/validator": {"alg": "RS256", "jwk_local_path": "'"$tmp"'/jwk.json", "disable_jwk_security": true, "cache": true,
       "issuer": "https://auth.bench.local", "audience": ["weir-bench"], "roles_key": "roles", "roles": ["user"]},

@@ -669,25 +669,7 @@ weir_config "$POLICY_PORT" "$EP_POLICY" "$TELEMETRY" >"$TMP/weir-policy.json"
 # Writes $TMP/key.pem, $TMP/jwk.json and prints a token valid for a day.
 make_jwt() {
     openssl genrsa -out "$TMP/key.pem" 2048 2>/dev/null
-    python3 - "$TMP/key.pem" "$TMP/jwk.json" <<'PY'
-import base64, json, subprocess, sys, time
-key, jwk_path = sys.argv[1], sys.argv[2]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-out = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"],
-                     check=True, capture_output=True, text=True).stdout
-n = bytes.fromhex(out.strip().split("=", 1)[1])
-with open(jwk_path, "w") as f:
-    json.dump({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench",
-                         "n": b64(n), "e": "AQAB"}]}, f)
-now = int(time.time())
-header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
-claims = {"iss": "https://auth.bench.local", "aud": "weir-bench", "sub": "user-48213",
-          "roles": ["user"], "iat": now, "exp": now + 86400}
-signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
-sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key],
-                     input=signing_input, check=True, capture_output=True).stdout
-print(signing_input.decode() + "." + b64(sig))
-PY
+    python3 "$ROOT/tests/bench/make_jwt.py" "$TMP/key.pem" "$TMP/jwk.json"
 }
 
 # The scenario runs once weir implements the components: a first check, before any key
