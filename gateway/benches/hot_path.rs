@@ -16,7 +16,8 @@ use weir_gateway::config::{self, Backend, BackendEncoding, FlatmapOp, Format, Ou
 use weir_gateway::proxy::decode::decode;
 use weir_gateway::proxy::flatmap::Flatmap;
 use weir_gateway::proxy::render::render;
-use weir_gateway::proxy::shape::Shape;
+use weir_gateway::proxy::shape::{Plan, Shape, decode_allowed};
+use weir_gateway::proxy::spans::Source;
 use weir_gateway::proxy::url::{UrlTemplate, Values};
 
 /// A user with a nested address and 20 orders, serialised to about 2 KB.
@@ -208,15 +209,16 @@ fn merge_bytes(c: &mut Criterion) {
     let profile = br#"{"profile_id":"p-48213","display_name":"Ada L.","address":{"city":"London","country":"GB","street":"12 Analytical Row"},"roles":["admin","ops"],"preferences":{"theme":"dark","language":"en-GB","notifications":{"email":true,"sms":false}},"history":[{"at":"2026-01-01","event":"login"},{"at":"2026-02-01","event":"upgrade"}],"note":"A profile document of about five hundred bytes for the merge scenario."}"#;
     let mut g = c.benchmark_group("merge_bytes");
     g.throughput(Throughput::Bytes((user.len() + profile.len()) as u64));
-    g.bench_function("two_500b_objects", |b| b.iter(|| merge_bytes_once(black_box(&[&user[..], &profile[..]]))));
+    let sources = [&user[..], &profile[..]].map(|body| Source { body, plan: Plan::default() });
+    g.bench_function("two_500b_objects", |b| b.iter(|| merge_bytes_once(black_box(&sources))));
     g.finish();
 }
 
 /// Not inlined, so that a profiler (callgrind's `--toggle-collect`) can count one merge.
 #[inline(never)]
-fn merge_bytes_once(docs: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(docs.iter().map(|d| d.len()).sum::<usize>() + 2);
-    weir_gateway::proxy::spans::merge(docs, &mut out).expect("plain objects");
+fn merge_bytes_once(sources: &[Source<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sources.iter().map(|s| s.body.len()).sum::<usize>() + 16);
+    weir_gateway::proxy::spans::merge(sources, &mut out).expect("plain objects");
     out
 }
 
@@ -229,7 +231,8 @@ fn render_json(c: &mut Criterion) {
     g.finish();
 }
 
-/// One JSON backend end to end without the network: decode, allow+mapping+group, encode.
+/// One JSON backend end to end without the network: decode, allow+mapping+group, encode;
+/// and the same from the body's bytes, as the gateway does it.
 fn decode_shape_render(c: &mut Criterion) {
     let b = backend(
         r#"{"url_pattern": "/users/{id}",
@@ -238,14 +241,28 @@ fn decode_shape_render(c: &mut Criterion) {
             "group": "user"}"#,
     );
     let shape = Shape::compile(&b);
+    let allow = shape.allow_first().expect("allow comes first");
+    let plan = shape.plan().expect("applies to bytes");
     let body = serde_json::to_vec(&user()).expect("serialisable");
-    c.bench_function("decode_shape_render_user_2kb", |bench| {
+    let mut g = c.benchmark_group("decode_shape_render_user_2kb");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    // The general path: decoded pruned by the allow-list, manipulated, encoded.
+    g.bench_function("decoded", |bench| {
         bench.iter(|| {
-            let data = decode(BackendEncoding::Json, false, black_box(&body)).ok()?;
+            let data = decode_allowed(black_box(&body), allow).ok()?;
             let data = shape.apply(data);
             Some(render(OutputEncoding::Json, None, &data))
         })
     });
+    // The same response written from the body's bytes.
+    g.bench_function("from_bytes", |bench| {
+        bench.iter(|| {
+            let mut out = Vec::with_capacity(body.len());
+            weir_gateway::proxy::spans::merge(&[Source { body: black_box(&body), plan }], &mut out)?;
+            Some(out)
+        })
+    });
+    g.finish();
 }
 
 /// What telemetry adds to every request: reading the clock twice and recording the

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Backend, Gateway, Reply, config};
 
@@ -133,11 +133,11 @@ async fn collisions_go_to_the_later_backend_and_endpoint_flatmap_runs_after_merg
     assert_eq!(gw.get("/m").await.json(), json!({"k": "b", "items": [{"y": 1}]}));
 }
 
-/// Untouched JSON objects are merged from their bytes; the result, headers and failure
-/// handling are those of decoding, merging and encoding (forced here by a mapping that
-/// renames nothing).
+/// JSON objects are manipulated and merged from their bytes; the result, headers and
+/// failure handling are those of decoding, manipulating, merging and encoding (forced here
+/// by `concurrent_calls`, which the byte path does not take).
 #[tokio::test]
-async fn untouched_objects_merge_exactly_as_decoded_ones() {
+async fn objects_merge_from_bytes_exactly_as_decoded_ones() {
     let a = Backend::start(|_| {
         Reply::raw(
             200,
@@ -151,29 +151,38 @@ async fn untouched_objects_merge_exactly_as_decoded_ones() {
             .await;
     let broken = Backend::start(|_| Reply::raw(200, "application/json", r#"{"half": "#)).await;
     let down = Backend::start(|_| Reply::status(503)).await;
-    let endpoint = |path: &str, hosts: &[&str], touched: bool| {
-        let backends: Vec<_> = hosts
+    let endpoint = |path: &str, backends: &[(&str, Value)], general: bool| {
+        let backends: Vec<_> = backends
             .iter()
-            .map(|h| {
+            .map(|(h, manipulation)| {
                 let mut b = json!({"host": [h], "url_pattern": "/"});
-                if touched {
-                    b["mapping"] = json!({"absent": "nothing"});
+                for (key, value) in manipulation.as_object().into_iter().flatten() {
+                    b[key] = value.clone();
+                }
+                if general {
+                    b["concurrent_calls"] = json!(2);
                 }
                 b
             })
             .collect();
         json!({"endpoint": path, "cache_ttl": "30s", "backend": backends})
     };
-    let cases: [(&str, Vec<&str>); 4] = [
-        ("both", vec![&a.url, &b.url]),
-        ("one", vec![&a.url]),
-        ("partial", vec![&a.url, &down.url]),
-        ("invalid", vec![&broken.url, &b.url]),
+    let none = json!({});
+    let grouped = json!({"allow": ["b.y", "z", "k"], "mapping": {"z": "zed", "k": "b"}, "group": "first"});
+    let targeted = json!({"target": "b", "allow": ["x"], "mapping": {"x": "k"}});
+    let renamed = json!({"mapping": {"c": "k"}});
+    let cases: [(&str, Vec<(&str, Value)>); 6] = [
+        ("both", vec![(&a.url, none.clone()), (&b.url, none.clone())]),
+        ("one", vec![(&a.url, none.clone())]),
+        ("partial", vec![(&a.url, none.clone()), (&down.url, none.clone())]),
+        ("invalid", vec![(&broken.url, none.clone()), (&b.url, none.clone())]),
+        ("shaped", vec![(&a.url, grouped.clone()), (&b.url, renamed.clone())]),
+        ("targeted", vec![(&b.url, renamed), (&a.url, targeted), (&down.url, grouped)]),
     ];
     let mut endpoints = Vec::new();
-    for (name, hosts) in &cases {
-        endpoints.push(endpoint(&format!("/fast/{name}"), hosts, false));
-        endpoints.push(endpoint(&format!("/slow/{name}"), hosts, true));
+    for (name, backends) in &cases {
+        endpoints.push(endpoint(&format!("/fast/{name}"), backends, false));
+        endpoints.push(endpoint(&format!("/slow/{name}"), backends, true));
     }
     let gw = Gateway::start(config(json!(endpoints))).await;
     for (name, _) in &cases {
@@ -183,6 +192,13 @@ async fn untouched_objects_merge_exactly_as_decoded_ones() {
             assert_eq!(fast.header(header), slow.header(header), "/{name} {header}");
         }
     }
+    let shaped = gw.get("/fast/shaped").await;
+    assert_eq!(shaped.text(), r#"{"first":{"b":"a","zed":1.5},"k":"tab\there"}"#);
+    let targeted = gw.get("/fast/targeted").await;
+    assert_eq!(
+        (targeted.text().as_str(), targeted.header("x-krakend-completed")),
+        (r#"{"k":[100.0,-0.0,12345678901234567890]}"#, Some("false"))
+    );
     let both = gw.get("/fast/both").await;
     assert_eq!(
         both.text(),

@@ -380,16 +380,16 @@ impl BackendCall {
         Ok(if self.shape.is_identity() { data } else { self.shape.apply(data) })
     }
 
-    /// Whether the backend's answer is used as the JSON object it sends, untouched: one
-    /// call, no breaker, no manipulation, no error details. Such answers can be merged
-    /// from their bytes ([`super::spans`]).
-    pub fn passes_json_through(&self) -> bool {
-        self.encoding == BackendEncoding::Json
+    /// How the backend's answer is used when it is a JSON object manipulated only in ways
+    /// [`super::spans`] applies to the bytes, with one call, no breaker and no error
+    /// details: then the answers are merged from their bytes. `None` otherwise.
+    pub fn byte_plan(&self) -> Option<super::shape::Plan<'_>> {
+        let plain = self.encoding == BackendEncoding::Json
             && !self.is_collection
-            && self.shape.is_identity()
             && self.breaker.is_none()
             && self.concurrent_calls <= 1
-            && self.error_details_key.is_none()
+            && self.error_details_key.is_none();
+        if plain { self.shape.plan() } else { None }
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Failure> {

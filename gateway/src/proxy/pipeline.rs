@@ -57,8 +57,9 @@ pub struct Pipeline {
     /// `proxy.max_payload`: this endpoint's request body limit, when it has its own.
     max_body: Option<usize>,
     stats: std::sync::Arc<crate::telemetry::EndpointStats>,
-    /// Neither the endpoint nor its backends touch the data: the JSON objects the
-    /// backends send are merged from their bytes ([`super::spans`]).
+    /// The endpoint does not touch the data and its backends manipulate it only in ways
+    /// that can be applied to the bytes: the JSON objects the backends send are shaped and
+    /// merged from their bytes ([`super::spans`]).
     merge_bytes: bool,
 }
 
@@ -112,7 +113,7 @@ impl Pipeline {
             && e.static_response.is_none()
             && (e.backends.len() == 1 || e.flatmap.is_empty())
             && signer.is_none()
-            && backends.iter().all(BackendCall::passes_json_through);
+            && backends.iter().all(|b| b.byte_plan().is_some());
         Self {
             merge_bytes,
             encoding: e.output_encoding,
@@ -217,11 +218,15 @@ impl Pipeline {
         } else {
             self.call_all(|b| b.call_for_body(client, inbound, &[])).await
         };
-        let bodies: Vec<&[u8]> = results.iter().filter_map(|r| r.as_deref().ok()).collect();
-        if !bodies.is_empty() {
-            let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 2);
-            if super::spans::merge(&bodies, &mut out).is_some() {
-                let complete = bodies.len() == results.len();
+        let sources: Vec<super::spans::Source<'_>> = results
+            .iter()
+            .zip(self.backends.iter())
+            .filter_map(|(r, b)| Some(super::spans::Source { body: r.as_deref().ok()?, plan: b.byte_plan()? }))
+            .collect();
+        if !sources.is_empty() {
+            let mut out = Vec::with_capacity(sources.iter().map(|s| s.body.len()).sum::<usize>() + 16);
+            if super::spans::merge(&sources, &mut out).is_some() {
+                let complete = sources.len() == results.len();
                 let has_data = out.len() > 2;
                 return self.encoded(Bytes::from(out), super::render::JSON, complete, has_data, accept_encoding);
             }

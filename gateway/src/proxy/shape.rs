@@ -60,7 +60,22 @@ impl Tree {
     }
 
     fn child(&self, key: &str) -> Option<&Tree> {
-        self.children.iter().find(|(k, _)| **k == *key).map(|(_, t)| t)
+        self.child_bytes(key.as_bytes())
+    }
+
+    /// The subtree of `key`, if the key is allowed.
+    pub(super) fn child_bytes(&self, key: &[u8]) -> Option<&Tree> {
+        self.children.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, t)| t)
+    }
+
+    /// Whether the value under this node is kept whole.
+    pub(super) fn is_leaf(&self) -> bool {
+        self.leaf
+    }
+
+    /// Whether every allowed key is kept whole: nothing under them is looked at.
+    fn is_flat(&self) -> bool {
+        self.children.iter().all(|(_, t)| t.leaf)
     }
 
     /// Keeps only allowed keys of `obj`; returns whether anything is left.
@@ -132,6 +147,25 @@ impl Shape {
         }
     }
 
+    /// The manipulation as [`super::spans`] applies it to a document's bytes: everything
+    /// but `deny` and `flatmap_filter`, which take the general path.
+    pub fn plan(&self) -> Option<Plan<'_>> {
+        let allow = match &self.filter {
+            Filter::None => None,
+            Filter::Allow(tree) => Some(tree),
+            Filter::Deny(_) => return None,
+        };
+        if self.flatmap.is_some() {
+            return None;
+        }
+        Some(Plan {
+            target: self.target.as_deref().unwrap_or_default(),
+            allow,
+            mapping: &self.mapping,
+            group: self.group.as_deref(),
+        })
+    }
+
     /// Applies the manipulation to decoded data.
     pub fn apply(&self, mut data: Map<String, Value>) -> Map<String, Value> {
         if let Some(target) = &self.target {
@@ -170,6 +204,25 @@ impl Shape {
             }
             None => data,
         }
+    }
+}
+
+/// A backend's manipulation, for [`super::spans`]: applied in the same order and with the
+/// same meaning as [`Shape::apply`]. The default changes nothing.
+#[derive(Clone, Copy, Default)]
+pub struct Plan<'s> {
+    pub target: &'s [Box<str>],
+    pub allow: Option<&'s Tree>,
+    /// Renames in order, each as a remove and an insert (which replaces a key already there).
+    pub mapping: &'s [(Box<str>, Box<str>)],
+    pub group: Option<&'s str>,
+}
+
+impl Plan<'_> {
+    /// Whether applying it looks inside the document's values (`target`, or an allowed
+    /// path deeper than one key), so their parts must stay on the tape.
+    pub(super) fn descends(&self) -> bool {
+        !self.target.is_empty() || self.allow.is_some_and(|t| !t.is_flat())
     }
 }
 

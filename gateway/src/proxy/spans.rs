@@ -1,14 +1,15 @@
-//! Backend JSON objects merged straight from their bytes, read as spans.
+//! Backend JSON objects manipulated and merged straight from their bytes, read as spans.
 //!
-//! When neither the backends nor the endpoint manipulate the data, the response is the
-//! union of the backends' top-level members (a later backend wins a key) encoded as the
-//! gateway always encodes: members sorted by key at every level, no whitespace, strings
-//! and numbers in serde_json's canonical form. That is what decoding every body into
-//! values, merging the maps and encoding the result gives; here it is written directly
-//! from the input. The documents are read once into a flat list of spans (a tape): a
-//! value that is already in canonical form (no whitespace, keys in order, nothing to
-//! rewrite) is one span, copied out as it is; only the others keep their parts, and only
-//! a string with escapes or a number not already canonical is decoded and written again.
+//! When the endpoint does not touch the data and each backend's manipulation is one of
+//! `target`, `allow`, `mapping` and `group` (a [`Plan`]), the response is the union of the
+//! backends' manipulated objects (a later backend wins a key) encoded as the gateway always
+//! encodes: members sorted by key at every level, no whitespace, strings and numbers in
+//! serde_json's canonical form. That is what decoding every body into values, manipulating
+//! them, merging the maps and encoding the result gives; here it is written directly from
+//! the input. The documents are read once into a flat list of spans (a tape): a value that
+//! is already in canonical form (no whitespace, keys in order, nothing to rewrite) is copied
+//! out as it is; only the others are rebuilt from their parts, and only a string with
+//! escapes or a number not already canonical is decoded and written again.
 //!
 //! Anything out of the ordinary (invalid JSON, a document that is not an object, deep
 //! nesting, lone surrogates) makes [`merge`] give up with `None`; the caller then takes
@@ -16,23 +17,41 @@
 
 use std::cmp::Ordering;
 
+pub use super::shape::Plan;
+use super::shape::Tree;
+
 /// Deeper documents are left to serde_json, whose recursion limit (128) decides.
 const MAX_DEPTH: usize = 100;
 
-/// Writes the merge of `docs` (each a JSON object, later ones winning a key) to `out`.
-/// `None`: some document needs the general path; `out` is then unspecified.
-pub fn merge(docs: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
+/// One backend's document and the manipulation to apply to it.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub body: &'a [u8],
+    pub plan: Plan<'a>,
+}
+
+/// Writes the merge of `sources` (each a JSON object, manipulated by its plan; later ones
+/// win a key) to `out`. `None`: some document needs the general path; `out` is then
+/// unspecified.
+pub fn merge(sources: &[Source<'_>], out: &mut Vec<u8>) -> Option<()> {
     let mut tape = Vec::with_capacity(64);
     let mut frames = Vec::with_capacity(8);
-    let mut members = Vec::with_capacity(32);
-    for doc in docs {
+    let mut roots = Vec::with_capacity(sources.len());
+    for source in sources {
         // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
         // structure is ASCII and strings are cut at ASCII quotes.
-        std::str::from_utf8(doc).ok()?;
-        let top = read(doc, &mut tape, &mut frames)?;
-        gather(&tape, top + 1, tape.get(top)?.next, &mut members)?;
+        std::str::from_utf8(source.body).ok()?;
+        roots.push(read(source.body, &mut tape, &mut frames, !source.plan.descends())?);
     }
-    write_members(&tape, &mut members, 0, out)
+    let doc = Doc { tape: &tape, sources, roots: &roots };
+    let mut members = Vec::with_capacity(32);
+    for (i, source) in sources.iter().enumerate() {
+        match source.plan.group {
+            Some(name) => members.push(Member::named(name, Content::Shaped(i))),
+            None => doc.gather_shaped(i, &mut members)?,
+        }
+    }
+    doc.write_members(&mut members, 0, out)
 }
 
 /// One value (or object key) of a document, with the tape index just past its parts.
@@ -45,17 +64,19 @@ struct Item<'a> {
     /// For a key without escapes: [`prefix`] of its text.
     prefix: u64,
     kind: Kind,
+    /// The text is already as serde_json would write it, and can be copied out whole.
+    whole: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Already as serde_json would write it: copied out whole, with no parts on the tape.
+    /// Already as serde_json would write it (`whole`), with no parts on the tape.
     Canonical,
     /// A string with escapes, decoded and written again.
     Escaped,
     /// A number serde_json writes differently (a float, `-0`, a very long integer).
     Number,
-    /// An array with its items after it on the tape.
+    /// An array with its items after it on the tape (and perhaps `whole` too).
     Array,
     /// An object with its members after it on the tape, each a key and then its value.
     Object,
@@ -77,11 +98,12 @@ struct Frame<'a> {
 /// Reads a document that must be one object (whitespace around it allowed) onto the
 /// tape, checking every part as strictly as serde_json would (also a value that a later
 /// duplicate key replaces and is never written). Returns the object's tape index; the
-/// object itself always keeps its members on the tape.
+/// object itself always keeps its members on the tape, and with `collapse` unset every
+/// other array and object keeps its parts too.
 ///
 /// One loop with a stack of open containers rather than a recursive descent: the read
 /// position stays in a register instead of being stored and reloaded around every call.
-fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>) -> Option<usize> {
+fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>, collapse: bool) -> Option<usize> {
     let mut at = 0;
     skip_ws(src, &mut at);
     if src.get(at) != Some(&b'{') {
@@ -97,7 +119,7 @@ fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>
                     return None;
                 }
                 let item = tape.len();
-                tape.push(Item { text: &[], next: item + 1, prefix: 0, kind: Kind::Canonical });
+                tape.push(Item { text: &[], next: item + 1, prefix: 0, kind: Kind::Canonical, whole: false });
                 at += 1;
                 let object = open == b'{';
                 let spaced = skip_ws(src, &mut at);
@@ -110,12 +132,12 @@ fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>
                     continue 'value;
                 }
                 at += 1;
-                close(src, at, tape, frame, frames.is_empty())?
+                close(src, at, tape, frame, frames.is_empty() || !collapse)?
             }
             b'"' => {
                 let escaped = string(src, &mut at)?;
                 let kind = if escaped { Kind::Escaped } else { Kind::Canonical };
-                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind });
+                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind, whole: !escaped });
                 !escaped
             }
             first @ (b't' | b'f' | b'n') => {
@@ -128,13 +150,13 @@ fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>
                     return None;
                 }
                 at += word.len();
-                tape.push(Item { text: word, next: tape.len() + 1, prefix: 0, kind: Kind::Canonical });
+                tape.push(Item { text: word, next: tape.len() + 1, prefix: 0, kind: Kind::Canonical, whole: true });
                 true
             }
             _ => {
                 let canonical = number(src, &mut at)?;
                 let kind = if canonical { Kind::Canonical } else { Kind::Number };
-                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind });
+                tape.push(Item { text: src.get(start..at)?, next: tape.len() + 1, prefix: 0, kind, whole: canonical });
                 canonical
             }
         };
@@ -161,23 +183,23 @@ fn read<'a>(src: &'a [u8], tape: &mut Vec<Item<'a>>, frames: &mut Vec<Frame<'a>>
             }
             at += 1;
             let frame = frames.pop()?;
-            canonical = close(src, at, tape, frame, frames.is_empty())?;
+            canonical = close(src, at, tape, frame, frames.is_empty() || !collapse)?;
         }
     }
 }
 
 /// Ends the container of `frame`, whose closing bracket ends before `at`: a canonical one
-/// (not the document's own object) becomes a single span without parts. Whether it was
+/// becomes a single span without parts, unless it must `keep_parts`. Whether it was
 /// canonical.
-fn close<'a>(src: &'a [u8], at: usize, tape: &mut Vec<Item<'a>>, frame: Frame<'a>, outermost: bool) -> Option<bool> {
+fn close<'a>(src: &'a [u8], at: usize, tape: &mut Vec<Item<'a>>, frame: Frame<'a>, keep_parts: bool) -> Option<bool> {
     let text = src.get(frame.start..at)?;
-    let (next, kind) = if frame.canonical && !outermost {
+    let (next, kind) = if frame.canonical && !keep_parts {
         tape.truncate(frame.item + 1);
         (frame.item + 1, Kind::Canonical)
     } else {
         (tape.len(), if frame.object { Kind::Object } else { Kind::Array })
     };
-    *tape.get_mut(frame.item)? = Item { text, next, prefix: 0, kind };
+    *tape.get_mut(frame.item)? = Item { text, next, prefix: 0, kind, whole: frame.canonical };
     Some(frame.canonical)
 }
 
@@ -199,7 +221,7 @@ fn key<'a>(src: &'a [u8], at: &mut usize, tape: &mut Vec<Item<'a>>, frame: &mut 
     frame.canonical &= !escaped && frame.last.is_none_or(|(p, last)| p < prefix || (p == prefix && last < text));
     frame.last = Some((prefix, text));
     let kind = if escaped { Kind::Escaped } else { Kind::Canonical };
-    tape.push(Item { text: token, next: tape.len() + 1, prefix, kind });
+    tape.push(Item { text: token, next: tape.len() + 1, prefix, kind, whole: !escaped });
     frame.canonical &= !skip_ws(src, at);
     if src.get(*at) != Some(&b':') {
         return None;
@@ -381,11 +403,13 @@ fn prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(eight)
 }
 
-/// A member of an object being written: its key's text and its value's place on the tape.
+/// A member of an object being written: its key's text and its value.
 struct Member<'a> {
     prefix: u64,
     key: Key<'a>,
-    value: usize,
+    content: Content,
+    /// What of the value an allow-list keeps, when it does not keep it whole.
+    tree: Option<&'a Tree>,
 }
 
 enum Key<'a> {
@@ -393,6 +417,16 @@ enum Key<'a> {
     Plain(&'a [u8]),
     /// Decoded from escapes.
     Decoded(String),
+    /// A name from the configuration (`mapping`, `group`).
+    Named(&'a str),
+}
+
+#[derive(Clone, Copy)]
+enum Content {
+    /// The value at this index of the tape.
+    Tape(usize),
+    /// The whole manipulated object of this source (under its `group`).
+    Shaped(usize),
 }
 
 impl Key<'_> {
@@ -400,11 +434,16 @@ impl Key<'_> {
         match self {
             Key::Plain(text) => text,
             Key::Decoded(text) => text.as_bytes(),
+            Key::Named(text) => text.as_bytes(),
         }
     }
 }
 
-impl Member<'_> {
+impl<'a> Member<'a> {
+    fn named(name: &'a str, content: Content) -> Self {
+        Self { prefix: prefix(name.as_bytes()), key: Key::Named(name), content, tree: None }
+    }
+
     fn order(&self, other: &Self) -> Ordering {
         self.prefix.cmp(&other.prefix).then_with(|| {
             let (a, b) = (self.key.bytes(), other.key.bytes());
@@ -418,87 +457,312 @@ impl Member<'_> {
     }
 }
 
-/// Collects the members on the tape between `from` and `to` (key, value, key, value…).
-fn gather<'a>(tape: &[Item<'a>], from: usize, to: usize, into: &mut Vec<Member<'a>>) -> Option<()> {
-    let mut at = from;
-    while at < to {
-        let key = tape.get(at)?;
-        let (prefix, key) = match key.kind {
-            Kind::Escaped => {
-                let decoded = decode_string(key.text)?;
-                (prefix(decoded.as_bytes()), Key::Decoded(decoded))
-            }
-            _ => (key.prefix, Key::Plain(key.text.get(1..key.text.len() - 1)?)),
-        };
-        into.push(Member { prefix, key, value: at + 1 });
-        at = tape.get(at + 1)?.next;
-    }
-    Some(())
-}
-
-/// Writes `members[from..]` as one object: sorted by key, the last of equal keys kept.
-fn write_members<'a>(tape: &[Item<'a>], members: &mut Vec<Member<'a>>, from: usize, out: &mut Vec<u8>) -> Option<()> {
-    // Stable: among equal keys the later member stays later, and is the one kept.
+/// Sorts `members[from..]` by key and keeps the last of equal keys, as inserting them one
+/// by one into a map would.
+fn dedupe(members: &mut Vec<Member<'_>>, from: usize) -> Option<()> {
+    // Stable: among equal keys the later member stays later.
     members.get_mut(from..)?.sort_by(Member::order);
-    out.push(b'{');
-    let mut first = true;
-    // Writing a value pushes its own members after these and takes them off again.
+    let mut kept = from;
     for i in from..members.len() {
-        let member = &members[i];
-        if members.get(i + 1).is_some_and(|next| member.order(next) == Ordering::Equal) {
+        if members.get(i + 1).is_some_and(|next| members[i].order(next) == Ordering::Equal) {
             continue;
         }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        match &member.key {
-            // Checked by the parser: no quote, backslash or control character.
-            Key::Plain(text) => {
-                out.push(b'"');
-                out.extend_from_slice(text);
-                out.extend_from_slice(b"\":");
-            }
-            Key::Decoded(text) => {
-                write_string(text, out);
-                out.push(b':');
-            }
-        }
-        let value = member.value;
-        write_value(tape, value, members, out)?;
+        members.swap(kept, i);
+        kept += 1;
     }
-    out.push(b'}');
+    members.truncate(kept);
     Some(())
 }
 
-/// Writes the value at `at` on the tape as serde_json writes the value it would decode.
-fn write_value<'a>(tape: &[Item<'a>], at: usize, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
-    let item = *tape.get(at)?;
-    match item.kind {
-        Kind::Canonical => out.extend_from_slice(item.text),
-        // Checked by the parser: decoding cannot fail.
-        Kind::Escaped => write_string(&decode_string(item.text)?, out),
-        Kind::Number => write_number(item.text, out)?,
-        Kind::Array => {
-            out.push(b'[');
-            let mut part = at + 1;
-            while part < item.next {
-                if part > at + 1 {
-                    out.push(b',');
+/// The documents read onto one tape, with what to do to each.
+struct Doc<'t, 'a> {
+    tape: &'t [Item<'a>],
+    sources: &'t [Source<'a>],
+    /// Each source's object on the tape.
+    roots: &'t [usize],
+}
+
+impl<'a> Doc<'_, 'a> {
+    /// Collects the members of the object at `at`, or those `tree` allows (each with
+    /// its own subtree unless the allow-list keeps it whole).
+    fn gather(&self, at: usize, tree: Option<&'a Tree>, into: &mut Vec<Member<'a>>) -> Option<()> {
+        let end = self.tape.get(at)?.next;
+        let mut at = at + 1;
+        while at < end {
+            let key = self.tape.get(at)?;
+            let (prefix, key) = match key.kind {
+                Kind::Escaped => {
+                    let decoded = decode_string(key.text)?;
+                    (prefix(decoded.as_bytes()), Key::Decoded(decoded))
                 }
-                write_value(tape, part, members, out)?;
-                part = tape.get(part)?.next;
-            }
-            out.push(b']');
+                _ => (key.prefix, Key::Plain(key.text.get(1..key.text.len() - 1)?)),
+            };
+            let value = at + 1;
+            at = self.tape.get(value)?.next;
+            let tree = match tree {
+                None => None,
+                Some(tree) => match tree.child_bytes(key.bytes()) {
+                    None => continue,
+                    Some(sub) if sub.is_leaf() => None,
+                    Some(sub) => Some(sub),
+                },
+            };
+            into.push(Member { prefix, key, content: Content::Tape(value), tree });
         }
-        Kind::Object => {
-            let from = members.len();
-            gather(tape, at + 1, item.next, members)?;
-            write_members(tape, members, from, out)?;
-            members.truncate(from);
+        Some(())
+    }
+
+    /// Collects the members of source `i`'s object after its `target`, `allow` and
+    /// `mapping`: each key once, in no particular order.
+    fn gather_shaped(&self, i: usize, into: &mut Vec<Member<'a>>) -> Option<()> {
+        let plan = self.sources.get(i)?.plan;
+        let Some(root) = self.target(*self.roots.get(i)?, plan.target)? else { return Some(()) };
+        let from = into.len();
+        self.gather(root, plan.allow, into)?;
+        if plan.allow.is_none() && plan.mapping.is_empty() {
+            // Repeated keys are settled when the object is written.
+            return Some(());
+        }
+        dedupe(into, from)?;
+        // A value the allow-list empties goes, before `mapping` looks for its key.
+        let end = into.len();
+        let mut kept = from;
+        for m in from..end {
+            let alive = match (into[m].tree, into[m].content) {
+                (Some(tree), Content::Tape(value)) => self.survives(value, tree, into)?,
+                _ => true,
+            };
+            if alive {
+                into.swap(kept, m);
+                kept += 1;
+            }
+        }
+        into.truncate(kept);
+        for (old, new) in plan.mapping {
+            let find = |members: &[Member<'_>], key: &str| members.iter().position(|m| m.key.bytes() == key.as_bytes());
+            let Some(mut at) = find(&into[from..], old) else { continue };
+            if let Some(taken) = find(&into[from..], new).filter(|&t| t != at) {
+                into.swap_remove(from + taken);
+                if at == into.len() - from {
+                    at = taken;
+                }
+            }
+            let member = &mut into[from + at];
+            member.prefix = prefix(new.as_bytes());
+            member.key = Key::Named(new);
+        }
+        Some(())
+    }
+
+    /// The object `path` leads to from the object at `at` (the last of repeated keys
+    /// counting), or `Some(None)` where something on the way is missing or not an object.
+    fn target(&self, mut at: usize, path: &[Box<str>]) -> Option<Option<usize>> {
+        for step in path {
+            let end = self.tape.get(at)?.next;
+            let mut found = None;
+            let mut key = at + 1;
+            while key < end {
+                let item = self.tape.get(key)?;
+                let matches = match item.kind {
+                    Kind::Escaped => decode_string(item.text)? == **step,
+                    _ => item.text.get(1..item.text.len() - 1)? == step.as_bytes(),
+                };
+                if matches {
+                    found = Some(key + 1);
+                }
+                key = self.tape.get(key + 1)?.next;
+            }
+            match found.and_then(|v| Some((v, self.tape.get(v)?))) {
+                Some((v, item)) if item.kind == Kind::Object => at = v,
+                // An object without its parts on the tape: not read for descending.
+                Some((_, item)) if item.kind == Kind::Canonical && item.text.first() == Some(&b'{') => return None,
+                _ => return Some(None),
+            }
+        }
+        Some(Some(at))
+    }
+
+    /// Whether anything of the value at `at` is left once `tree` prunes it: an object
+    /// keeps what its allowed members keep, an array stays, anything else goes.
+    fn survives(&self, at: usize, tree: &'a Tree, scratch: &mut Vec<Member<'a>>) -> Option<bool> {
+        let item = self.tape.get(at)?;
+        match item.kind {
+            Kind::Object => {
+                let from = scratch.len();
+                self.gather(at, Some(tree), scratch)?;
+                dedupe(scratch, from)?;
+                let mut alive = false;
+                for m in from..scratch.len() {
+                    alive = match (scratch[m].tree, scratch[m].content) {
+                        (Some(sub), Content::Tape(value)) => self.survives(value, sub, scratch)?,
+                        _ => true,
+                    };
+                    if alive {
+                        break;
+                    }
+                }
+                scratch.truncate(from);
+                Some(alive)
+            }
+            Kind::Array => Some(true),
+            _ if matches!(item.text.first(), Some(b'{' | b'[')) => None,
+            _ => Some(false),
         }
     }
-    Some(())
+
+    /// Writes `members[from..]` as one object: sorted by key, the last of equal keys
+    /// kept, a member an allow-list empties left out.
+    fn write_members(&self, members: &mut Vec<Member<'a>>, from: usize, out: &mut Vec<u8>) -> Option<()> {
+        // Stable: among equal keys the later member stays later, and is the one kept.
+        members.get_mut(from..)?.sort_by(Member::order);
+        out.push(b'{');
+        let mut first = true;
+        // Writing a value pushes its own members after these and takes them off again.
+        for i in from..members.len() {
+            let member = &members[i];
+            if members.get(i + 1).is_some_and(|next| member.order(next) == Ordering::Equal) {
+                continue;
+            }
+            let mark = out.len();
+            if !first {
+                out.push(b',');
+            }
+            match &member.key {
+                // Checked by the parser: no quote, backslash or control character.
+                Key::Plain(text) => {
+                    out.push(b'"');
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\":");
+                }
+                Key::Decoded(text) => {
+                    write_string(text, out);
+                    out.push(b':');
+                }
+                Key::Named(text) => {
+                    write_string(text, out);
+                    out.push(b':');
+                }
+            }
+            let kept = match (member.content, member.tree) {
+                (Content::Tape(value), None) => {
+                    self.write_value(value, members, out)?;
+                    true
+                }
+                (Content::Tape(value), Some(tree)) => self.write_pruned(value, tree, members, out)?,
+                (Content::Shaped(source), _) => {
+                    self.write_shaped(source, members, out)?;
+                    true
+                }
+            };
+            if kept {
+                first = false;
+            } else {
+                out.truncate(mark);
+            }
+        }
+        out.push(b'}');
+        Some(())
+    }
+
+    /// Writes source `i`'s object as its plan leaves it.
+    fn write_shaped(&self, i: usize, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
+        let plan = self.sources.get(i)?.plan;
+        let root = self.tape.get(*self.roots.get(i)?)?;
+        if root.whole && plan.target.is_empty() && plan.allow.is_none() && plan.mapping.is_empty() {
+            out.extend_from_slice(root.text);
+            return Some(());
+        }
+        let from = members.len();
+        self.gather_shaped(i, members)?;
+        self.write_members(members, from, out)?;
+        members.truncate(from);
+        Some(())
+    }
+
+    /// Writes the value at `at` on the tape as serde_json writes the value it would decode.
+    fn write_value(&self, at: usize, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
+        let item = *self.tape.get(at)?;
+        if item.whole {
+            out.extend_from_slice(item.text);
+            return Some(());
+        }
+        match item.kind {
+            Kind::Canonical => out.extend_from_slice(item.text),
+            // Checked by the parser: decoding cannot fail.
+            Kind::Escaped => write_string(&decode_string(item.text)?, out),
+            Kind::Number => write_number(item.text, out)?,
+            Kind::Array => {
+                out.push(b'[');
+                let mut part = at + 1;
+                while part < item.next {
+                    if part > at + 1 {
+                        out.push(b',');
+                    }
+                    self.write_value(part, members, out)?;
+                    part = self.tape.get(part)?.next;
+                }
+                out.push(b']');
+            }
+            Kind::Object => {
+                let from = members.len();
+                self.gather(at, None, members)?;
+                self.write_members(members, from, out)?;
+                members.truncate(from);
+            }
+        }
+        Some(())
+    }
+
+    /// Writes what `tree` keeps of the value at `at`: an object's allowed members (each
+    /// pruned in turn), an array with its objects pruned, nothing for anything else.
+    /// Whether it kept anything: an object left empty, or a scalar, is not kept, and
+    /// the caller takes back what it wrote.
+    fn write_pruned(
+        &self,
+        at: usize,
+        tree: &'a Tree,
+        members: &mut Vec<Member<'a>>,
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
+        let item = *self.tape.get(at)?;
+        match item.kind {
+            Kind::Object => {
+                let start = out.len();
+                self.write_allowed(at, tree, members, out)?;
+                Some(out.len() > start + 2)
+            }
+            Kind::Array => {
+                out.push(b'[');
+                let mut part = at + 1;
+                while part < item.next {
+                    if part > at + 1 {
+                        out.push(b',');
+                    }
+                    // An object in the array is kept even when nothing in it is allowed.
+                    if self.tape.get(part)?.kind == Kind::Object {
+                        self.write_allowed(part, tree, members, out)?;
+                    } else {
+                        self.write_value(part, members, out)?;
+                    }
+                    part = self.tape.get(part)?.next;
+                }
+                out.push(b']');
+                Some(true)
+            }
+            // A container without its parts on the tape: not read for pruning.
+            _ if matches!(item.text.first(), Some(b'{' | b'[')) => None,
+            _ => Some(false),
+        }
+    }
+
+    /// Writes the members of the object at `at` that `tree` allows.
+    fn write_allowed(&self, at: usize, tree: &'a Tree, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
+        let from = members.len();
+        self.gather(at, Some(tree), members)?;
+        self.write_members(members, from, out)?;
+        members.truncate(from);
+        Some(())
+    }
 }
 
 /// A string token's text, decoded by serde_json (escapes, surrogate pairs and all).
@@ -555,8 +819,9 @@ mod tests {
     }
 
     fn direct(docs: &[&[u8]]) -> Option<Vec<u8>> {
+        let sources: Vec<Source<'_>> = docs.iter().map(|&body| Source { body, plan: Plan::default() }).collect();
         let mut out = Vec::new();
-        merge(docs, &mut out).map(|()| out)
+        merge(&sources, &mut out).map(|()| out)
     }
 
     #[test]
@@ -614,6 +879,11 @@ mod tests {
         prop::collection::vec(("[a-e]{1,2}", value()), 0..6).prop_map(|m| m.into_iter().collect())
     }
 
+    /// An object whose top-level keys are single letters.
+    fn small_object() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::vec(("[a-d]", value()), 0..6).prop_map(|m| m.into_iter().collect())
+    }
+
     /// Compact JSON whose objects list their keys in reverse where `flips` has a bit set
     /// for their depth.
     fn unordered(value: &Value, flips: u32) -> String {
@@ -635,7 +905,130 @@ mod tests {
         }
     }
 
+    fn shape(backend: Value) -> crate::proxy::shape::Shape {
+        let mut backend = backend;
+        backend["url_pattern"] = "/".into();
+        let text = serde_json::json!({"version": 3, "host": ["http://b"], "endpoints": [{"endpoint": "/", "backend": [backend]}]});
+        let service = crate::config::parse(&text.to_string(), crate::config::Format::Json, |_| None).service;
+        crate::proxy::shape::Shape::compile(&service.expect("valid config").endpoints[0].backends[0])
+    }
+
+    /// What the general path gives for manipulated documents: decode each, manipulate it,
+    /// extend in order, encode.
+    fn general_shaped(docs: &[(&[u8], &crate::proxy::shape::Shape)]) -> Option<Vec<u8>> {
+        let mut merged = Map::new();
+        for (doc, shape) in docs {
+            match serde_json::from_slice::<Value>(doc).ok()? {
+                Value::Object(m) => merged.extend(shape.apply(m)),
+                _ => return None,
+            }
+        }
+        serde_json::to_vec(&merged).ok()
+    }
+
+    fn direct_shaped(docs: &[(&[u8], &crate::proxy::shape::Shape)]) -> Option<Vec<u8>> {
+        let sources: Vec<Source<'_>> =
+            docs.iter().map(|&(body, shape)| Some(Source { body, plan: shape.plan()? })).collect::<Option<_>>()?;
+        let mut out = Vec::new();
+        merge(&sources, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn manipulates_like_the_general_path() {
+        let profile = br#"{"profile_id":"p-1","display_name":"Jane","address":{"street":"x","city":"W","country":"US"},
+            "roles":["a","b"],"preferences":{"theme":"dark","lang":"en"},"social":[{"n":1}],"id":"old"}"#;
+        let shaped = shape(serde_json::json!({
+            "allow": ["profile_id", "display_name", "address.city", "address.country", "roles", "preferences.theme", "id"],
+            "mapping": {"profile_id": "id", "display_name": "name"},
+            "group": "profile"}));
+        let out = direct_shaped(&[(profile, &shaped)]).unwrap();
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#"{"profile":{"address":{"city":"W","country":"US"},"id":"p-1","name":"Jane","preferences":{"theme":"dark"},"roles":["a","b"]}}"#
+        );
+        assert_eq!(Some(out), general_shaped(&[(profile, &shaped)]));
+
+        // Repeats: the last value of a key counts, even when the allow-list then drops it,
+        // and a key it empties is gone before `mapping` looks for it.
+        let repeats = br#"{"a":{"x":1},"a":{"y":2},"b":{"x":1},"c":1,"c":{"x":[{"x":1,"y":2},{"y":3},4,[{"y":5}]]}}"#;
+        let pruned = shape(serde_json::json!({"allow": ["a.x", "b.y", "c.x.x", "d"], "mapping": {"a": "d", "b": "d"}}));
+        assert_eq!(
+            String::from_utf8(direct_shaped(&[(repeats, &pruned)]).unwrap()).unwrap(),
+            r#"{"c":{"x":[{"x":1},{},4,[{"y":5}]]}}"#
+        );
+        assert_eq!(direct_shaped(&[(repeats, &pruned)]), general_shaped(&[(repeats, &pruned)]));
+
+        // A renamed key replaces one already there, whichever comes first.
+        let renamed = shape(serde_json::json!({"mapping": {"a": "z", "y": "b"}}));
+        let doc = br#"{"a":1,"b":2,"y":3,"z":4}"#;
+        assert_eq!(String::from_utf8(direct_shaped(&[(doc, &renamed)]).unwrap()).unwrap(), r#"{"b":3,"z":1}"#);
+        assert_eq!(direct_shaped(&[(doc, &renamed)]), general_shaped(&[(doc, &renamed)]));
+
+        // `target` through repeated and escaped keys; a missing one leaves nothing.
+        let nested = br#"{"data":{"in":{"k":1}},"data":{"in":{"k":2,"j":[1]}}}"#;
+        let targeted = shape(serde_json::json!({"target": "data.in", "mapping": {"k": "key"}}));
+        assert_eq!(String::from_utf8(direct_shaped(&[(nested, &targeted)]).unwrap()).unwrap(), r#"{"j":[1],"key":2}"#);
+        let missing = shape(serde_json::json!({"target": "data.out", "group": "g"}));
+        assert_eq!(String::from_utf8(direct_shaped(&[(nested, &missing)]).unwrap()).unwrap(), r#"{"g":{}}"#);
+
+        // Several backends: a group and a plain document colliding, the later one winning.
+        let plain = shape(serde_json::json!({}));
+        let grouped = shape(serde_json::json!({"group": "a", "allow": ["k"]}));
+        let docs: [(&[u8], _); 2] = [(br#"{"k":1,"z":2}"#, &grouped), (br#"{"a":"plain","b":1}"#, &plain)];
+        assert_eq!(String::from_utf8(direct_shaped(&docs).unwrap()).unwrap(), r#"{"a":"plain","b":1}"#);
+        let docs: [(&[u8], _); 2] = [docs[1], docs[0]];
+        assert_eq!(String::from_utf8(direct_shaped(&docs).unwrap()).unwrap(), r#"{"a":{"k":1},"b":1}"#);
+
+        // `deny` and `flatmap_filter` are left to the general path.
+        assert!(shape(serde_json::json!({"deny": ["a"]})).plan().is_none());
+    }
+
+    /// A manipulation with the key alphabet of [`small_object`], so that its paths and
+    /// renames hit something.
+    fn manipulation() -> impl Strategy<Value = Value> {
+        let path = "[a-d](\\.[a-d]{1,2}){0,2}";
+        (
+            prop::option::of("[a-d](\\.[a-d]{1,2})?"),
+            prop::option::of(prop::collection::vec(path, 1..4)),
+            prop::collection::btree_map("[a-d]", "[a-d]", 0..3),
+            prop::option::of("[a-f]"),
+        )
+            .prop_map(|(target, allow, mapping, group)| {
+                let mut b = serde_json::json!({"mapping": mapping});
+                if let Some(t) = target {
+                    b["target"] = t.into();
+                }
+                if let Some(a) = allow {
+                    b["allow"] = a.into();
+                }
+                if let Some(g) = group {
+                    b["group"] = g.into();
+                }
+                b
+            })
+    }
+
     proptest! {
+        /// Manipulated and merged from the bytes, equal to decoding, manipulating,
+        /// merging and encoding, however the documents are written.
+        #[test]
+        fn manipulation_equals_the_general_path(
+            docs in prop::collection::vec((small_object(), manipulation()), 1..4),
+            flips in any::<u32>(),
+            pretty in any::<bool>(),
+        ) {
+            let shapes: Vec<_> = docs.iter().map(|(_, m)| shape(m.clone())).collect();
+            let texts: Vec<Vec<u8>> = docs
+                .iter()
+                .map(|(d, _)| {
+                    let d = Value::Object(d.clone());
+                    if pretty { serde_json::to_vec_pretty(&d).unwrap() } else { unordered(&d, flips).into_bytes() }
+                })
+                .collect();
+            let pairs: Vec<(&[u8], &crate::proxy::shape::Shape)> = texts.iter().map(Vec::as_slice).zip(shapes.iter()).collect();
+            prop_assert_eq!(direct_shaped(&pairs), general_shaped(&pairs));
+        }
+
         /// Equal to decoding, merging and encoding, however the documents are written.
         #[test]
         fn equals_the_general_path(docs in prop::collection::vec(object(), 1..4), pretty in any::<bool>()) {
