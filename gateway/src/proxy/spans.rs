@@ -34,7 +34,10 @@ pub struct Source<'a> {
 /// win a key) to `out`. `None`: some document needs the general path; `out` is then
 /// unspecified.
 pub fn merge(sources: &[Source<'_>], out: &mut Vec<u8>) -> Option<()> {
-    let mut tape = Vec::with_capacity(64);
+    // About one item per eight bytes of input (a key or a short value with its quotes,
+    // colon and comma), so that the tape is allocated once for usual documents.
+    let bytes: usize = sources.iter().map(|s| s.body.len()).sum();
+    let mut tape = Vec::with_capacity((bytes / 8).clamp(16, 4096));
     let mut frames = Vec::with_capacity(8);
     let mut roots = Vec::with_capacity(sources.len());
     for source in sources {
@@ -44,7 +47,7 @@ pub fn merge(sources: &[Source<'_>], out: &mut Vec<u8>) -> Option<()> {
         roots.push(read(source.body, &mut tape, &mut frames, !source.plan.descends())?);
     }
     let doc = Doc { tape: &tape, sources, roots: &roots };
-    let mut members = Vec::with_capacity(32);
+    let mut members = Vec::with_capacity(64);
     for (i, source) in sources.iter().enumerate() {
         match source.plan.group {
             Some(name) => members.push(Member::named(name, Content::Shaped(i))),

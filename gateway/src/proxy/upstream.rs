@@ -30,8 +30,10 @@ use super::backend::Outgoing;
 use super::h1::{self, Framing, Step};
 
 /// Room for a response head (and, most often, the whole of a small response): one page,
-/// as nginx's `proxy_buffer_size`. A connection's buffer exists only while it carries a
-/// request; bodies get room for their announced length, up to [`MAX_READ`].
+/// as nginx's `proxy_buffer_size`. An idle connection keeps a buffer of this size (the
+/// next response is read into it again once what was handed on from it is dropped, which
+/// spares an allocation per call); bodies get room for their announced length, up to
+/// [`MAX_READ`], and a buffer grown past this size goes when the connection idles.
 const HEAD_READ: usize = 4 * 1024;
 /// The most a body read asks room for at once.
 const MAX_READ: usize = 64 * 1024;
@@ -41,12 +43,21 @@ const MAX_READ: usize = 64 * 1024;
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The buffer may have been given more than [`HEAD_READ`] bytes of storage.
+    grown: bool,
     idle_since: Instant,
 }
 
 impl Conn {
     fn new(io: TcpStream) -> Self {
-        Self { io, buf: BytesMut::new(), idle_since: Instant::now() }
+        Self { io, buf: BytesMut::new(), grown: false, idle_since: Instant::now() }
+    }
+
+    /// Makes room for `additional` more bytes in the buffer. Storage that nothing else
+    /// refers to any more (what was handed on from it has been dropped) is reused.
+    fn reserve(&mut self, additional: usize) {
+        self.grown |= self.buf.len() + additional > HEAD_READ;
+        self.buf.reserve(additional);
     }
 
     /// Whether an idle connection can still carry a request: not idle for too long, and
@@ -70,8 +81,11 @@ impl Conn {
 
     /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < room.min(1024) {
-            self.buf.reserve(room);
+        // A read into an empty buffer gets all the room asked for: the storage is taken
+        // back whole when nothing else refers to it any more.
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < room.min(1024) || (self.buf.is_empty() && spare < room) {
+            self.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -132,7 +146,7 @@ impl Conn {
         if let Some(len) = framing.remaining() {
             let len = usize::try_from(len).ok().filter(|l| *l <= max).ok_or(BodyError::TooLarge)?;
             if self.buf.len() < len {
-                self.buf.reserve(len - self.buf.len());
+                self.reserve(len - self.buf.len());
             }
             while self.buf.len() < len {
                 if self.fill(len - self.buf.len()).await.map_err(broken)? == 0 {
@@ -152,10 +166,13 @@ impl Conn {
         Ok(whole.freeze())
     }
 
-    /// Readies an idle connection for the pool: its buffer is given back (it is empty,
-    /// or the connection would not be reused).
+    /// Readies an idle connection for the pool (its buffer is empty, or it would not be
+    /// reused): a buffer that may have grown past [`HEAD_READ`] is given back.
     fn park(&mut self) {
-        self.buf = BytesMut::new();
+        if self.grown {
+            self.buf = BytesMut::new();
+            self.grown = false;
+        }
         self.idle_since = Instant::now();
     }
 }
@@ -439,5 +456,60 @@ impl Wire {
             &request.body,
         );
         Self { method: request.method, bytes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connection to a loopback peer, and the peer's end.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Conn::new(client), server)
+    }
+
+    async fn answer(conn: &mut Conn, peer: &mut TcpStream, body: &[u8]) -> Bytes {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+        peer.write_all(&[head.as_bytes(), body].concat()).await.unwrap();
+        let mut head = conn.read_head(&Method::GET, h1::Keep::TypeAndLocation).await.unwrap();
+        conn.read_body(&mut head.framing, 1 << 20).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_reads_into_the_same_storage_once_it_is_free_again() {
+        let (mut conn, mut peer) = pair().await;
+        let first = answer(&mut conn, &mut peer, b"{\"a\":1}").await;
+        conn.park();
+        // The first body still refers to the storage: the next answer must not touch it.
+        let second = answer(&mut conn, &mut peer, b"{\"b\":2}").await;
+        assert_eq!((&first[..], &second[..]), (&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]));
+        let storage = second.as_ptr();
+        conn.park();
+        assert!(conn.buf.capacity() > 0, "a page-sized buffer stays with the idle connection");
+        drop((first, second));
+        // Nothing refers to it any more: the third answer (a head of the same length)
+        // is read into it from its start.
+        let third = answer(&mut conn, &mut peer, b"{\"c\":3}").await;
+        assert_eq!(third.as_ptr(), storage);
+        assert_eq!(&third[..], b"{\"c\":3}");
+    }
+
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_large_body_goes_when_the_connection_idles() {
+        let (mut conn, mut peer) = pair().await;
+        let small = answer(&mut conn, &mut peer, b"{}").await;
+        drop(small);
+        conn.park();
+        assert!(conn.buf.capacity() > 0, "a page-sized buffer stays");
+        let large = vec![b'x'; 3 * HEAD_READ];
+        let body = answer(&mut conn, &mut peer, &large).await;
+        assert_eq!(body.len(), large.len());
+        conn.park();
+        assert_eq!(conn.buf.capacity(), 0, "a grown buffer is given back");
     }
 }

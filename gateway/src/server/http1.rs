@@ -124,8 +124,8 @@ pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: L
             return;
         }
         if conn.buf.is_empty() {
-            // Idle: the buffer goes back; the next request gets a fresh one.
-            conn.buf = BytesMut::new();
+            // Idle: the buffer goes back, for whichever connection reads a request next.
+            spare::give(std::mem::take(&mut conn.buf));
         }
     }
 }
@@ -219,6 +219,7 @@ impl Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
             ready!(self.io.poll_read_ready(cx))?;
+            self.buf = spare::take();
         }
         if self.buf.capacity() - self.buf.len() < room.min(1024) {
             self.buf.reserve(room);
@@ -689,8 +690,70 @@ fn date() -> [u8; 29] {
     })
 }
 
+/// Read buffers of finished requests, kept per worker thread for the next request to
+/// read into: a connection holds no buffer while it idles, and taking one that is ready
+/// spares the allocator a page-sized allocation and a free per request.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Buffers kept per thread; more are freed.
+    const KEPT: usize = 64;
+    /// The largest storage kept: a buffer grown for a large head or body is freed.
+    const LARGEST: usize = 2 * super::HEAD_READ;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A kept buffer, or a new one without storage.
+    pub(super) fn take() -> BytesMut {
+        FREE.with_borrow_mut(Vec::pop).unwrap_or_default()
+    }
+
+    /// Keeps an empty buffer whose storage nothing else refers to any more and is no
+    /// larger than [`LARGEST`]. Asking for one byte more than it has left takes the
+    /// storage back whole when it can be (nothing else refers to it), and then its
+    /// capacity is all of it; otherwise the buffer is freed.
+    pub(super) fn give(mut buf: BytesMut) {
+        if buf.is_empty() && buf.try_reclaim(buf.capacity() + 1) && buf.capacity() <= LARGEST {
+            FREE.with_borrow_mut(|free| {
+                if free.len() < KEPT {
+                    free.push(buf);
+                }
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spare_buffers_are_kept_only_when_free_and_small() {
+        // Whatever earlier tests on this thread left.
+        while spare::take().capacity() > 0 {}
+        let mut buf = BytesMut::with_capacity(HEAD_READ);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head = buf.split().freeze();
+        // The head still refers to the storage: not kept.
+        spare::give(buf.split_off(0));
+        assert_eq!(spare::take().capacity(), 0);
+        let mut buf = BytesMut::with_capacity(HEAD_READ);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        drop(buf.split().freeze());
+        drop(head);
+        // Free: kept, with all of its storage.
+        spare::give(buf);
+        assert!(spare::take().capacity() >= HEAD_READ);
+        // Grown past what a head needs: freed.
+        let mut big = BytesMut::with_capacity(4 * HEAD_READ);
+        big.extend_from_slice(b"x");
+        drop(big.split().freeze());
+        spare::give(big);
+        assert_eq!(spare::take().capacity(), 0);
+    }
+
     use super::*;
 
     fn parse(text: &[u8]) -> Result<Option<Head>, StatusCode> {
