@@ -8,8 +8,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Either;
@@ -262,34 +260,28 @@ impl Pipeline {
 
     /// Makes `call` to every backend at once and collects the results in declaration
     /// order; a backend that has not answered when the endpoint's time is up has timed out.
+    ///
+    /// The calls are polled together in one allocation (`join_all`), each putting its
+    /// result in its own slot as it ends, so that what answered in time survives the
+    /// deadline cancelling the rest.
     async fn call_all<'b, T, F, Fut>(&'b self, call: F) -> Vec<Result<T, Failure>>
     where
+        T: Send + Sync,
         F: Fn(&'b BackendCall) -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let deadline = Instant::now() + self.timeout;
-        let mut results: Vec<Option<Result<T, Failure>>> = (0..self.backends.len()).map(|_| None).collect();
-        let mut calls: FuturesUnordered<_> = self
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let call = call(b);
-                async move { (i, call.await) }
-            })
-            .collect();
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                next = calls.next() => match next {
-                    Some((i, r)) => results[i] = Some(r),
-                    None => break,
-                },
-                () = &mut sleep => break,
+        let slots: Vec<std::sync::OnceLock<Result<T, Failure>>> =
+            (0..self.backends.len()).map(|_| std::sync::OnceLock::new()).collect();
+        let calls = futures_util::future::join_all(self.backends.iter().zip(&slots).map(|(b, slot)| {
+            let call = call(b);
+            async move {
+                // Each slot is set once, by its own call.
+                let _ = slot.set(call.await);
             }
-        }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(timeout()))).collect()
+        }));
+        let _ = tokio::time::timeout_at(deadline, calls).await;
+        slots.into_iter().map(|slot| slot.into_inner().unwrap_or_else(|| Err(timeout()))).collect()
     }
 
     async fn sequential(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
