@@ -204,8 +204,15 @@ async fn quotas_are_shared_by_the_fleet_through_redis(db: Db) {
     let dev = Dev { portal: &portal, token: developer(&portal, "quota@example.com").await };
     let (tiny, _) = dev.subscribe("fleet-app", "orders", "tiny").await;
     let (_, key) = dev.key(tiny).await;
-    // Wait on the second node only, so that the first one has not counted anything yet.
+    // Wait on the second node with a request it counts, and on the first with one it
+    // refuses without counting (the key's product does not cover /billing): each node
+    // learns of the key on its own, and the first must not have counted anything yet.
     everywhere(&ports[1..], &key, StatusCode::OK).await;
+    let known = eventually(Duration::from_secs(20), || async {
+        (with_key(ports[0], "/billing", &key).await.0 == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+    assert!(known.is_some(), "the first node did not learn of the key within 20 s");
     assert_eq!(with_key(ports[0], "/orders/1", &key).await.0, StatusCode::OK, "the second of two a day");
     // Counted per node, the first node would still have one left; shared, the day is over.
     let (status, headers, _) = with_key(ports[0], "/orders/1", &key).await;
