@@ -694,24 +694,8 @@ impl<'a> Doc<'_, 'a> {
             // Checked by the parser: decoding cannot fail.
             Kind::Escaped => write_string(&decode_string(item.text)?, out),
             Kind::Number => write_number(item.text, out)?,
-            Kind::Array => {
-                out.push(b'[');
-                let mut part = at + 1;
-                while part < item.next {
-                    if part > at + 1 {
-                        out.push(b',');
-                    }
-                    self.write_value(part, members, out)?;
-                    part = self.tape.get(part)?.next;
-                }
-                out.push(b']');
-            }
-            Kind::Object => {
-                let from = members.len();
-                self.gather(at, None, members)?;
-                self.write_members(members, from, out)?;
-                members.truncate(from);
-            }
+            Kind::Array => self.write_items(at, None, members, out)?,
+            Kind::Object => self.write_allowed(at, None, members, out)?,
         }
         Some(())
     }
@@ -731,25 +715,11 @@ impl<'a> Doc<'_, 'a> {
         match item.kind {
             Kind::Object => {
                 let start = out.len();
-                self.write_allowed(at, tree, members, out)?;
+                self.write_allowed(at, Some(tree), members, out)?;
                 Some(out.len() > start + 2)
             }
             Kind::Array => {
-                out.push(b'[');
-                let mut part = at + 1;
-                while part < item.next {
-                    if part > at + 1 {
-                        out.push(b',');
-                    }
-                    // An object in the array is kept even when nothing in it is allowed.
-                    if self.tape.get(part)?.kind == Kind::Object {
-                        self.write_allowed(part, tree, members, out)?;
-                    } else {
-                        self.write_value(part, members, out)?;
-                    }
-                    part = self.tape.get(part)?.next;
-                }
-                out.push(b']');
+                self.write_items(at, Some(tree), members, out)?;
                 Some(true)
             }
             // A container without its parts on the tape: not read for pruning.
@@ -758,12 +728,46 @@ impl<'a> Doc<'_, 'a> {
         }
     }
 
-    /// Writes the members of the object at `at` that `tree` allows.
-    fn write_allowed(&self, at: usize, tree: &'a Tree, members: &mut Vec<Member<'a>>, out: &mut Vec<u8>) -> Option<()> {
+    /// Writes the members of the object at `at`, or those `tree` allows.
+    fn write_allowed(
+        &self,
+        at: usize,
+        tree: Option<&'a Tree>,
+        members: &mut Vec<Member<'a>>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let from = members.len();
-        self.gather(at, Some(tree), members)?;
+        self.gather(at, tree, members)?;
         self.write_members(members, from, out)?;
         members.truncate(from);
+        Some(())
+    }
+
+    /// Writes the array at `at`; under `tree`, an object in it is pruned (and kept even
+    /// when nothing in it is allowed), anything else written whole.
+    fn write_items(
+        &self,
+        at: usize,
+        tree: Option<&'a Tree>,
+        members: &mut Vec<Member<'a>>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        let end = self.tape.get(at)?.next;
+        out.push(b'[');
+        let mut part = at + 1;
+        while part < end {
+            if part > at + 1 {
+                out.push(b',');
+            }
+            match tree {
+                Some(tree) if self.tape.get(part)?.kind == Kind::Object => {
+                    self.write_allowed(part, Some(tree), members, out)?;
+                }
+                _ => self.write_value(part, members, out)?,
+            }
+            part = self.tape.get(part)?.next;
+        }
+        out.push(b']');
         Some(())
     }
 }
