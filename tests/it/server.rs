@@ -150,3 +150,35 @@ async fn idle_keep_alive_connections_and_slow_bodies_are_cut() {
     let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
 }
+
+/// `write_timeout`: a response the client does not read is given up on, and its connection
+/// closed, instead of holding the connection (and the backend's body) forever.
+#[tokio::test]
+async fn a_response_the_client_does_not_read_is_cut_after_the_write_timeout() {
+    // Far more than the socket buffers on both ends hold.
+    let size = 32 * 1024 * 1024;
+    let body = Bytes::from(vec![b'x'; size]);
+    let b = Backend::start(move |_| Reply::raw(200, "application/octet-stream", body.clone())).await;
+    let mut c = config(json!([{"endpoint": "/big", "output_encoding": "no-op",
+        "backend": [{"host": [b.url], "url_pattern": "/", "encoding": "no-op"}]}]));
+    c["write_timeout"] = json!("300ms");
+    let gw = Gateway::start(c).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    // Not reading for well past the limit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(received < size, "the whole response arrived ({received} bytes): it was not cut");
+}
