@@ -453,23 +453,37 @@ impl BackendCall {
 
     /// Calls the backend and returns as soon as the response head arrived, the body
     /// streaming behind it (`no-op`).
-    async fn send_to(&self, client: &Client, inbound: &Inbound<'_>, uri: Uri) -> Result<Response<Streaming>, Failure> {
-        self.follow(inbound, uri, |request, uri| async move {
+    ///
+    /// Not `async` itself (nor [`BackendCall::fetch`]): a layer of future around
+    /// [`BackendCall::follow`]'s would hold a copy of `uri` for nothing.
+    fn send_to<'a>(
+        &'a self,
+        client: &'a Client,
+        inbound: &'a Inbound<'_>,
+        uri: Uri,
+    ) -> impl Future<Output = Result<Response<Streaming>, Failure>> + 'a {
+        self.follow(inbound, uri, move |request, uri| async move {
             let response = match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(authority)) => {
                     client.upstreams().call_streaming(authority, request).await.map_err(failed)?.map(Either::Right)
                 }
-                _ => client.request(request.into_request()).await.map_err(failed)?.map(Either::Left),
+                // Boxed (HTTPS, through hyper's client): inline, its future would enlarge
+                // every plain call's too.
+                _ => Box::pin(client.request(request.into_request())).await.map_err(failed)?.map(Either::Left),
             };
             Ok(response)
         })
-        .await
     }
 
     /// Calls the backend and reads its whole answer. Plain-HTTP hosts are driven from
     /// this task ([`super::upstream`]); HTTPS goes through the pooled client.
-    async fn fetch(&self, client: &Client, inbound: &Inbound<'_>, uri: Uri) -> Result<Fetched, Failure> {
-        self.follow(inbound, uri, |request, uri| async move {
+    fn fetch<'a>(
+        &'a self,
+        client: &'a Client,
+        inbound: &'a Inbound<'_>,
+        uri: Uri,
+    ) -> impl Future<Output = Result<Fetched, Failure>> + 'a {
+        self.follow(inbound, uri, move |request, uri| async move {
             match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(authority)) => {
                     // A cache stores the response's fields; otherwise only its type and a
@@ -490,14 +504,21 @@ impl BackendCall {
                     });
                     Ok(Fetched { status: answer.status, headers: answer.headers, body })
                 }
+                // Boxed, as in `send_to`.
                 _ => {
-                    let response = client.request(request.into_request()).await.map_err(failed)?;
-                    let (parts, incoming) = response.into_parts();
-                    Ok(Fetched { status: parts.status, headers: parts.headers, body: self.read_body(incoming).await })
+                    Box::pin(async {
+                        let response = client.request(request.into_request()).await.map_err(failed)?;
+                        let (parts, incoming) = response.into_parts();
+                        Ok(Fetched {
+                            status: parts.status,
+                            headers: parts.headers,
+                            body: self.read_body(incoming).await,
+                        })
+                    })
+                    .await
                 }
             }
         })
-        .await
     }
 
     /// Where a redirect leads, adjusting method and body like Go's client: 303, and

@@ -296,27 +296,30 @@ impl Upstreams {
 
     /// Sends `request` to `authority` and reads the answer, keeping the connection
     /// for reuse when it stays good. `keep` says which response header fields are wanted.
-    pub async fn call(
-        &self,
-        authority: &Authority,
+    ///
+    /// The request is encoded before the future is made, so that the future holds the
+    /// bytes to send and not the request too (every request's future is moved whole).
+    pub fn call<'a>(
+        &'a self,
+        authority: &'a Authority,
         request: Outgoing,
         max_body: usize,
         keep: h1::Keep,
-    ) -> Result<Answer, CallError> {
+    ) -> impl Future<Output = Result<Answer, CallError>> + 'a {
         let wire = Wire::encode(authority, request);
-        self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body, keep)).await
+        async move { self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body, keep)).await }
     }
 
     /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
     /// body streams through [`Streamed`], which hands the connection back to the pool
     /// when the body ends.
-    pub async fn call_streaming(
-        self: &Arc<Self>,
-        authority: &Authority,
+    pub fn call_streaming<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a Authority,
         request: Outgoing,
-    ) -> Result<Response<Streamed>, CallError> {
+    ) -> impl Future<Output = Result<Response<Streamed>, CallError>> + 'a {
         let wire = Wire::encode(authority, request);
-        self.attempt(authority, &wire, |c| self.head(authority, c, &wire)).await
+        async move { self.attempt(authority, &wire, |c| self.head(authority, c, &wire)).await }
     }
 
     /// Runs `exchange` on an idle connection, or a new one. When a reused connection
