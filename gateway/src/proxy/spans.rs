@@ -34,27 +34,73 @@ pub struct Source<'a> {
 /// win a key) to `out`. `None`: some document needs the general path; `out` is then
 /// unspecified.
 pub fn merge(sources: &[Source<'_>], out: &mut Vec<u8>) -> Option<()> {
+    let mut scratch = SCRATCH.take();
+    let merged = merge_with(sources, &mut scratch, out);
+    SCRATCH.set(scratch.recycled());
+    merged
+}
+
+fn merge_with<'a>(sources: &[Source<'a>], scratch: &mut Scratch<'a>, out: &mut Vec<u8>) -> Option<()> {
+    let Scratch { tape, frames, members, roots } = scratch;
     // About one item per eight bytes of input (a key or a short value with its quotes,
-    // colon and comma), so that the tape is allocated once for usual documents.
+    // colon and comma), so that the tape grows at most once for usual documents.
     let bytes: usize = sources.iter().map(|s| s.body.len()).sum();
-    let mut tape = Vec::with_capacity((bytes / 8).clamp(16, 4096));
-    let mut frames = Vec::with_capacity(8);
-    let mut roots = Vec::with_capacity(sources.len());
+    tape.reserve((bytes / 8).clamp(16, 4096));
     for source in sources {
         // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
         // structure is ASCII and strings are cut at ASCII quotes.
         std::str::from_utf8(source.body).ok()?;
-        roots.push(read(source.body, &mut tape, &mut frames, !source.plan.descends())?);
+        roots.push(read(source.body, tape, frames, !source.plan.descends())?);
     }
-    let doc = Doc { tape: &tape, sources, roots: &roots };
-    let mut members = Vec::with_capacity(64);
+    let doc = Doc { tape, sources, roots };
     for (i, source) in sources.iter().enumerate() {
         match source.plan.group {
             Some(name) => members.push(Member::named(name, Content::Shaped(i))),
-            None => doc.gather_shaped(i, &mut members)?,
+            None => doc.gather_shaped(i, members)?,
         }
     }
-    doc.write_members(&mut members, 0, out)
+    doc.write_members(members, 0, out)
+}
+
+/// The lists a merge works in, kept by each thread from one merge to the next: allocated
+/// for every request, they cost more than the merge of two small documents itself
+/// whenever the allocator had to find fresh pages for them.
+#[derive(Default)]
+struct Scratch<'a> {
+    tape: Vec<Item<'a>>,
+    frames: Vec<Frame<'a>>,
+    members: Vec<Member<'a>>,
+    roots: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch<'static>> = std::cell::Cell::new(Scratch::default());
+}
+
+/// Lists that grew past this many items are not kept (a large document's tape).
+const SCRATCH_KEPT: usize = 4096;
+
+impl Scratch<'_> {
+    /// Emptied, and so free of borrows from the documents: ready for the next merge.
+    fn recycled(self) -> Scratch<'static> {
+        Scratch {
+            tape: reuse(self.tape),
+            frames: reuse(self.frames),
+            members: reuse(self.members),
+            roots: reuse(self.roots),
+        }
+    }
+}
+
+/// `items` emptied and retyped to a list of `U`, in the same storage when it is not too
+/// large (`U` has the same layout as `T`: the type with other lifetimes).
+fn reuse<T, U>(mut items: Vec<T>) -> Vec<U> {
+    if items.capacity() > SCRATCH_KEPT {
+        return Vec::new();
+    }
+    items.clear();
+    // Collecting a list's iterator into one of the same layout keeps the storage.
+    items.into_iter().filter_map(|_| None).collect()
 }
 
 /// One value (or object key) of a document, with the tape index just past its parts.
@@ -829,6 +875,21 @@ mod tests {
         let sources: Vec<Source<'_>> = docs.iter().map(|&body| Source { body, plan: Plan::default() }).collect();
         let mut out = Vec::new();
         merge(&sources, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_thread_keeps_its_lists_from_one_merge_to_the_next() {
+        let doc = br#"{"b": {"y": 1, "x": [1, 2]}, "a": "\u00e9", "c": 3}"#;
+        let first = direct(&[doc]).unwrap();
+        let kept = SCRATCH.take();
+        let sizes = [kept.tape.capacity(), kept.frames.capacity(), kept.members.capacity(), kept.roots.capacity()];
+        assert!(sizes.iter().all(|&n| n > 0), "every list kept its storage: {sizes:?}");
+        assert!(kept.tape.is_empty() && kept.members.is_empty(), "and nothing of the last documents");
+        SCRATCH.set(kept);
+        assert_eq!(direct(&[doc]).unwrap(), first, "the kept lists serve the next merge alike");
+        // A failed merge leaves nothing behind either.
+        assert!(direct(&[br#"{"a": [1, }"#]).is_none());
+        assert_eq!(direct(&[doc]).unwrap(), first);
     }
 
     #[test]
