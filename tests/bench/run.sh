@@ -2,7 +2,8 @@
 # Load benchmark: weir against nginx as a reverse proxy, side by side in one run, on this
 # machine. Prints a table and writes it to tests/bench/results.md (git-ignored).
 #
-#   tests/bench/run.sh                      # defaults: 10 s per scenario, 64 connections
+#   tests/bench/run.sh                      # defaults: 5 s per scenario, 64 connections
+#   PGO=1 tests/bench/run.sh                # weir built with profile-guided optimisation
 #   DURATION=10 ROUNDS=5 tests/bench/run.sh # longer runs
 #   WEIR_BIN=/path/to/weir tests/bench/run.sh
 #   OTHER_GATEWAY_CMD='./my-krakend.sh {port} {upstream}' tests/bench/run.sh
@@ -14,6 +15,7 @@
 #   WARMUP              seconds of warm-up load before each measurement (default 2)
 #   CONNECTIONS         keep-alive connections of wrk (default 64)
 #   WEIR_BIN            use this weir binary instead of building target/release/weir
+#   PGO=1               build weir with profile-guided optimisation first (tests/bench/pgo.sh)
 #   OTHER_GATEWAY_CMD   another gateway to measure under the same pinning: one command,
 #                       exec'd (a wrapper script should end with `exec`, so that the RSS
 #                       measured is the gateway's); `{port}` is the port it must listen on
@@ -21,6 +23,7 @@
 #                       It must proxy GET $OTHER_GATEWAY_PATH (default /user) to
 #                       {upstream}/user.
 #   OTHER_GATEWAY_NAME  its label in the table (default "other gateway")
+#   RESULTS_MD          where the Markdown table goes (default tests/bench/results.md)
 #   KEEP_TMP=1          keep the generated configs, logs and wrk outputs
 #
 # Layout: the proxy under test runs alone on one CPU; the upstream (nginx serving two JSON
@@ -38,7 +41,7 @@ MANY_DURATION=5
 STARTUP_ENDPOINTS=1000
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-RESULTS_MD=$ROOT/tests/bench/results.md
+RESULTS_MD=${RESULTS_MD:-$ROOT/tests/bench/results.md}
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -90,11 +93,18 @@ if ((${#missing[@]} > 0)); then
     [[ -n $NGINX ]] || die "nginx installed but not found on PATH or in /usr/sbin"
 fi
 
-if [[ -z ${WEIR_BIN:-} ]]; then
+if [[ -n ${WEIR_BIN:-} ]]; then
+    WEIR_BUILD="given as WEIR_BIN"
+elif [[ ${PGO:-0} == 1 ]]; then
+    log "building weir (release, profile-guided: tests/bench/pgo.sh, about 20 minutes)..."
+    WEIR_BIN=$("$ROOT/tests/bench/pgo.sh") || die "the profile-guided build failed"
+    WEIR_BUILD="release, profile-guided (tests/bench/pgo.sh)"
+else
     log "building weir (release)..."
     (cd "$ROOT" && cargo build --release -q -p weir-gateway --bin weir) || die "cargo build failed"
     WEIR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/weir
     [[ $WEIR_BIN = /* ]] || WEIR_BIN=$ROOT/$WEIR_BIN
+    WEIR_BUILD="release"
 fi
 [[ -x $WEIR_BIN ]] || die "weir binary not found or not executable: $WEIR_BIN"
 
@@ -918,14 +928,14 @@ echo
 print_table
 echo
 for n in "${NOTES[@]}"; do echo "* $n"; done
-echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV; other CPU use before the run ${BUSY_BEFORE}%"
+echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV ($WEIR_BUILD); other CPU use before the run ${BUSY_BEFORE}%"
 
 {
     echo "# Weir load benchmark"
     echo
     echo "* Date: $DATE"
     echo "* CPU: $CPU_MODEL ($(nproc) CPUs available), $PINNING"
-    echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, \`run --workers 1\`"
+    echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, build: $WEIR_BUILD, \`run --workers 1\`"
     echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
     echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up, $ROUNDS interleaved round(s) of every scenario, each row the round with the median req/s; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
     echo "* CPU use by other processes just before the run: ${BUSY_BEFORE}% (keep it near 0 for comparable numbers)"
