@@ -87,6 +87,9 @@ enum QueryRule {
 struct Host {
     scheme: Scheme,
     authority: Authority,
+    /// The backend's URI on this host when its `url_pattern` has no placeholders, for
+    /// requests without a query string: built once instead of for every call.
+    fixed: Option<Uri>,
 }
 
 /// A compiled backend.
@@ -193,12 +196,15 @@ impl BackendCall {
         max_response_bytes: usize,
         shared_cache: &std::sync::OnceLock<HttpCache>,
     ) -> Self {
+        let url = UrlTemplate::compile(&b.url_pattern, &endpoint.path);
         let hosts = if b.host.is_empty() { default_hosts } else { &b.host };
         let hosts = hosts
             .iter()
             .filter_map(|h| {
                 let uri: Uri = h.parse().ok()?;
-                Some(Host { scheme: uri.scheme()?.clone(), authority: uri.authority()?.clone() })
+                let (scheme, authority) = (uri.scheme()?.clone(), uri.authority()?.clone());
+                let fixed = url.fixed().and_then(|path| build_uri(&scheme, &authority, path.to_owned()).ok());
+                Some(Host { scheme, authority, fixed })
             })
             .collect::<Box<[Host]>>();
         let stats = Arc::new(BackendStats::new(
@@ -226,7 +232,7 @@ impl BackendCall {
             hosts,
             next_host: AtomicUsize::new(0),
             method: b.method.clone(),
-            url: UrlTemplate::compile(&b.url_pattern, &endpoint.path),
+            url,
             headers,
             forwards_user_agent,
             query,
@@ -553,19 +559,16 @@ impl BackendCall {
             1 => &self.hosts[0],
             n => &self.hosts[self.next_host.fetch_add(1, Ordering::Relaxed) % n],
         };
-        let mut path = String::with_capacity(self.url.len_hint() + inbound.query.map_or(0, str::len));
+        let query = inbound.query.filter(|q| !q.is_empty());
+        if let (Some(uri), None) = (&host.fixed, query) {
+            return Ok(uri.clone());
+        }
+        let mut path = String::with_capacity(self.url.len_hint() + query.map_or(0, str::len));
         self.url.render_into(&mut path, &Values { params: inbound.params, responses, claims: inbound.claims });
-        if let Some(query) = inbound.query.filter(|q| !q.is_empty()) {
+        if let Some(query) = query {
             self.append_query(&mut path, query);
         }
-        let path = PathAndQuery::try_from(path)
-            .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e))?;
-        Uri::builder()
-            .scheme(host.scheme.clone())
-            .authority(host.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e).into())
+        build_uri(&host.scheme, &host.authority, path)
     }
 
     /// Appends the allowed client query parameters after the pattern's own, sorted by
@@ -730,9 +733,65 @@ fn resolve(base: &Uri, location: &HeaderValue) -> Option<Uri> {
     Uri::builder().scheme(base.scheme()?.clone()).authority(base.authority()?.clone()).path_and_query(path).build().ok()
 }
 
+/// A backend URI from its host's parts and a rendered path (with its query).
+fn build_uri(scheme: &Scheme, authority: &Authority, path: String) -> Result<Uri, Failure> {
+    let path = PathAndQuery::try_from(path)
+        .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e))?;
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Error::upstream(ErrorKind::Connect, "invalid backend URL").with_detail(e).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_without_placeholders_is_built_once_per_host() {
+        let text = r#"{"version": 3, "host": ["http://a.test:81", "http://b.test:82"], "endpoints": [
+            {"endpoint": "/u/{id}", "input_query_strings": ["q"], "backend": [
+                {"url_pattern": "/user"}, {"url_pattern": "/user/{id}"}]}]}"#;
+        let service = crate::config::parse(text, crate::config::Format::Json, |_| None).service.unwrap();
+        let endpoint = &service.endpoints[0];
+        let compile = |i: usize| {
+            BackendCall::compile(
+                endpoint,
+                i,
+                &endpoint.backends[i],
+                &service.host,
+                1 << 20,
+                &std::sync::OnceLock::new(),
+            )
+        };
+        let (fixed, templated) = (compile(0), compile(1));
+        assert!(fixed.hosts.iter().all(|h| h.fixed.is_some()), "built for every host");
+        assert!(templated.hosts.iter().all(|h| h.fixed.is_none()), "a placeholder is rendered per request");
+        let headers = HeaderMap::new();
+        let uri = |call: &BackendCall, query: Option<&str>| {
+            let inbound = Inbound {
+                method: &Method::GET,
+                params: &["7"],
+                query,
+                headers: &headers,
+                host: None,
+                body: Bytes::new(),
+                client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                claims: None,
+                extra_headers: &[],
+                trace: None,
+            };
+            call.uri(&inbound, &[]).unwrap().to_string()
+        };
+        // Hosts still take turns, and a query string still gets through its filter.
+        assert_eq!(uri(&fixed, None), "http://a.test:81/user");
+        assert_eq!(uri(&fixed, Some("")), "http://b.test:82/user");
+        assert_eq!(uri(&fixed, Some("q=1&r=2")), "http://a.test:81/user?q=1");
+        assert_eq!(uri(&templated, None), "http://a.test:81/user/7");
+        assert_eq!(uri(&templated, Some("q=1")), "http://b.test:82/user/7?q=1");
+    }
 
     #[test]
     fn client_addresses_are_written_as_the_formatter_writes_them() {

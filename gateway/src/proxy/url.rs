@@ -96,6 +96,16 @@ impl UrlTemplate {
         self.pieces.iter().any(|p| matches!(p, Piece::Literal(l) if l.contains('?')))
     }
 
+    /// The rendered path when the pattern has no placeholders: then it is the same for
+    /// every request.
+    pub fn fixed(&self) -> Option<&str> {
+        match &*self.pieces {
+            [] => Some(""),
+            [Piece::Literal(text)] => Some(text),
+            _ => None,
+        }
+    }
+
     pub fn len_hint(&self) -> usize {
         self.len_hint
     }
