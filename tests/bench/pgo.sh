@@ -52,10 +52,14 @@ raw=("$DATA"/*.profraw)
     log "error: the instrumented weir wrote no profile to $DATA"
     exit 1
 }
-"$PROFDATA" merge -o "$DATA/weir.profdata" "${raw[@]}"
+"$PROFDATA" merge -o "$DATA/merged.profdata" "${raw[@]}"
+# Named by its content: cargo tells builds apart by their flags, not by the files the flags
+# name, so a new profile under the same name would leave every dependency built with the old.
+profile=$DATA/weir-$(sha256sum "$DATA/merged.profdata" | cut -c1-16).profdata
+mv "$DATA/merged.profdata" "$profile"
 
 log "3/3 release build with the profile"
-RUSTFLAGS="-Cprofile-use=$DATA/weir.profdata" CARGO_TARGET_DIR=$USE_TARGET \
+RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR=$USE_TARGET \
     cargo build --release --locked -p weir-gateway --bin weir >&2
 log "built $USE_TARGET/release/weir"
 echo "$USE_TARGET/release/weir"
