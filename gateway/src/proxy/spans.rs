@@ -47,9 +47,6 @@ fn merge_with<'a>(sources: &[Source<'a>], scratch: &mut Scratch<'a>, out: &mut V
     let bytes: usize = sources.iter().map(|s| s.body.len()).sum();
     tape.reserve((bytes / 8).clamp(16, 4096));
     for source in sources {
-        // Checked once as a whole: every string in it is then valid UTF-8 too, as JSON's
-        // structure is ASCII and strings are cut at ASCII quotes.
-        std::str::from_utf8(source.body).ok()?;
         roots.push(read(source.body, tape, frames, !source.plan.descends())?);
     }
     let doc = Doc { tape, sources, roots };
@@ -281,8 +278,17 @@ fn key<'a>(src: &'a [u8], at: &mut usize, tape: &mut Vec<Item<'a>>, frame: &mut 
 }
 
 /// Skips whitespace; whether there was any.
-#[inline]
+#[inline(always)]
 fn skip_ws(src: &[u8], at: &mut usize) -> bool {
+    // Compact documents have none: one comparison.
+    match src.get(*at) {
+        Some(b) if *b > b' ' => false,
+        _ => skip_spaces(src, at),
+    }
+}
+
+#[inline(never)]
+fn skip_spaces(src: &[u8], at: &mut usize) -> bool {
     let start = *at;
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = src.get(*at) {
         *at += 1;
@@ -292,7 +298,7 @@ fn skip_ws(src: &[u8], at: &mut usize) -> bool {
 
 /// Reads the string token at `at`: no control characters, known escapes only, surrogates
 /// only in pairs (as serde_json requires). Whether it has escapes.
-#[inline]
+#[inline(always)]
 fn string(src: &[u8], at: &mut usize) -> Option<bool> {
     if src.get(*at) != Some(&b'"') {
         return None;
@@ -300,7 +306,7 @@ fn string(src: &[u8], at: &mut usize) -> Option<bool> {
     let mut i = *at + 1;
     let mut escaped = false;
     loop {
-        i += plain_run(src.get(i..)?);
+        i += plain_run::<true>(src.get(i..)?);
         match *src.get(i)? {
             b'"' => {
                 *at = i + 1;
@@ -310,10 +316,21 @@ fn string(src: &[u8], at: &mut usize) -> Option<bool> {
                 escaped = true;
                 i = escape(src, i)?;
             }
+            0x80.. => i = utf8(src, i)?,
             // A control character.
             _ => return None,
         }
     }
+}
+
+/// Checks the run of non-ASCII bytes at `at` (inside a string: JSON's structure is ASCII,
+/// so the document is valid UTF-8 when its strings are); where it ends.
+#[cold]
+fn utf8(src: &[u8], at: usize) -> Option<usize> {
+    let rest = src.get(at..)?;
+    let run = rest.iter().position(u8::is_ascii).unwrap_or(rest.len());
+    std::str::from_utf8(rest.get(..run)?).ok()?;
+    Some(at + run)
 }
 
 /// Reads the escape at the backslash at `at`; where it ends.
@@ -361,12 +378,14 @@ fn number(src: &[u8], at: &mut usize) -> Option<bool> {
     if src.get(i) == Some(&b'-') {
         i += 1;
     }
+    let first = i;
     match *src.get(i)? {
         b'0' => i += 1,
         b'1'..=b'9' => digits(&mut i),
         _ => return None,
     }
     let mut integer = true;
+    let point = i;
     if src.get(i) == Some(&b'.') {
         integer = false;
         i += 1;
@@ -375,8 +394,10 @@ fn number(src: &[u8], at: &mut usize) -> Option<bool> {
         }
         digits(&mut i);
     }
+    let mut exponent = false;
     if let Some(b'e' | b'E') = src.get(i) {
         integer = false;
+        exponent = true;
         i += 1;
         if let Some(b'+' | b'-') = src.get(i) {
             i += 1;
@@ -388,12 +409,35 @@ fn number(src: &[u8], at: &mut usize) -> Option<bool> {
     }
     *at = i;
     let token = src.get(start..i)?;
-    if integer && plain_integer(token) {
+    // The grammar above allows no leading zero. Up to 18 digits fit 64 bits either way;
+    // `-0` is read as a float.
+    if integer && i - first <= 18 && token != b"-0" {
+        return Some(true);
+    }
+    if !exponent && !integer && canonical_decimal(src.get(first..point)?, src.get(point + 1..i)?) {
         return Some(true);
     }
     // One serde_json would refuse (out of range) must not pass, even unwritten.
     serde_json::from_slice::<serde_json::Number>(token).ok()?;
     Some(false)
+}
+
+/// Whether a decimal without exponent (`whole.fraction`, as the grammar checked it) is
+/// what serde_json writes for the float it reads: the shortest digits that read back as
+/// the same float, in positional notation. Up to 15 significant digits every decimal
+/// reads back from its float, so the shortest are its own when the fraction does not end
+/// in 0; positional notation is kept from 1e-5 up to 1e16.
+fn canonical_decimal(whole: &[u8], fraction: &[u8]) -> bool {
+    let significant = if whole == b"0" {
+        let zeros = fraction.iter().take_while(|&&d| d == b'0').count();
+        if zeros > 4 {
+            return false;
+        }
+        fraction.len() - zeros
+    } else {
+        whole.len() + fraction.len()
+    };
+    significant <= 15 && fraction.last().is_some_and(|&d| d != b'0')
 }
 
 /// Bytes that need no attention inside a string: neither `"`, `\\` nor a control
@@ -413,19 +457,21 @@ static PLAIN: [bool; 256] = {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
-/// How many bytes at the start of `bytes` are [`PLAIN`]: eight at a time, then one by one.
+/// How many bytes at the start of `bytes` are [`PLAIN`] (and, with `ASCII`, below 0x80):
+/// eight at a time, then one by one.
 #[inline]
-fn plain_run(bytes: &[u8]) -> usize {
+fn plain_run<const ASCII: bool>(bytes: &[u8]) -> usize {
     let mut done = 0;
     while let Some(eight) = bytes.get(done..).and_then(<[u8]>::first_chunk::<8>) {
-        let flags = special_bytes(u64::from_le_bytes(*eight));
+        let word = u64::from_le_bytes(*eight);
+        let flags = special_bytes(word) | if ASCII { word & HIGH_BITS } else { 0 };
         if flags != 0 {
             return done + flags.trailing_zeros() as usize / 8;
         }
         done += 8;
     }
     let rest = bytes.get(done..).unwrap_or_default();
-    done + rest.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(rest.len())
+    done + rest.iter().position(|&b| !PLAIN[usize::from(b)] || (ASCII && !b.is_ascii())).unwrap_or(rest.len())
 }
 
 /// The high bit of each byte of `word` that is `"`, `\\` or below 0x20. Only the lowest
@@ -825,7 +871,7 @@ fn decode_string(token: &[u8]) -> Option<String> {
 
 /// A string as serde_json writes it: only `"`, `\\` and control characters escaped.
 fn write_string(text: &str, out: &mut Vec<u8>) {
-    if plain_run(text.as_bytes()) == text.len() {
+    if plain_run::<false>(text.as_bytes()) == text.len() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
@@ -840,17 +886,6 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
 fn write_number(token: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let number = serde_json::from_slice::<serde_json::Number>(token).ok()?;
     serde_json::to_writer(&mut *out, &number).ok()
-}
-
-/// An integer serde_json keeps as it is: up to 18 digits (so it fits 64 bits either
-/// way), no leading zero, not `-0` (which it reads as a float).
-fn plain_integer(token: &[u8]) -> bool {
-    let digits = token.strip_prefix(b"-").unwrap_or(token);
-    !digits.is_empty()
-        && digits.len() <= 18
-        && digits.iter().all(u8::is_ascii_digit)
-        && (digits.len() == 1 || digits[0] != b'0')
-        && token != b"-0"
 }
 
 #[cfg(test)]
@@ -922,6 +957,37 @@ mod tests {
         }
         let deep = format!("{{\"a\": {}1{}}}", "[".repeat(150), "]".repeat(150));
         assert_eq!(direct(&[deep.as_bytes()]), None);
+    }
+
+    #[test]
+    fn decimals_are_kept_as_they_come_only_where_serde_json_writes_them_so() {
+        let kept = ["97.5", "-0.5", "0.1", "0.0001", "0.00001", "0.000012", "12345678901234.5", "99999999999999.9"];
+        let rewritten = [
+            "1.50",
+            "2.0",
+            "0.0",
+            "-0.0",
+            "0.000001",
+            "123456789012345.5",
+            "999999999999999.9",
+            "1234567890123456.5",
+            "0.30000000000000004",
+            "0.1234567890123456",
+            "5e-324",
+            "1.5e2",
+        ];
+        for (numbers, canonical) in [(&kept[..], true), (&rewritten[..], false)] {
+            for number in numbers {
+                let mut at = 0;
+                assert_eq!(super::number(number.as_bytes(), &mut at), Some(canonical), "{number}");
+                let doc = format!(r#"{{"n":{number}}}"#);
+                let out = direct(&[doc.as_bytes()]).unwrap();
+                assert_eq!(Some(out.clone()), general(&[doc.as_bytes()]), "{number}");
+                if canonical {
+                    assert_eq!(out, doc.as_bytes());
+                }
+            }
+        }
     }
 
     /// Arbitrary JSON with few distinct keys (so that merges collide), odd numbers and
@@ -1132,7 +1198,9 @@ mod tests {
         fn plain_runs_end_at_the_first_special_byte(bytes in prop::collection::vec(
             prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), Just(0x7f), Just(0x80), any::<u8>(), 0x21u8..0x7e], 0..40)) {
             let naive = bytes.iter().take_while(|&&b| b >= 0x20 && b != b'"' && b != b'\\').count();
-            prop_assert_eq!(plain_run(&bytes), naive);
+            prop_assert_eq!(plain_run::<false>(&bytes), naive);
+            let ascii = bytes.iter().take_while(|&&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\').count();
+            prop_assert_eq!(plain_run::<true>(&bytes), ascii);
         }
 
         /// Garbage never panics, and whatever is accepted is what the general path gives.
