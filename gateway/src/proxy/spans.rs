@@ -287,6 +287,7 @@ fn skip_ws(src: &[u8], at: &mut usize) -> bool {
     }
 }
 
+/// [`skip_ws`] where there is whitespace, kept out of the reading loop.
 #[inline(never)]
 fn skip_spaces(src: &[u8], at: &mut usize) -> bool {
     let start = *at;
@@ -937,6 +938,11 @@ mod tests {
             r#"{"a":{"c":"é\n","z":[3,{"x":2,"y":1}]},"b":"three","d":-0.0,"e":1000.0}"#
         );
         assert_eq!(Some(out), general(&[a, b]));
+
+        // Text beyond ASCII, in keys and values, is checked where it is read and kept.
+        let text = "{\"ü\": \"日本\", \"a\": \"é\"}".as_bytes();
+        assert_eq!(direct(&[text]).as_deref(), Some("{\"a\":\"é\",\"ü\":\"日本\"}".as_bytes()));
+        assert_eq!(direct(&[text]), general(&[text]));
     }
 
     #[test]
@@ -947,6 +953,10 @@ mod tests {
             b"{\"a\": 01}",
             b"{\"a\": \"\x01\"}",
             b"{\"a\": \"\xff\"}",
+            b"{\"a\": \"\xc3\xa9\xff\"}",
+            b"{\"\xc3\": 1}",
+            b"{\"a\": 1\xc3\xa9}",
+            b"{\"a\": 1}\xc3\xa9",
             b"{\"a\": \"\\ud800\"}",
             b"{\"a\": tru}",
             b"{\"a\": 1,}",
