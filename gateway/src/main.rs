@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weir_alloc::Mimalloc = weir_alloc::Mimalloc;
 
 fn main() -> std::process::ExitCode {
     weir_gateway::cli::main()

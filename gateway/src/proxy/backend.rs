@@ -701,18 +701,7 @@ fn ip_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
 
 /// Headers that describe one connection, never forwarded (RFC 9110, section 7.6.1).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    super::h1::is_hop_by_hop(name.as_str())
 }
 
 /// Resolves a `Location` header against the URL that answered with it.

@@ -12,6 +12,12 @@ use http::{Method, StatusCode};
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Response headers beyond this many are refused.
 const MAX_HEADERS: usize = 128;
+/// Room left in a passed-on response's map for the fields the gateway adds to it
+/// (`X-Krakend-Completed` and the version header), so that the map is not grown (its
+/// entries moved, its index rebuilt) for them.
+const GATEWAY_FIELDS: usize = 2;
+/// Kept response fields are noted on the stack up to this many (a list beyond).
+const FEW_FIELDS: usize = 24;
 /// A chunk-size line (with extensions) or a trailer line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -86,10 +92,33 @@ pub struct Head {
 /// Which response header fields go into the head's map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
-    /// Every field (a response passed through, or one a cache stores).
+    /// Every field (a response a cache stores).
     All,
+    /// Every field a proxy passes on (a `no-op` response): all but the hop-by-hop ones
+    /// ([`is_hop_by_hop`]), and but a `Content-Length` that delimits the body, whose
+    /// length the server announces again from the body itself. A bodiless response (to
+    /// HEAD, 204, 304) keeps its `Content-Length`: it tells the length a GET would get.
+    Forward,
     /// `Content-Type` and `Location`: all a decoded response is read for.
     TypeAndLocation,
+}
+
+/// Whether a field concerns one connection only (RFC 9110 §7.6.1, and the fields proxies
+/// have always dropped): `Connection`, `Keep-Alive`, `Proxy-Connection`,
+/// `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`,
+/// `Upgrade`, in any case. Compared by length first: most names are ruled out by that.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Parses a complete response head at the start of `buf` and removes it. `Ok(None)`: the
@@ -128,24 +157,50 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
         }
         let framing = framing(status, response.headers, request_method)?;
         let keep_alive = connection_persists(http11, response.headers) && !matches!(framing, Framing::Close);
-        // Header values are sliced out of the head (no copies): record where each one
-        // is, then take the head out of the buffer.
+        // A length that delimits a body: passed on, the body announces it again.
+        let length_delimits = matches!(framing, Framing::Length(_)) && !bodiless(status, request_method);
+        // Names and values are taken out of the head once it leaves the buffer (values
+        // are slices of it, not copies): record where each kept field is, on the stack.
         let base = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(if keep == Keep::All { response.headers.len() } else { 2 });
+        let mut few = [Spot::default(); FEW_FIELDS];
+        let mut many = Vec::new();
+        let mut kept = 0;
         for h in response.headers.iter() {
             let name = match keep {
-                Keep::All => {
-                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Invalid::Head("invalid header name"))?
-                }
-                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("content-type") => header::CONTENT_TYPE,
-                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("location") => header::LOCATION,
+                Keep::All => Name::Parse,
+                Keep::Forward if is_hop_by_hop(h.name) => continue,
+                Keep::Forward if length_delimits && h.name.eq_ignore_ascii_case("content-length") => continue,
+                Keep::Forward => Name::Parse,
+                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("content-type") => Name::ContentType,
+                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("location") => Name::Location,
                 Keep::TypeAndLocation => continue,
             };
-            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+            // Every offset is within the head, which is at most MAX_HEAD_BYTES long.
+            let at = |field: &[u8]| (field.as_ptr() as usize - base) as u32;
+            let spot = Spot {
+                name,
+                name_at: at(h.name.as_bytes()),
+                name_len: h.name.len() as u32,
+                value_at: at(h.value),
+                value_len: h.value.len() as u32,
+            };
+            if kept < FEW_FIELDS {
+                few[kept] = spot;
+            } else {
+                if many.is_empty() {
+                    many.extend_from_slice(&few);
+                }
+                many.push(spot);
+            }
+            kept += 1;
         }
+        let spots = if kept <= FEW_FIELDS { &few[..kept] } else { &many[..] };
         let head = buf.split_to(parsed).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
-        for (name, at, len) in fields {
+        let room = if keep == Keep::Forward { GATEWAY_FIELDS } else { 0 };
+        let mut headers = HeaderMap::with_capacity(kept + room);
+        for spot in spots {
+            let name = spot.name(&head)?;
+            let (at, len) = (spot.value_at as usize, spot.value_len as usize);
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
                 .map_err(|_| Invalid::Head("invalid header value"))?;
             headers.append(name, value);
@@ -194,25 +249,38 @@ pub fn connection_says(fields: &[httparse::Header<'_>]) -> (bool, bool) {
 /// delimited by the same rule, so both sides read it here).
 pub fn content_length(fields: &[httparse::Header<'_>]) -> Result<Option<u64>, &'static str> {
     let mut length = None;
-    for h in named(fields, "content-length") {
-        for part in h.value.split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err("invalid content-length");
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length");
-            }
+    let mut agree = |n: u64| match length {
+        Some(l) if l != n => Err("conflicting content-length"),
+        _ => {
             length = Some(n);
+            Ok(())
+        }
+    };
+    for h in named(fields, "content-length") {
+        // Nearly always one plain number, read without splitting.
+        match plain_length(h.value) {
+            Some(n) => agree(n)?,
+            None => {
+                for part in h.value.split(|b| *b == b',') {
+                    agree(plain_length(part.trim_ascii()).ok_or("invalid content-length")?)?;
+                }
+            }
         }
     }
     Ok(length)
 }
 
+/// A value of 1 to 19 decimal digits and nothing else, as a number.
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// How the body is delimited (RFC 9112 §6.3).
 fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: &Method) -> Result<Framing, Invalid> {
-    if *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if bodiless(status, request_method) {
         return Ok(Framing::Length(0));
     }
     if let Some(last) = named(fields, "transfer-encoding").next_back() {
@@ -222,6 +290,42 @@ fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: 
         return Ok(if chunked { Framing::chunked() } else { Framing::Close });
     }
     Ok(content_length(fields).map_err(Invalid::Head)?.map_or(Framing::Close, Framing::Length))
+}
+
+/// A response that never has a body, whatever its fields say: to HEAD, 204 and 304.
+fn bodiless(status: StatusCode, request_method: &Method) -> bool {
+    *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+/// Where a kept field's name and value are in a response head (which is at most
+/// [`MAX_HEAD_BYTES`] long).
+#[derive(Clone, Copy, Default)]
+struct Spot {
+    name: Name,
+    name_at: u32,
+    name_len: u32,
+    value_at: u32,
+    value_len: u32,
+}
+
+impl Spot {
+    fn name(self, head: &[u8]) -> Result<HeaderName, Invalid> {
+        match self.name {
+            Name::ContentType => Ok(header::CONTENT_TYPE),
+            Name::Location => Ok(header::LOCATION),
+            Name::Parse => HeaderName::from_bytes(&head[self.name_at as usize..][..self.name_len as usize])
+                .map_err(|_| Invalid::Head("invalid header name")),
+        }
+    }
+}
+
+/// A kept field's name: known already, or to be parsed from the head.
+#[derive(Clone, Copy, Default)]
+enum Name {
+    #[default]
+    Parse,
+    ContentType,
+    Location,
 }
 
 /// Where a chunked body is.
@@ -476,6 +580,77 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(2));
         assert!(h.keep_alive);
         assert_eq!(&rest[..], b"{}");
+    }
+
+    /// The fields each mode keeps, in order, with their values.
+    fn kept(wire: &[u8], method: &Method, keep: Keep) -> Vec<(String, String)> {
+        let mut buf = BytesMut::from(wire);
+        let h = parse_head(&mut buf, method, keep).unwrap().unwrap();
+        h.headers.iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())).collect()
+    }
+
+    #[test]
+    fn each_mode_keeps_its_fields() {
+        let wire = b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+            Content-Type: application/json\r\nCONTENT-LENGTH: 2\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\n\
+            Proxy-Connection: close\r\nProxy-Authenticate: Basic\r\nProxy-Authorization: Basic x\r\n\
+            Location: /next\r\nX-Other: 1\r\n\r\n{}";
+        let names = |fields: Vec<(String, String)>| fields.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(kept(wire, &Method::GET, Keep::All)).len(), 13);
+        // Passed on: no hop-by-hop field, and no length (the body announces its own).
+        assert_eq!(
+            kept(wire, &Method::GET, Keep::Forward),
+            [("server", "up"), ("content-type", "application/json"), ("location", "/next"), ("x-other", "1")]
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        assert_eq!(
+            kept(wire, &Method::GET, Keep::TypeAndLocation),
+            [("content-type", "application/json"), ("location", "/next")].map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        // Without a body, the length is what a GET would get: passed on.
+        let no_body = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: keep-alive\r\n\r\n";
+        assert_eq!(names(kept(no_body, &Method::HEAD, Keep::Forward)), ["content-length"]);
+        let not_modified = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n";
+        assert_eq!(names(kept(not_modified, &Method::GET, Keep::Forward)), ["content-length"]);
+        // A length beside a chunked coding does not delimit the body: kept, as the server
+        // drops it on its own when it writes the head.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n";
+        assert_eq!(names(kept(chunked, &Method::GET, Keep::Forward)), ["content-length"]);
+        // More fields than are noted on the stack: all kept, in order.
+        let mut long = b"HTTP/1.1 200 OK\r\nconnection: close\r\n".to_vec();
+        let many: Vec<(String, String)> = (0..40).map(|i| (format!("x-f{i}"), format!("v{i}"))).collect();
+        for (n, v) in &many {
+            long.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(kept(&long, &Method::GET, Keep::Forward), many);
+        // A value with a control byte is refused, in every mode that keeps it.
+        let invalid_value = b"HTTP/1.1 200 OK\r\nX-Bad: a\x7fb\r\n\r\n";
+        for keep in [Keep::All, Keep::Forward] {
+            let mut buf = BytesMut::from(&invalid_value[..]);
+            assert!(parse_head(&mut buf, &Method::GET, keep).is_err());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "PROXY-CONNECTION",
+            "proxy-authenticate",
+            "Proxy-Authorization",
+            "te",
+            "TE",
+            "trailer",
+            "Transfer-Encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in ["content-length", "tea", "trailers", "connections", "keep-alive2", "x-upgrade", ""] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl Upstreams {
         wire: &Wire,
     ) -> Result<Response<Streamed>, CallError> {
         c.send(&wire.bytes).await?;
-        let head = c.read_head(&wire.method, h1::Keep::All).await?;
+        let head = c.read_head(&wire.method, h1::Keep::Forward).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,

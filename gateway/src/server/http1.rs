@@ -40,6 +40,8 @@ const MAX_READ: usize = 64 * 1024;
 /// A response body chunk up to this size is copied into the write that carries the head
 /// (or its chunk framing); larger ones are written from where they are.
 const COALESCE: usize = 16 * 1024;
+/// Room reserved for a response head: most heads fit.
+const HEAD_ROOM: usize = 512;
 /// A request body the runtime did not read is read and dropped, up to this much and for
 /// at most [`DRAIN_FOR`], so that the connection can carry the next request; beyond
 /// that the connection is closed.
@@ -326,7 +328,13 @@ impl Conn {
             }
         };
         let keep_alive = keep_alive && framing != Out::Close;
-        let mut out = Vec::with_capacity(512);
+        // Room for the head and for a body of known length that goes out with it, so
+        // that the buffer is not grown (copied) on the way.
+        let body_room = match framing {
+            Out::Length(n) if n <= COALESCE as u64 => n as usize,
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(HEAD_ROOM + body_room);
         encode_head(&mut out, status, &parts.headers, framing, keep_alive, exchange.http11, bodiless);
         if bodiless {
             self.io.write_all(&out).await?;
