@@ -108,7 +108,7 @@ pub enum Keep {
 /// `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`,
 /// `Upgrade`, in any case. Compared by length first: most names are ruled out by that.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    let is = |known: &str| field_is(name, known);
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -169,10 +169,10 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
             let name = match keep {
                 Keep::All => Name::Parse,
                 Keep::Forward if is_hop_by_hop(h.name) => continue,
-                Keep::Forward if length_delimits && h.name.eq_ignore_ascii_case("content-length") => continue,
+                Keep::Forward if length_delimits && field_is(h.name, "content-length") => continue,
                 Keep::Forward => Name::Parse,
-                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("content-type") => Name::ContentType,
-                Keep::TypeAndLocation if h.name.eq_ignore_ascii_case("location") => Name::Location,
+                Keep::TypeAndLocation if field_is(h.name, "content-type") => Name::ContentType,
+                Keep::TypeAndLocation if field_is(h.name, "location") => Name::Location,
                 Keep::TypeAndLocation => continue,
             };
             // Every offset is within the head, which is at most MAX_HEAD_BYTES long.
@@ -214,7 +214,7 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
 /// `Content-Length` on one response is a smuggling pattern: never reuse after it. Read
 /// from the parsed fields, as [`framing`] is: byte comparisons, no hashed lookups.
 fn connection_persists(http11: bool, fields: &[httparse::Header<'_>]) -> bool {
-    let has = |name: &str| fields.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let has = |name: &str| fields.iter().any(|h| field_is(h.name, name));
     if has("transfer-encoding") && has("content-length") {
         return false;
     }
@@ -222,12 +222,28 @@ fn connection_persists(http11: bool, fields: &[httparse::Header<'_>]) -> bool {
     !close && (http11 || keep_alive)
 }
 
+/// Whether the field name `name` is `lower` in any case, where `lower` is a name in lower
+/// case made of letters and `-` (every name this module looks for). Setting bit 5 of each
+/// byte folds `A`-`Z` onto `a`-`z` and leaves `a`-`z` and `-` as they are; the only other
+/// byte it folds onto one of them is CR (onto `-`), which no parsed field name holds. So
+/// the names are compared eight bytes at a time, with that bit set on both sides.
+pub fn field_is(name: &str, lower: &str) -> bool {
+    debug_assert!(lower.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{lower}");
+    let (name, lower) = (name.as_bytes(), lower.as_bytes());
+    let folded = |part: &[u8]| {
+        let mut word = [0u8; 8];
+        word[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(word) | 0x2020_2020_2020_2020
+    };
+    name.len() == lower.len() && name.chunks(8).zip(lower.chunks(8)).all(|(a, b)| folded(a) == folded(b))
+}
+
 /// The parsed fields called `name`, in order.
 pub fn named<'f, 'h>(
     fields: &'f [httparse::Header<'h>],
     name: &'static str,
 ) -> impl DoubleEndedIterator<Item = &'f httparse::Header<'h>> {
-    fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
+    fields.iter().filter(move |h| field_is(h.name, name))
 }
 
 /// Whether `Connection` fields say `close`, and whether they say `keep-alive`.
@@ -629,6 +645,28 @@ mod tests {
         for keep in [Keep::All, Keep::Forward] {
             let mut buf = BytesMut::from(&invalid_value[..]);
             assert!(parse_head(&mut buf, &Method::GET, keep).is_err());
+        }
+    }
+
+    #[test]
+    fn field_names_compare_as_eq_ignore_ascii_case_does() {
+        let known = ["te", "host", "expect", "trailer", "location", "connection", "content-type", "content-length"];
+        let known = known.into_iter().chain(["transfer-encoding", "proxy-authorization", "x-a-very-long-field-name"]);
+        // Every byte a field name may hold (RFC 9110 tchar), in every position of each name.
+        let tchars: Vec<u8> = (0x21..0x7f).filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b)).collect();
+        for lower in known {
+            let upper = lower.to_ascii_uppercase();
+            for candidate in [lower.to_owned(), upper.clone(), format!("{lower}x"), lower[1..].to_owned()] {
+                assert_eq!(field_is(&candidate, lower), candidate.eq_ignore_ascii_case(lower), "{candidate} / {lower}");
+            }
+            for at in 0..lower.len() {
+                for &b in &tchars {
+                    let mut name = upper.clone().into_bytes();
+                    name[at] = b;
+                    let name = String::from_utf8(name).unwrap();
+                    assert_eq!(field_is(&name, lower), name.eq_ignore_ascii_case(lower), "{name} / {lower}");
+                }
+            }
         }
     }
 
