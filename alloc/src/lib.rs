@@ -13,6 +13,8 @@
 //! `mi_realloc`) directly; larger alignments still go through the aligned entry points.
 
 #![no_std]
+// The one crate of the workspace that allows `unsafe` code: each block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_void;
