@@ -38,8 +38,8 @@ pub struct Mimalloc;
 
 // SAFETY: every method hands back either null (out of memory) or a block of at least
 // `layout.size()` bytes aligned to `layout.align()`: mimalloc's plain entry points are
-// used only where their blocks are aligned enough ([`plain`]), the aligned ones otherwise. Blocks from either family are freed by `mi_free`, and
-// mimalloc is thread-safe.
+// used only where their blocks are aligned enough (`plain`), the aligned ones otherwise.
+// Blocks from either family are freed by `mi_free`, and mimalloc is thread-safe.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
