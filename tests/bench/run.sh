@@ -718,9 +718,10 @@ else
 fi
 [[ -z $POLICY_SKIP ]] || log "  $POLICY_NAME: $POLICY_SKIP"
 
-# One round: every scenario once, each proxy alone on its CPU while it is measured.
-run_round() {
-    # 1. nginx reverse proxy: the reference.
+# The scenarios, each measuring one proxy alone on its CPU.
+
+# 1. nginx reverse proxy: the reference.
+scenario_nginx() {
     alloc_port NGINX_PORT
     write_nginx_proxy_conf "$NGINX_PORT" "$TMP/nginx-proxy.conf"
     NGINX_NAME="nginx proxy_pass (reference)"
@@ -733,14 +734,18 @@ run_round() {
         add_row "$NGINX_NAME" - - - - "did not start" "FAILED: nginx proxy did not start"
     fi
     stop_and_forget "$NGINX_PID"
+}
 
-    # 2. weir, plain proxy (no-op).
+# 2. weir, plain proxy (no-op).
+scenario_plain() {
     alloc_port P
     weir_config "$P" "$EP_PLAIN" >"$TMP/weir-plain.json"
     weir_scenario "weir no-op proxy" "$TMP/weir-plain.json" "$P" /user
+}
 
-    # 2b. The same with telemetry: Prometheus, and OTLP/HTTP metrics and traces (10 % of
-    # requests sampled) sent to the upstream standing in for a collector.
+# 2b. The same with telemetry: Prometheus, and OTLP/HTTP metrics and traces (10 % of
+# requests sampled) sent to the upstream standing in for a collector.
+scenario_plain_telemetry() {
     alloc_port P
     alloc_port MP
     weir_config "$P" "$EP_PLAIN" "{\"telemetry/opentelemetry\": {\"service_name\": \"weir-bench\",
@@ -749,18 +754,24 @@ run_round() {
         \"otlp\": [{\"name\": \"collector\", \"host\": \"127.0.0.1\", \"port\": $UPSTREAM_PORT, \"use_http\": true}]}}}" \
         >"$TMP/weir-plain-telemetry.json"
     weir_scenario "weir no-op + telemetry" "$TMP/weir-plain-telemetry.json" "$P" /user
+}
 
-    # 3. weir, one JSON backend with allow + mapping + group.
+# 3. weir, one JSON backend with allow + mapping + group.
+scenario_shape() {
     alloc_port P
     weir_config "$P" "$EP_SHAPE" >"$TMP/weir-shape.json"
     weir_scenario "weir json allow+mapping+group" "$TMP/weir-shape.json" "$P" /profile
+}
 
-    # 4. weir, two backends merged.
+# 4. weir, two backends merged.
+scenario_merge() {
     alloc_port P
     weir_config "$P" "$EP_MERGE" >"$TMP/weir-merge.json"
     weir_scenario "weir 2 backends merged" "$TMP/weir-merge.json" "$P" /merged
+}
 
-    # 5. weir with JWT validation, rate limit and telemetry, on top of scenario 3.
+# 5. weir with JWT validation, rate limit and telemetry, on top of scenario 3.
+scenario_policy() {
     if [[ -n $POLICY_SKIP ]]; then
         add_row "$POLICY_NAME" - - - - - "$POLICY_SKIP"
     else
@@ -769,8 +780,10 @@ run_round() {
             ROW_NOTE[-1]="${ROW_NOTE[-1]:+${ROW_NOTE[-1]}; }$IGNORED ignored by weir (not implemented yet)"
         fi
     fi
+}
 
-    # 6. Any other gateway, under the same pinning.
+# 6. Any other gateway, under the same pinning.
+scenario_other() {
     if [[ -n ${OTHER_GATEWAY_CMD:-} ]]; then
         OTHER_NAME=${OTHER_GATEWAY_NAME:-other gateway}
         alloc_port P
@@ -788,6 +801,25 @@ run_round() {
         fi
         stop_and_forget "$OTHER_PID"
     fi
+}
+
+SCENARIOS=(scenario_nginx scenario_plain scenario_plain_telemetry scenario_shape scenario_merge scenario_policy scenario_other)
+
+# One round: every scenario once. Every other round runs them in reverse order, so that a
+# drift of the machine's speed within a round, or whatever one scenario leaves behind for
+# the next, falls on the first and the last scenario alike.
+run_round() {
+    local order=() i
+    for i in "${!SCENARIOS[@]}"; do
+        if ((ROUND % 2 == 0)); then
+            order=("${SCENARIOS[$i]}" "${order[@]}")
+        else
+            order+=("${SCENARIOS[$i]}")
+        fi
+    done
+    for i in "${order[@]}"; do
+        "$i"
+    done
 }
 
 # Rounds interleave the scenarios, so that drift in the machine's speed (large on shared
@@ -937,7 +969,7 @@ echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV ($WEIR_BUILD); ot
     echo "* CPU: $CPU_MODEL ($(nproc) CPUs available), $PINNING"
     echo "* weir: git $REV, \`$("$WEIR_BIN" version 2>/dev/null || echo '?')\`, build: $WEIR_BUILD, \`run --workers 1\`"
     echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
-    echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up, $ROUNDS interleaved round(s) of every scenario, each row the round with the median req/s; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
+    echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up, $ROUNDS interleaved round(s) of every scenario (every other round in reverse order), each row the round with the median req/s; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
     echo "* CPU use by other processes just before the run: ${BUSY_BEFORE}% (keep it near 0 for comparable numbers)"
     echo "* proxy CPU: CPU time of the proxy per second of the measurement; near 1.00 (pinned) the proxy, not the load side, was the bottleneck."
     echo "* other CPU: CPUs' worth of time used by processes other than the proxy, the upstream and wrk during the measurement; above $NOISY_CPUS the row is marked noisy."
