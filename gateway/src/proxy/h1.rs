@@ -670,6 +670,53 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A passed-on head keeps exactly the fields of the whole head that are neither
+        /// hop-by-hop nor a length that delimits its body, in order, with their values;
+        /// the framing and connection reuse are read the same in every mode.
+        #[test]
+        fn a_forwarded_head_is_the_whole_head_less_connection_fields(
+            fields in proptest::collection::vec((
+                "(x-[a-z]{1,6}|server|date|content-type|location|connection|keep-alive|te|trailer|upgrade|proxy-connection|content-length)",
+                proptest::bool::ANY,
+                "[!-~]{1,12}",
+            ), 0..(3 * FEW_FIELDS / 2)),
+            method in "(GET|HEAD)",
+            status in "(200|204|304|404)",
+        ) {
+            let mut wire = format!("HTTP/1.1 {status} X\r\n");
+            let mut length = false;
+            for (name, upper, value) in &fields {
+                // One length at most, and a number: several that disagree are refused.
+                let value = if name == "content-length" {
+                    if length { continue }
+                    length = true;
+                    "7".to_owned()
+                } else {
+                    value.clone()
+                };
+                let name = if *upper { name.to_ascii_uppercase() } else { name.clone() };
+                wire.push_str(&format!("{name}: {value}\r\n"));
+            }
+            wire.push_str("\r\n");
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let parse = |keep| parse_head(&mut BytesMut::from(wire.as_bytes()), &method, keep).unwrap().unwrap();
+            let (all, forward) = (parse(Keep::All), parse(Keep::Forward));
+            proptest::prop_assert_eq!(all.framing, forward.framing);
+            proptest::prop_assert_eq!(all.keep_alive, forward.keep_alive);
+            let delimits = matches!(all.framing, Framing::Length(n) if n > 0);
+            let expected: Vec<_> = all
+                .headers
+                .iter()
+                .filter(|(n, _)| {
+                    let passed_on = !is_hop_by_hop(n.as_str());
+                    passed_on && (!delimits || *n != header::CONTENT_LENGTH)
+                })
+                .collect();
+            proptest::prop_assert_eq!(forward.headers.iter().collect::<Vec<_>>(), expected);
+        }
+    }
+
     #[test]
     fn hop_by_hop_names_are_known_in_any_case() {
         for name in [
