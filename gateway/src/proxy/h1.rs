@@ -155,10 +155,11 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
             buf.advance(parsed);
             continue;
         }
-        let framing = framing(status, response.headers, request_method)?;
+        let bodiless = bodiless(status, request_method);
+        let framing = framing(bodiless, response.headers)?;
         let keep_alive = connection_persists(http11, response.headers) && !matches!(framing, Framing::Close);
         // A length that delimits a body: passed on, the body announces it again.
-        let length_delimits = matches!(framing, Framing::Length(_)) && !bodiless(status, request_method);
+        let length_delimits = matches!(framing, Framing::Length(_)) && !bodiless;
         // Names and values are taken out of the head once it leaves the buffer (values
         // are slices of it, not copies): record where each kept field is, on the stack.
         let base = buf.as_ptr() as usize;
@@ -294,9 +295,9 @@ fn plain_length(value: &[u8]) -> Option<u64> {
     Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// How the body is delimited (RFC 9112 §6.3).
-fn framing(status: StatusCode, fields: &[httparse::Header<'_>], request_method: &Method) -> Result<Framing, Invalid> {
-    if bodiless(status, request_method) {
+/// How the body is delimited (RFC 9112 §6.3); `bodiless`: a response that never has one ([`bodiless`]).
+fn framing(bodiless: bool, fields: &[httparse::Header<'_>]) -> Result<Framing, Invalid> {
+    if bodiless {
         return Ok(Framing::Length(0));
     }
     if let Some(last) = named(fields, "transfer-encoding").next_back() {
