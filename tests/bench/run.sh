@@ -296,6 +296,26 @@ other_cpus() {
         printf "%.2f", ((wall > 0 && other > 0) ? other / wall : 0) }'
 }
 is_noisy() { awk -v v="$1" -v t="$NOISY_CPUS" 'BEGIN { exit !(v > t) }'; }
+# per_cpu RPS PROXY_CPU: req/s per CPU-second of the proxy.
+per_cpu() {
+    awk -v r="$1" -v c="$2" 'BEGIN { if (r ~ /^[0-9]+$/ && c ~ /^[0-9.]+$/ && c > 0) printf "%.0f", r / c; else printf "-" }'
+}
+
+# load_ticks: "busy total" jiffies of the load CPU (all of it, softirq included), or nothing
+# when unpinned.
+load_ticks() {
+    [[ -n ${LOAD_CPU:-} ]] || return 0
+    awk -v c="cpu$LOAD_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
+}
+# busy_fraction BEFORE AFTER: the share of the load CPU's time it was busy in between.
+busy_fraction() {
+    [[ -n $1 && -n $2 ]] || {
+        echo -
+        return 0
+    }
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2];
+        printf "%.2f", (t > 0 ? (y[1] - x[1]) / t : 0) }'
+}
 
 # ---------------------------------------------------------------------------------------
 # Upstream: nginx serving two JSON documents from memory
@@ -428,13 +448,13 @@ EP_MERGE='{"endpoint": "/merged", "output_encoding": "json",
 # Measurements
 # ---------------------------------------------------------------------------------------
 
-ROW_NAME=() ROW_RPS=() ROW_P50=() ROW_P99=() ROW_RSS=() ROW_ERR=() ROW_NOTE=() ROW_OTHER=() ROW_PCPU=()
+ROW_NAME=() ROW_RPS=() ROW_P50=() ROW_P99=() ROW_RSS=() ROW_ERR=() ROW_NOTE=() ROW_OTHER=() ROW_PCPU=() ROW_LCPU=()
 NOTES=()
 NOISY=0
 
-add_row() { # name rps p50 p99 rss_mb errors note [other_cpus proxy_cpu]
+add_row() { # name rps p50 p99 rss_mb errors note [other_cpus proxy_cpu load_cpu]
     ROW_NAME+=("$1") ROW_RPS+=("$2") ROW_P50+=("$3") ROW_P99+=("$4") ROW_RSS+=("$5") ROW_ERR+=("$6") ROW_NOTE+=("$7")
-    ROW_OTHER+=("${8:--}") ROW_PCPU+=("${9:--}")
+    ROW_OTHER+=("${8:--}") ROW_PCPU+=("${9:--}") ROW_LCPU+=("${10:--}")
 }
 
 # telemetry_cost: the cost of telemetry as the median over rounds of each round's ratio of
@@ -457,17 +477,19 @@ telemetry_cost() {
     NOTES+=("telemetry cost: no-op + telemetry / no-op req/s per round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | awk '{ r[NR] = $1 } END { printf "%.3f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
 }
 
-# paired_ratios: for each weir scenario, its req/s over nginx's in the same round, and the
-# median of those. On a machine whose speed drifts between rounds (shared VMs), a ratio of
-# two measurements taken a minute apart is steadier than the ratio of two median rows, which
-# may come from different rounds.
+# paired_ratios WHAT VALUES: for each weir scenario, its value (VALUES, an array parallel to
+# the rows) over nginx's in the same round, and the median of those. On a machine whose
+# speed drifts between rounds (shared VMs), a ratio of two measurements taken a minute apart
+# is steadier than the ratio of two median rows, which may come from different rounds.
 paired_ratios() {
     ((ROUNDS > 1)) || return 0
+    local what=$1
+    local -n values=$2
     local reference=() i n k ratios
     local -A count=()
     local -a order=()
     for i in "${!ROW_NAME[@]}"; do
-        [[ ${ROW_NAME[$i]} == "nginx proxy_pass (reference)" ]] && reference+=("${ROW_RPS[$i]}")
+        [[ ${ROW_NAME[$i]} == "nginx proxy_pass (reference)" ]] && reference+=("${values[$i]}")
     done
     for i in "${!ROW_NAME[@]}"; do
         n=${ROW_NAME[$i]}
@@ -479,13 +501,13 @@ paired_ratios() {
         k=0
         ratios=$(for i in "${!ROW_NAME[@]}"; do
             [[ ${ROW_NAME[$i]} == "$n" ]] || continue
-            local r=${ROW_RPS[$i]} ref=${reference[$k]:-}
+            local r=${values[$i]} ref=${reference[$k]:-}
             k=$((k + 1))
             [[ $r =~ ^[0-9]+$ && $ref =~ ^[0-9]+$ && $ref -gt 0 ]] || continue
             awk -v a="$r" -v b="$ref" 'BEGIN { printf "%.2f\n", a / b }'
         done)
         [[ -n $ratios ]] || continue
-        NOTES+=("$n: req/s over nginx's in the same round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | sort -n | awk '{ r[NR] = $1 } END { printf "%.2fx", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
+        NOTES+=("$n: $what over nginx's in the same round: $(echo "$ratios" | paste -sd' '); median $(echo "$ratios" | sort -n | awk '{ r[NR] = $1 } END { printf "%.2fx", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')")
     done
 }
 
@@ -503,7 +525,7 @@ median_rows() {
             order+=("$n")
         fi
     done
-    local names=() rps=() p50=() p99=() rsss=() errs=() notes=() others=() pcpus=()
+    local names=() rps=() p50=() p99=() rsss=() errs=() notes=() others=() pcpus=() lcpus=()
     for n in "${order[@]}"; do
         local idx=() sorted=()
         for i in "${!ROW_NAME[@]}"; do
@@ -524,11 +546,11 @@ median_rows() {
             per_round+="${per_round:+, }${ROW_RPS[$i]}"
         done
         names+=("$n") rps+=("${ROW_RPS[$m]}") p50+=("${ROW_P50[$m]}") p99+=("${ROW_P99[$m]}") rsss+=("$rss")
-        errs+=("${ROW_ERR[$m]}") notes+=("${ROW_NOTE[$m]}") others+=("${ROW_OTHER[$m]}") pcpus+=("${ROW_PCPU[$m]}")
+        errs+=("${ROW_ERR[$m]}") notes+=("${ROW_NOTE[$m]}") others+=("${ROW_OTHER[$m]}") pcpus+=("${ROW_PCPU[$m]}") lcpus+=("${ROW_LCPU[$m]}")
         NOTES+=("$n: req/s per round: $per_round")
     done
     ROW_NAME=("${names[@]}") ROW_RPS=("${rps[@]}") ROW_P50=("${p50[@]}") ROW_P99=("${p99[@]}") ROW_RSS=("${rsss[@]}")
-    ROW_ERR=("${errs[@]}") ROW_NOTE=("${notes[@]}") ROW_OTHER=("${others[@]}") ROW_PCPU=("${pcpus[@]}")
+    ROW_ERR=("${errs[@]}") ROW_NOTE=("${notes[@]}") ROW_OTHER=("${others[@]}") ROW_PCPU=("${pcpus[@]}") ROW_LCPU=("${lcpus[@]}")
 }
 
 # run_wrk OUT CONNECTIONS SECONDS URL [wrk args...]
@@ -575,16 +597,19 @@ measure() {
     fi
     local out="$TMP/wrk-${#ROW_NAME[@]}.txt" ours before after other note=""
     ours="$UPSTREAM_PID $(child_pids "$UPSTREAM_PID") $pid $(child_pids "$pid")"
-    local proxy_pids proxy0 proxy1 t0 t1 proxy_cpu
+    local proxy_pids proxy0 proxy1 t0 t1 proxy_cpu load0 load1 load_cpu
     proxy_pids="$pid $(child_pids "$pid")"
     cpu_sample before $ours
-    proxy0=$(proc_ticks $proxy_pids) t0=$(date +%s%N)
+    proxy0=$(proc_ticks $proxy_pids) t0=$(date +%s%N) load0=$(load_ticks)
     run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url" "$@"
-    proxy1=$(proc_ticks $proxy_pids) t1=$(date +%s%N)
+    proxy1=$(proc_ticks $proxy_pids) t1=$(date +%s%N) load1=$(load_ticks)
     cpu_sample after $ours
     other=$(other_cpus "$before" "$after")
-    # Near 1.00 (with pinning) the proxy was the bottleneck, as intended; well below, the
-    # load side was.
+    load_cpu=$(busy_fraction "$load0" "$load1")
+    # The proxy's CPU time per second (its softirq work included). Near 1.00 with the load
+    # CPU well below, the proxy was the bottleneck, as intended; with both near 1.00 (two
+    # CPUs, a proxy as cheap per request as wrk and the upstream together), either may have
+    # been, and req/s per proxy CPU is the fairer measure of the proxy.
     proxy_cpu=$(awk -v d="$((proxy1 - proxy0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" 'BEGIN { printf "%.2f", (ns > 0 ? d / hz / (ns / 1e9) : 0) }')
     parse_wrk "$out"
     local kb=0 p
@@ -596,8 +621,8 @@ measure() {
         note="noisy: other processes used $other CPU"
         NOISY=1
     fi
-    add_row "$name" "$W_RPS" "$W_P50" "$W_P99" "$(mb "$kb")" "$W_ERR" "$note" "$other" "$proxy_cpu"
-    log "    $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms, peak RSS $(mb "$kb") MB, errors: $W_ERR, proxy CPU $proxy_cpu, other CPU $other${note:+ (noisy)}"
+    add_row "$name" "$W_RPS" "$W_P50" "$W_P99" "$(mb "$kb")" "$W_ERR" "$note" "$other" "$proxy_cpu" "$load_cpu"
+    log "    $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms, peak RSS $(mb "$kb") MB, errors: $W_ERR, proxy CPU $proxy_cpu, load CPU $load_cpu, other CPU $other${note:+ (noisy)}"
 }
 
 # start_weir VAR CONFIG PORT: starts weir pinned, waits for /__health; returns 1 on failure.
@@ -829,7 +854,12 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     run_round
 done
 telemetry_cost
-paired_ratios
+paired_ratios "req/s" ROW_RPS
+ROW_PER_CPU=()
+for i in "${!ROW_NAME[@]}"; do
+    ROW_PER_CPU+=("$(per_cpu "${ROW_RPS[$i]}" "${ROW_PCPU[$i]}")")
+done
+paired_ratios "req/s per proxy CPU" ROW_PER_CPU
 median_rows
 
 # 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.
@@ -916,7 +946,7 @@ ratio() { # value reference
     awk -v v="$1" -v r="$2" 'BEGIN { if (v ~ /^[0-9.]+$/ && r ~ /^[0-9.]+$/ && r > 0) printf "%.2fx", v / r; else printf "-" }'
 }
 
-HEADERS=("scenario" "req/s" "p50 ms" "p99 ms" "peak RSS MB" "req/s vs nginx" "p99 vs nginx" "proxy CPU" "other CPU" "errors")
+HEADERS=("scenario" "req/s" "p50 ms" "p99 ms" "peak RSS MB" "req/s vs nginx" "p99 vs nginx" "proxy CPU" "load CPU" "req/s per proxy CPU" "vs nginx" "other CPU" "errors")
 CELLS=()
 for i in "${!ROW_NAME[@]}"; do
     errors=${ROW_ERR[$i]}
@@ -926,15 +956,19 @@ for i in "${!ROW_NAME[@]}"; do
         *) errors="$errors; ${ROW_NOTE[$i]}" ;;
         esac
     fi
-    CELLS+=("${ROW_NAME[$i]}|${ROW_RPS[$i]}|${ROW_P50[$i]}|${ROW_P99[$i]}|${ROW_RSS[$i]}|$(ratio "${ROW_RPS[$i]}" "${ROW_RPS[0]}")|$(ratio "${ROW_P99[$i]}" "${ROW_P99[0]}")|${ROW_PCPU[$i]}|${ROW_OTHER[$i]}|$errors")
+    per=$(per_cpu "${ROW_RPS[$i]}" "${ROW_PCPU[$i]}")
+    CELLS+=("${ROW_NAME[$i]}|${ROW_RPS[$i]}|${ROW_P50[$i]}|${ROW_P99[$i]}|${ROW_RSS[$i]}|$(ratio "${ROW_RPS[$i]}" "${ROW_RPS[0]}")|$(ratio "${ROW_P99[$i]}" "${ROW_P99[0]}")|${ROW_PCPU[$i]}|${ROW_LCPU[$i]}|$per|$(ratio "$per" "$(per_cpu "${ROW_RPS[0]}" "${ROW_PCPU[0]}")")|${ROW_OTHER[$i]}|$errors")
 done
 
 print_table() {
     local row
-    printf '%-30s %9s %7s %7s %12s %15s %13s %9s %9s  %s\n' "${HEADERS[@]}"
+    local format='%-30s %9s %7s %7s %12s %15s %13s %9s %9s %20s %9s %9s  %s\n'
+    # shellcheck disable=SC2059 # the format is the one above
+    printf "$format" "${HEADERS[@]}"
     for row in "${CELLS[@]}"; do
         IFS='|' read -ra c <<<"$row"
-        printf '%-30s %9s %7s %7s %12s %15s %13s %9s %9s  %s\n' "${c[@]}"
+        # shellcheck disable=SC2059
+        printf "$format" "${c[@]}"
     done
 }
 
@@ -942,7 +976,7 @@ markdown_table() {
     local row
     printf '| %s |' "${HEADERS[0]}"
     printf ' %s |' "${HEADERS[@]:1}"
-    printf '\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
+    printf '\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
     for row in "${CELLS[@]}"; do
         printf '| %s |\n' "${row//|/ | }"
     done
@@ -971,7 +1005,8 @@ echo "* $DATE, $CPU_MODEL ($(nproc) CPUs), $PINNING; weir $REV ($WEIR_BUILD); ot
     echo "* nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1, upstream keepalive 64"
     echo "* Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\` after ${WARMUP}s of warm-up, $ROUNDS interleaved round(s) of every scenario (every other round in reverse order), each row the round with the median req/s; upstream: nginx serving /user (${#USER_JSON} B) and /profile (${#PROFILE_JSON} B) from memory"
     echo "* CPU use by other processes just before the run: ${BUSY_BEFORE}% (keep it near 0 for comparable numbers)"
-    echo "* proxy CPU: CPU time of the proxy per second of the measurement; near 1.00 (pinned) the proxy, not the load side, was the bottleneck."
+    echo "* proxy CPU: CPU time of the proxy (softirq work done in its name included) per second of the measurement; load CPU: the share of the load CPU (upstream + wrk) that was busy. With the proxy near 1.00 and the load CPU well below, the proxy was the bottleneck; with both near 1.00, either may have been, and req/s then says little more than that the proxy kept up with the load side."
+    echo "* req/s per proxy CPU: req/s over proxy CPU, the requests one CPU of the proxy serves per second at this load; its ratio is to nginx's of the same run."
     echo "* other CPU: CPUs' worth of time used by processes other than the proxy, the upstream and wrk during the measurement; above $NOISY_CPUS the row is marked noisy."
     echo "* Ratios are to the nginx row of the same run; peak RSS is VmHWM (nginx: its worker)."
     echo
