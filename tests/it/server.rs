@@ -151,34 +151,120 @@ async fn idle_keep_alive_connections_and_slow_bodies_are_cut() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
 }
 
-/// `write_timeout`: a response the client does not read is given up on, and its connection
-/// closed, instead of holding the connection (and the backend's body) forever.
-#[tokio::test]
-async fn a_response_the_client_does_not_read_is_cut_after_the_write_timeout() {
-    // Far more than the socket buffers on both ends hold.
-    let size = 32 * 1024 * 1024;
+/// How a test reaches the gateway: plain HTTP/1.1 (the gateway's own server), HTTP/1.1
+/// on a listener that also takes h2c, or HTTP/1.1 over TLS (both served by hyper).
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    Plain,
+    H2c,
+    Tls,
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A gateway serving `size` bytes at /big through a no-op endpoint, with `write_timeout`,
+/// and a connection to it that has sent `GET /big`.
+async fn big_response(listener: Listener, size: usize, write_timeout: &str) -> (Gateway, Backend, Box<dyn Stream>) {
     let body = Bytes::from(vec![b'x'; size]);
     let b = Backend::start(move |_| Reply::raw(200, "application/octet-stream", body.clone())).await;
     let mut c = config(json!([{"endpoint": "/big", "output_encoding": "no-op",
         "backend": [{"host": [b.url], "url_pattern": "/", "encoding": "no-op"}]}]));
-    c["write_timeout"] = json!("300ms");
+    c["write_timeout"] = json!(write_timeout);
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    match listener {
+        Listener::Plain => {}
+        Listener::H2c => c["use_h2c"] = json!(true),
+        Listener::Tls => {
+            let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert_path, key.cert.pem()).unwrap();
+            std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+            c["tls"] = json!({"public_key": cert_path, "private_key": key_path});
+        }
+    }
     let gw = Gateway::start(c).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut stream: Box<dyn Stream> = match listener {
+        Listener::Plain | Listener::H2c => Box::new(tcp),
+        Listener::Tls => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from(key.cert.der().to_vec())).unwrap();
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+            Box::new(connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap())
+        }
+    };
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    (gw, b, stream)
+}
 
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    // Not reading for well past the limit.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+/// Reads until the connection ends (or 20 s pass): the bytes received.
+async fn read_to_end(stream: &mut Box<dyn Stream>) -> Option<usize> {
     let mut received = 0;
     let mut buf = vec![0u8; 64 * 1024];
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return received,
                 Ok(n) => received += n,
             }
         }
     })
-    .await;
-    assert!(ended.is_ok(), "the connection stayed open");
-    assert!(received < size, "the whole response arrived ({received} bytes): it was not cut");
+    .await
+    .ok()
+}
+
+/// `write_timeout`: a response the client does not read is given up on, and its connection
+/// closed, instead of holding the connection (and the backend's body) forever; on every
+/// kind of listener.
+#[tokio::test]
+async fn a_response_the_client_does_not_read_is_cut_after_the_write_timeout() {
+    // Far more than the socket buffers on both ends hold.
+    let size = 32 * 1024 * 1024;
+    for listener in [Listener::Plain, Listener::H2c, Listener::Tls] {
+        let (_gw, _b, mut stream) = big_response(listener, size, "300ms").await;
+        // Not reading for well past the limit.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let received = read_to_end(&mut stream).await;
+        let received = received.unwrap_or_else(|| panic!("{listener:?}: the connection stayed open"));
+        assert!(received < size, "{listener:?}: the whole response arrived ({received} bytes): it was not cut");
+    }
+}
+
+/// On the listeners hyper serves, the limit is on each stall (as nginx's `send_timeout`),
+/// not on the whole response: a client that keeps reading gets all of a response that
+/// takes longer than the limit to send.
+#[tokio::test]
+async fn on_tls_and_h2c_a_client_that_keeps_reading_gets_the_whole_response() {
+    let size = 8 * 1024 * 1024;
+    for listener in [Listener::H2c, Listener::Tls] {
+        let (_gw, _b, mut stream) = big_response(listener, size, "1s").await;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut received, mut head, mut paused) = (0, Vec::new(), 0);
+        let started = std::time::Instant::now();
+        let whole = loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "{listener:?}: the connection ended after {received} bytes");
+            received += n;
+            if head.len() < 256 {
+                head.extend_from_slice(&buf[..n.min(256)]);
+            }
+            let header_len = String::from_utf8_lossy(&head).find("\r\n\r\n").map(|i| i + 4);
+            if header_len.is_some_and(|len| received >= len + size) {
+                break received - header_len.unwrap_or(0);
+            }
+            // A pause well under the limit after every MiB: eight of them, longer in all.
+            if received / (1024 * 1024) > paused {
+                paused = received / (1024 * 1024);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        assert_eq!(whole, size, "{listener:?}");
+        assert!(started.elapsed() > Duration::from_secs(1), "{listener:?}: sent within the limit, proving nothing");
+    }
 }

@@ -1,9 +1,11 @@
 //! Listeners: TCP, optional TLS (rustls, HTTP/2 by ALPN), HTTP/1.1 and h2c, limits,
 //! and graceful shutdown that stops accepting and lets requests in flight finish.
 //!
-//! Plain HTTP/1.1 connections are served by [`http1`]; TLS and h2c ones by hyper.
+//! Plain HTTP/1.1 connections are served by [`http1`]; TLS and h2c ones by hyper, over a
+//! stream that enforces `write_timeout` ([`stall`]).
 
 mod http1;
+mod stall;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -239,6 +241,7 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
             response
         });
         let watcher = graceful.watcher();
+        let stream = stall::WriteStall::new(stream, settings.write_timeout);
         match &settings.tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
