@@ -257,6 +257,15 @@ async fn rate_limits_hit_exactly_at_the_burst() {
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
     assert_eq!(r.json(), json!({"error": "too many requests"}));
     assert_eq!(gw.send(Method::GET, "/client", &[("X-User", "bob")], "").await.status, 200);
+    // Without the key (or with an empty one) a client cannot be told apart: refused, as
+    // KrakenD does, and with no time to retry after.
+    for _ in 0..5 {
+        for headers in [&[][..], &[("X-User", "")][..]] {
+            let r = gw.send(Method::GET, "/client", headers, "").await;
+            assert_eq!(r.status, 429, "{headers:?}");
+            assert_eq!(r.header("retry-after"), None);
+        }
+    }
 
     assert_eq!(gw.get("/all").await.status, 200);
     assert_eq!(gw.get("/all").await.status, 200);
@@ -321,6 +330,7 @@ async fn cluster_rate_limit_is_shared_through_redis() {
     let r = two.send(Method::GET, &path, &[("X-User", "ada")], "").await;
     assert!(r.header("retry-after").is_some());
     assert_eq!(one.send(Method::GET, &path, &[("X-User", "bob")], "").await.status, 200);
+    assert_eq!(one.send(Method::GET, &path, &[], "").await.status, 429, "no key, no entry");
 
     // Redis unreachable: refused by default, let through with on_failure_allow.
     let closed = crate::support::free_port();

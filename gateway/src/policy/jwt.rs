@@ -427,7 +427,10 @@ impl JwtValidator {
         validation.validate_nbf = true;
         validation.leeway = settings.leeway.as_secs();
         if let Some(iss) = &settings.issuer {
+            // jsonwebtoken compares `iss` only when a token has one: a token without it
+            // would pass, where KrakenD refuses it.
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         Ok(Self {
             settings,
@@ -718,6 +721,8 @@ mod tests {
                 json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "you"}),
                 Denied::Unauthorized,
             ),
+            // An issuer is required when one is configured, not only compared when present.
+            (json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"]}), Denied::Unauthorized),
             (
                 json!({"roles": ["admin"], "scope": "read write", "aud": ["api", "web"], "iss": "me", "exp": now() - 30}),
                 Denied::Unauthorized,

@@ -215,18 +215,14 @@ impl RouterLimit {
         let mut headers = Vec::new();
         if let Some(c) = &self.client {
             self.cleanup(c);
-            if let Some(key) = client_key(&c.key, who) {
-                match c.limiter.check_key(&key) {
-                    Ok(snapshot) => headers.extend(remaining_headers(
-                        &c.policy,
-                        "client",
-                        c.rate,
-                        snapshot.remaining_burst_capacity(),
-                    )),
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(DefaultClock::default().now());
-                        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &c.policy, "client", wait));
-                    }
+            let key = client_key(&c.key, who).ok_or_else(unidentified)?;
+            match c.limiter.check_key(&key) {
+                Ok(snapshot) => {
+                    headers.extend(remaining_headers(&c.policy, "client", c.rate, snapshot.remaining_burst_capacity()))
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &c.policy, "client", wait));
                 }
             }
         }
@@ -263,7 +259,21 @@ impl RouterLimit {
     }
 }
 
+/// What a request whose client cannot be told apart gets: 429, as from KrakenD, without a
+/// time to retry after (waiting will not give it a key). Letting it through would let
+/// anyone escape a per-client limit by leaving the key out.
+pub(super) fn unidentified() -> Refusal {
+    Refusal { status: StatusCode::TOO_MANY_REQUESTS, headers: Vec::new() }
+}
+
+/// The client of a request under a keyed limit; `None` when its header, parameter or claim
+/// is missing or empty.
 pub(super) fn client_key(key: &ClientKey, who: &Who<'_>) -> Option<String> {
+    let key = client_key_any(key, who)?;
+    (!key.is_empty()).then_some(key)
+}
+
+fn client_key_any(key: &ClientKey, who: &Who<'_>) -> Option<String> {
     match key {
         ClientKey::Ip => Some(match who.ip {
             std::net::IpAddr::V4(v4) => super::ip::Ipv4Text::new(v4).as_str().to_owned(),

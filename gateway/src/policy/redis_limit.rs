@@ -14,7 +14,9 @@ use http::header::{HeaderName, HeaderValue};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::ratelimit::{ClientKey, Rate, Refusal, Who, client_key, client_key_setting, every, rate, refusal};
+use super::ratelimit::{
+    ClientKey, Rate, Refusal, Who, client_key, client_key_setting, every, rate, refusal, unidentified,
+};
 use super::{Problems, problem};
 
 /// A Redis call slower than this counts as a failure: a limit check must not add
@@ -241,9 +243,8 @@ impl RedisLimit {
     /// Takes a token from the shared buckets, or refuses the request.
     pub async fn check(&self, who: &Who<'_>) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
         let mut headers = Vec::new();
-        if let Some((limit, key)) = &self.client
-            && let Some(id) = client_key(key, who)
-        {
+        if let Some((limit, key)) = &self.client {
+            let id = client_key(key, who).ok_or_else(unidentified)?;
             let redis_key = format!("{}:client:{id}", self.prefix);
             headers = self.decide(&redis_key, limit, "client", StatusCode::TOO_MANY_REQUESTS).await?;
         }
