@@ -277,3 +277,40 @@ async fn rapid_reset(addr: SocketAddr, streams: usize) -> usize {
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     opened
 }
+
+/// The endpoint's timeout covers a `no-op` body, which streams after the head: a backend
+/// that sends its head and part of its body and then stalls loses the exchange, and the
+/// client's connection ends, instead of both waiting for ever. On a plain and an h2c
+/// listener (the gateway's own HTTP/1.1 server and hyper's).
+#[tokio::test]
+async fn a_no_op_body_that_stalls_is_cut_at_the_endpoint_timeout() {
+    let (addr, _) = faulty(Fault::HeadersThenStall).await;
+    for h2c in [false, true] {
+        let mut c = crate::support::config(json!([{"endpoint": "/stall", "output_encoding": "no-op",
+            "backend": [{"host": [format!("http://{addr}")], "url_pattern": "/", "encoding": "no-op"}]}]));
+        c["timeout"] = json!("500ms");
+        c["use_h2c"] = json!(h2c);
+        let gw = crate::support::Gateway::start(c).await;
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        tcp.write_all(b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(ended.is_ok(), "h2c {h2c}: the connection was still open after 10 s: {text}");
+        assert!(text.starts_with("HTTP/1.1 200"), "h2c {h2c}: {text}");
+        assert!(text.ends_with("{\"a\":"), "h2c {h2c}: the part that came is passed on: {text}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(400), "h2c {h2c}: cut after {took:?}, before the timeout");
+        assert!(took < Duration::from_secs(3), "h2c {h2c}: cut after {took:?} with a 500 ms timeout");
+    }
+}

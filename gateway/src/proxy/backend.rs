@@ -16,13 +16,13 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::Streaming;
 use super::client::Client;
 use super::decode::decode;
 use super::h1::Keep;
 use super::shape::Shape;
 use super::upstream::BodyError;
 use super::url::{UrlTemplate, Values};
+use super::{Deadline, Streaming};
 use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
 use crate::error::{Error, ErrorKind};
 use crate::policy::breaker::{CircuitBreaker, SystemClock};
@@ -476,7 +476,8 @@ impl BackendCall {
                 // Boxed (HTTPS, through hyper's client): inline, its future would enlarge
                 // every plain call's too.
                 _ => Box::pin(client.request(request.into_request())).await.map_err(failed)?.map(Either::Left),
-            };
+            }
+            .map(Deadline::new);
             Ok(response)
         })
     }

@@ -448,9 +448,12 @@ impl Pipeline {
     /// the body streamed without buffering.
     async fn passthrough(&self, client: &Client, inbound: &Inbound<'_>) -> Response<Body> {
         let backend = &self.backends[0];
-        let result = tokio::time::timeout(self.timeout, backend.send(client, inbound, &[])).await;
+        // The timeout covers the body too, which streams after the head.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let result = tokio::time::timeout_at(deadline, backend.send(client, inbound, &[])).await;
         match result {
-            Ok(Ok(upstream)) => {
+            Ok(Ok(mut upstream)) => {
+                upstream.body_mut().end_by(deadline);
                 // The backend's response, with its header map kept: only hop-by-hop
                 // headers go, which are rare, so they are looked for before anything moves.
                 let mut response = upstream.map(Either::Right);
