@@ -525,6 +525,35 @@ async fn http_cache_follows_cache_control_and_vary() {
     assert_eq!(b.hits(), 4, "no-store is never cached");
 }
 
+/// `Vary` is matched against the fields the backend was sent, which include those the
+/// gateway sets: a claim propagated as a header keeps each user's answer their own, and a
+/// client sending that header itself cannot pick another user's.
+#[tokio::test]
+async fn http_cache_varies_on_the_fields_the_backend_was_sent() {
+    let b = Backend::start(|s| {
+        let user = s.headers.get("x-user").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        Reply::json(json!({"user": user})).header("cache-control", "max-age=60").header("vary", "X-User")
+    })
+    .await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/me", "backend": [{"host": [b.url], "url_pattern": "/me",
+        "extra_config": {"qos/http-cache": {}}}],
+        "extra_config": {"auth/validator": {"alg": "RS256", "jwk_local_path": fixture("jwks.json"),
+            "propagate_claims": [["sub", "x-user"]]}}}])))
+    .await;
+    let me = |sub: &str| token(Algorithm::RS256, "rsa", json!({"sub": sub, "exp": now() + 60}));
+    let (ada, bob) = (me("ada"), me("bob"));
+    for (who, token, extra) in
+        [("ada", &ada, None), ("bob", &bob, None), ("bob", &bob, Some("ada")), ("ada", &ada, None)]
+    {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend(extra.map(|forged| ("X-User", forged)));
+        let r = gw.send(Method::GET, "/me", &headers, "").await;
+        assert_eq!(r.json(), json!({"user": who}), "{who} sending X-User {extra:?}");
+    }
+    assert_eq!(b.hits(), 2, "one call per user, each answer from the cache after that");
+}
+
 #[tokio::test]
 async fn request_bodies_are_validated_and_limited_per_endpoint() {
     let b = Backend::start(|s| Reply::json(json!({"got": String::from_utf8_lossy(&s.body)}))).await;

@@ -352,9 +352,14 @@ impl BackendCall {
                     let fetched = self.fetch(client, inbound, uri.clone()).await?;
                     Ok::<_, Failure>(CachedResponse::new(fetched.status, fetched.headers, fetched.body?))
                 };
+                // `Vary` is matched against what the backend is sent: the client's fields
+                // that are let through and those the gateway sets (propagated claims
+                // among them), not what the client sent, or one user's answer could be
+                // served to another.
+                let sent = self.request(inbound, self.method.clone(), uri.clone(), Bytes::new(), true).into_request();
                 // Boxed, like the circuit breaker's path: both are rare, and inline they
                 // would enlarge every request's future (moved and copied as a whole).
-                let (cached, _) = Box::pin(cache.fetch(&self.method, &uri, inbound.headers, load)).await?;
+                let (cached, _) = Box::pin(cache.fetch(&self.method, &uri, sent.headers(), load)).await?;
                 (cached.status, cached.headers.get(header::CONTENT_TYPE).cloned(), Ok(cached.body.clone()))
             }
             _ => {
