@@ -2,6 +2,7 @@
 //! rate limits.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -493,6 +494,43 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
     assert_eq!(gw.get("/cb").await.status, 200, "half-open probe succeeds and closes the breaker");
     assert_eq!(gw.get("/cb").await.status, 200);
     assert_eq!(b.hits(), 4);
+}
+
+/// On a `no-op` endpoint the breaker counts calls that got no answer (here: connections
+/// closed before one), and any answer as a success, whatever its status.
+#[tokio::test]
+async fn circuit_breaker_guards_no_op_backends_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (count, answering) = (accepted.clone(), answer.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            if answering.load(Ordering::SeqCst) {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+            }
+            // Otherwise dropped: the call fails without an answer.
+        }
+    });
+    let gw = Gateway::start(config(json!([{"endpoint": "/cb", "output_encoding": "no-op",
+        "backend": [{"host": [format!("http://{addr}")], "url_pattern": "/", "encoding": "no-op",
+        "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 1, "max_errors": 1}}}]}])))
+    .await;
+    assert_eq!(gw.get("/cb").await.status, 500);
+    assert_eq!(gw.get("/cb").await.status, 500);
+    let calls = accepted.load(Ordering::SeqCst);
+    assert_eq!(gw.get("/cb").await.status, 500);
+    assert_eq!(accepted.load(Ordering::SeqCst), calls, "open: the backend is not called");
+    answer.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(gw.get("/cb").await.status, 503, "the probe gets an answer, passed through: the breaker closes");
+    assert_eq!(gw.get("/cb").await.status, 503);
+    assert_eq!(gw.get("/cb").await.status, 503, "answers of any status keep it closed");
 }
 
 #[tokio::test]

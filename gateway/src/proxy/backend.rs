@@ -412,7 +412,9 @@ impl BackendCall {
     }
 
     /// Sends the request, following redirects, and returns the final response with
-    /// its body unread.
+    /// its body unread (`no-op`), through the circuit breaker when there is one: there
+    /// any answer counts as a success, whatever its status, as in KrakenD, and no answer
+    /// (no connection, a broken one, the deadline) as a failure.
     pub async fn send(
         &self,
         client: &Client,
@@ -420,7 +422,23 @@ impl BackendCall {
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Response<Streaming>, Failure> {
         let uri = self.uri(inbound, responses)?;
-        self.send_to(client, inbound, uri).await
+        let Some(breaker) = &self.breaker else { return self.send_to(client, inbound, uri).await };
+        let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
+        // Boxed, as in `call_once`.
+        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.send_to(client, inbound, uri))).await {
+            Ok(Ok(response)) => {
+                permit.success();
+                Ok(response)
+            }
+            Ok(Err(f)) => {
+                permit.failure();
+                Err(f)
+            }
+            Err(_) => {
+                permit.failure();
+                Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
+            }
+        }
     }
 
     /// Calls the backend, following redirects: `exchange` makes one call and its answer
