@@ -270,6 +270,28 @@ async fn head_responses_carry_headers_only() {
     assert_eq!(b.seen()[0].method, http::Method::HEAD);
 }
 
+/// A HEAD answer gets a length only when one is known: never a made-up zero for a
+/// backend's HEAD answer that gave none (its GET would be chunked), nor on a 204.
+#[tokio::test]
+async fn head_responses_get_no_made_up_length() {
+    let no_length =
+        raw_backend(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n").await;
+    let empty = raw_backend(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let gw = Gateway::start(config(json!([
+        {"endpoint": "/unsized", "method": "HEAD", "output_encoding": "no-op", "backend": [{"host": [no_length], "url_pattern": "/"}]},
+        {"endpoint": "/empty", "method": "HEAD", "output_encoding": "no-op", "backend": [{"host": [empty], "url_pattern": "/"}]},
+    ])))
+    .await;
+    for (path, status) in [("/unsized", 200), ("/empty", 204)] {
+        let mut wire = Wire::to(&gw).await;
+        wire.send(format!("HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await;
+        let head = wire.response(true).await;
+        assert_eq!(head.status, status, "{}", head.head);
+        assert_eq!(head.header("content-length"), None, "{path}: {}", head.head);
+        assert_eq!(head.header("transfer-encoding"), None, "{path}: {}", head.head);
+    }
+}
+
 #[tokio::test]
 async fn slow_heads_are_cut_and_shutdown_closes_idle_connections() {
     let b = Backend::json(json!({})).await;

@@ -315,9 +315,18 @@ impl Conn {
         let status = parts.status;
         let bodiless = exchange.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
-            // HEAD: the length a GET would get, when the handler knows it.
+            // HEAD: the length a GET would get, when the handler knows it: a body it built
+            // (a streamed backend answer to HEAD is empty, and says its length itself if it
+            // does). Never on 204 or 304, which carry no length of their own.
             match body.size_hint().exact() {
-                Some(n) if exchange.head && !parts.headers.contains_key(header::CONTENT_LENGTH) => Out::Omitted(n),
+                Some(n)
+                    if exchange.head
+                        && n > 0
+                        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+                        && !parts.headers.contains_key(header::CONTENT_LENGTH) =>
+                {
+                    Out::Omitted(n)
+                }
                 _ => Out::None,
             }
         } else {
