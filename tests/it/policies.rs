@@ -533,6 +533,25 @@ async fn circuit_breaker_guards_no_op_backends_too() {
     assert_eq!(gw.get("/cb").await.status, 503, "answers of any status keep it closed");
 }
 
+/// In a sequential pipeline a later backend starts late: one that hangs there is still
+/// counted by its breaker, at the endpoint's deadline, instead of dropped uncounted.
+#[tokio::test]
+async fn circuit_breaker_counts_a_later_sequential_backend_that_hangs() {
+    let first = Backend::start(|_| Reply::json(json!({"id": 1})).after(std::time::Duration::from_millis(400))).await;
+    let hanging = Backend::start(|_| Reply::json(json!({})).after(std::time::Duration::from_secs(5))).await;
+    let mut c = config(json!([{"endpoint": "/chain", "extra_config": {"proxy": {"sequential": true}},
+        "backend": [{"host": [first.url], "url_pattern": "/"},
+            {"host": [hanging.url], "url_pattern": "/{resp0_id}",
+             "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 3600, "max_errors": 0}}}]}]));
+    c["timeout"] = json!("1s");
+    let gw = Gateway::start(c).await;
+    gw.get("/chain").await;
+    assert_eq!(hanging.hits(), 1);
+    gw.get("/chain").await;
+    assert_eq!(first.hits(), 2);
+    assert_eq!(hanging.hits(), 1, "the breaker opened: the hanging backend is not called again");
+}
+
 #[tokio::test]
 async fn http_cache_follows_cache_control_and_vary() {
     let b = Backend::start(|s| {

@@ -15,6 +15,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
 use super::client::Client;
 use super::decode::decode;
@@ -285,11 +286,24 @@ impl BackendCall {
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Map<String, Value>, Failure> {
+        self.call_until(client, inbound, responses, None).await
+    }
+
+    /// [`BackendCall::call`] for a call that starts after others, with the endpoint's
+    /// deadline (`until`): a circuit breaker then counts a call still running at that
+    /// deadline as failed, where the endpoint's own timeout would drop it uncounted.
+    pub async fn call_until(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        responses: &[Option<Map<String, Value>>],
+        until: Option<Instant>,
+    ) -> Result<Map<String, Value>, Failure> {
         if self.concurrent_calls <= 1 {
-            return self.call_once(client, inbound, responses).await;
+            return self.call_once(client, inbound, responses, until).await;
         }
         let mut calls: FuturesUnordered<_> =
-            (0..self.concurrent_calls).map(|_| self.call_once(client, inbound, responses)).collect();
+            (0..self.concurrent_calls).map(|_| self.call_once(client, inbound, responses, until)).collect();
         let mut last = None;
         while let Some(result) = calls.next().await {
             match result {
@@ -307,12 +321,13 @@ impl BackendCall {
         client: &Client,
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
+        until: Option<Instant>,
     ) -> Result<Map<String, Value>, Failure> {
         let Some(breaker) = &self.breaker else { return self.call_unguarded(client, inbound, responses).await };
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
-        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.call_unguarded(client, inbound, responses)))
-            .await
-        {
+        let limit = Instant::now() + self.breaker_timeout;
+        let limit = until.map_or(limit, |until| until.min(limit));
+        match Box::pin(tokio::time::timeout_at(limit, self.call_unguarded(client, inbound, responses))).await {
             Ok(Ok(data)) => {
                 permit.success();
                 Ok(data)

@@ -287,9 +287,12 @@ impl Pipeline {
     async fn sequential(&self, client: &Client, inbound: &Inbound<'_>) -> Merged {
         let mut responses: Vec<Option<Map<String, Value>>> = Vec::with_capacity(self.backends.len());
         let mut failure = None;
+        // Each call after the first starts late: its breaker must see the endpoint's
+        // deadline, or a backend that hangs there would never count as failing.
+        let deadline = Instant::now() + self.timeout;
         let chain = async {
             for backend in self.backends.iter() {
-                match backend.call(client, inbound, &responses).await {
+                match backend.call_until(client, inbound, &responses, Some(deadline)).await {
                     Ok(data) => responses.push(Some(data)),
                     Err(f) => {
                         failure = Some(f);
@@ -298,7 +301,7 @@ impl Pipeline {
                 }
             }
         };
-        if tokio::time::timeout(self.timeout, chain).await.is_err() {
+        if tokio::time::timeout_at(deadline, chain).await.is_err() {
             failure = Some(timeout());
         }
         let mut merged = Merged { data: Map::new(), has_response: false, failures: Vec::new() };
