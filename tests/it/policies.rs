@@ -582,6 +582,25 @@ async fn http_cache_follows_cache_control_and_vary() {
     assert_eq!(b.hits(), 4, "no-store is never cached");
 }
 
+/// `no-op` endpoints use their backend's cache too: the answer is passed on as it came,
+/// status and fields included, and later requests are served from the cache.
+#[tokio::test]
+async fn http_cache_serves_no_op_endpoints() {
+    let b = Backend::start(|_| {
+        Reply::raw(203, "text/csv", "a,b\n1,2\n").header("cache-control", "max-age=60").header("x-origin", "csv")
+    })
+    .await;
+    let gw = Gateway::start(config(json!([{"endpoint": "/report", "output_encoding": "no-op",
+        "backend": [{"host": [b.url], "url_pattern": "/report", "encoding": "no-op", "extra_config": {"qos/http-cache": {}}}]}])))
+    .await;
+    for _ in 0..3 {
+        let r = gw.get("/report").await;
+        assert_eq!((r.status, r.text().as_str()), (203, "a,b\n1,2\n"));
+        assert_eq!((r.header("content-type"), r.header("x-origin")), (Some("text/csv"), Some("csv")));
+    }
+    assert_eq!(b.hits(), 1, "served from the cache after the first call");
+}
+
 /// `Vary` is matched against the fields the backend was sent, which include those the
 /// gateway sets: a claim propagated as a header keeps each user's answer their own, and a
 /// client sending that header itself cannot pick another user's.

@@ -361,20 +361,11 @@ impl BackendCall {
         responses: &[Option<Map<String, Value>>],
     ) -> Result<Bytes, Failure> {
         let uri = self.uri(inbound, responses)?;
-        let (status, content_type, body) = match &self.cache {
-            Some(cache) if self.method == Method::GET || self.method == Method::HEAD => {
-                let load = || async {
-                    let fetched = self.fetch(client, inbound, uri.clone()).await?;
-                    Ok::<_, Failure>(CachedResponse::new(fetched.status, fetched.headers, fetched.body?))
-                };
-                // `Vary` is matched against what the backend is sent: the client's fields
-                // that are let through and those the gateway sets (propagated claims
-                // among them), not what the client sent, or one user's answer could be
-                // served to another.
-                let sent = self.request(inbound, self.method.clone(), uri.clone(), Bytes::new(), true).into_request();
+        let (status, content_type, body) = match self.cache() {
+            Some(cache) => {
                 // Boxed, like the circuit breaker's path: both are rare, and inline they
                 // would enlarge every request's future (moved and copied as a whole).
-                let (cached, _) = Box::pin(cache.fetch(&self.method, &uri, sent.headers(), load)).await?;
+                let cached = Box::pin(self.cached(cache, client, inbound, uri)).await?;
                 (cached.status, cached.headers.get(header::CONTENT_TYPE).cloned(), Ok(cached.body.clone()))
             }
             _ => {
@@ -392,6 +383,32 @@ impl BackendCall {
             });
         }
         body
+    }
+
+    /// The `qos/http-cache` store, for a method it applies to (GET, HEAD).
+    fn cache(&self) -> Option<&HttpCache> {
+        self.cache.as_ref().filter(|_| self.method == Method::GET || self.method == Method::HEAD)
+    }
+
+    /// The backend's whole answer from the cache, or fetched (up to the response size
+    /// limit) and stored when it may be.
+    async fn cached(
+        &self,
+        cache: &HttpCache,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        uri: Uri,
+    ) -> Result<Arc<CachedResponse>, Failure> {
+        let load = || async {
+            let fetched = self.fetch(client, inbound, uri.clone()).await?;
+            Ok::<_, Failure>(CachedResponse::new(fetched.status, fetched.headers, fetched.body?))
+        };
+        // `Vary` is matched against what the backend is sent: the client's fields that are
+        // let through and those the gateway sets (propagated claims among them), not what
+        // the client sent, or one user's answer could be served to another.
+        let sent = self.request(inbound, self.method.clone(), uri.clone(), Bytes::new(), true).into_request();
+        let (cached, _) = cache.fetch(&self.method, &uri, sent.headers(), load).await?;
+        Ok(cached)
     }
 
     /// Decodes a successful answer's body and applies the backend's manipulation.
@@ -429,18 +446,19 @@ impl BackendCall {
     /// Sends the request, following redirects, and returns the final response with
     /// its body unread (`no-op`), through the circuit breaker when there is one: there
     /// any answer counts as a success, whatever its status, as in KrakenD, and no answer
-    /// (no connection, a broken one, the deadline) as a failure.
+    /// (no connection, a broken one, the deadline) as a failure. With `qos/http-cache`
+    /// the answer is read whole, from the cache or into it.
     pub async fn send(
         &self,
         client: &Client,
         inbound: &Inbound<'_>,
         responses: &[Option<Map<String, Value>>],
-    ) -> Result<Response<Streaming>, Failure> {
+    ) -> Result<Response<super::Body>, Failure> {
         let uri = self.uri(inbound, responses)?;
-        let Some(breaker) = &self.breaker else { return self.send_to(client, inbound, uri).await };
+        let Some(breaker) = &self.breaker else { return self.send_uri(client, inbound, uri).await };
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
         // Boxed, as in `call_once`.
-        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.send_to(client, inbound, uri))).await {
+        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.send_uri(client, inbound, uri))).await {
             Ok(Ok(response)) => {
                 permit.success();
                 Ok(response)
@@ -454,6 +472,23 @@ impl BackendCall {
                 Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
             }
         }
+    }
+
+    async fn send_uri(
+        &self,
+        client: &Client,
+        inbound: &Inbound<'_>,
+        uri: Uri,
+    ) -> Result<Response<super::Body>, Failure> {
+        let Some(cache) = self.cache() else {
+            return Ok(self.send_to(client, inbound, uri).await?.map(Either::Right));
+        };
+        // Boxed: rare, and inline it would enlarge every no-op request's future.
+        let cached = Box::pin(self.cached(cache, client, inbound, uri)).await?;
+        let mut response = Response::new(super::full(cached.body.clone()));
+        *response.status_mut() = cached.status;
+        *response.headers_mut() = cached.headers.clone();
+        Ok(response)
     }
 
     /// Calls the backend, following redirects: `exchange` makes one call and its answer
