@@ -428,3 +428,46 @@ async fn watch_reloads_when_the_file_changes() {
     std::fs::write(&cfg, yaml("bb")).unwrap();
     wait_for_version(&node, "bb", Duration::from_secs(5)).await;
 }
+
+/// A reload keeps what rate limits and circuit breakers hold where their settings did
+/// not change (a new bundle, or a key issued in the portal, must not refill every
+/// client's bucket or close an open breaker), and starts afresh where they did.
+#[tokio::test]
+async fn reload_keeps_rate_limit_buckets_and_breakers_whose_settings_did_not_change() {
+    let ok = Backend::json(json!({"ok": true})).await;
+    let broken = Backend::start(|_| Reply::status(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("krakend.json");
+    let write = |version: &str, max_rate: u32| {
+        let config = json!({"version": 3, "endpoints": [
+            {"endpoint": "/v", "backend": [{"host": ["http://127.0.0.1:9"], "url_pattern": "/x"}],
+             "extra_config": {"proxy": {"static": {"strategy": "always", "data": {"version": version}}}}},
+            {"endpoint": "/limited", "backend": [{"host": [ok.url], "url_pattern": "/"}],
+             "extra_config": {"qos/ratelimit/router": {"max_rate": max_rate, "every": "1h"}}},
+            {"endpoint": "/cb", "backend": [{"host": [broken.url], "url_pattern": "/",
+             "extra_config": {"qos/circuit-breaker": {"interval": 3600, "timeout": 3600, "max_errors": 0}}}]}]});
+        std::fs::write(&cfg, config.to_string()).unwrap();
+    };
+    write("a", 2);
+    let node = Process::start(&["run", "--watch", "-c", cfg.to_str().unwrap()], dir.path());
+    let get = |path: &str| {
+        let url = node.url(path);
+        async move { send(Method::GET, &url, &[], Bytes::new()).await.status }
+    };
+    assert_eq!(version_of(&node).await.as_deref(), Some("a"));
+    assert_eq!([get("/limited").await, get("/limited").await, get("/limited").await], [200, 200, 503]);
+    assert_eq!(get("/cb").await, 500);
+    assert_eq!(broken.hits(), 1, "one failure opens the breaker");
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write("b", 2);
+    wait_for_version(&node, "b", Duration::from_secs(5)).await;
+    assert_eq!(get("/limited").await, 503, "the same limit keeps its empty bucket");
+    assert_eq!(get("/cb").await, 500);
+    assert_eq!(broken.hits(), 1, "the same breaker stays open");
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write("c", 3);
+    wait_for_version(&node, "c", Duration::from_secs(5)).await;
+    assert_eq!(get("/limited").await, 200, "a changed limit starts with a full bucket");
+}

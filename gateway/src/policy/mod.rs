@@ -270,7 +270,7 @@ pub struct Guards {
     jwt: Option<jwt::JwtValidator>,
     api_keys: Option<apikeys::ApiKeyGuard>,
     basic: Option<Arc<basic::BasicAuth>>,
-    rate_limit: Option<ratelimit::RouterLimit>,
+    rate_limit: Option<Arc<ratelimit::RouterLimit>>,
     cluster_limit: Option<redis_limit::RedisLimit>,
     bots: Option<bot::BotDetector>,
 }
@@ -323,7 +323,7 @@ impl Guards {
             None => None,
         };
         let rate_limit = match extra.get("qos/ratelimit/router") {
-            Some(v) => Some(ratelimit::RouterLimit::compile(v, &at("qos/ratelimit/router")).map_err(joined)?),
+            Some(v) => Some(Arc::new(ratelimit::RouterLimit::compile(v, &at("qos/ratelimit/router")).map_err(joined)?)),
             None => None,
         };
         let cluster_limit = match extra.get("qos/ratelimit/router/redis") {
@@ -347,6 +347,17 @@ impl Guards {
             return Ok(None);
         }
         Ok(Some(Self { jwt, api_keys, basic, rate_limit, cluster_limit, bots }))
+    }
+
+    /// Keeps `previous`'s rate limit, buckets and all, when its settings did not change:
+    /// a reload (a new bundle, a key issued in the portal) must not refill every client's
+    /// bucket. Cluster limits keep their counts in Redis anyway.
+    pub fn adopt_state(&mut self, previous: &Guards) {
+        if let (Some(new), Some(old)) = (&self.rate_limit, &previous.rate_limit)
+            && new.same_settings(old)
+        {
+            self.rate_limit = Some(old.clone());
+        }
     }
 
     /// Admits a request, or answers it with the refusal.

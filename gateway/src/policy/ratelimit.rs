@@ -142,6 +142,9 @@ pub struct Who<'a> {
 pub struct RouterLimit {
     endpoint: Option<Bucket>,
     client: Option<ClientBuckets>,
+    /// What it was compiled from: a reload that brings the same keeps this limit, and
+    /// with it what its buckets hold.
+    source: Value,
 }
 
 pub(super) fn remaining_headers(
@@ -206,7 +209,12 @@ impl RouterLimit {
         if !p.is_empty() {
             return Err(p);
         }
-        Ok(Self { endpoint, client })
+        Ok(Self { endpoint, client, source: v.clone() })
+    }
+
+    /// Whether `other` was compiled from the same settings.
+    pub fn same_settings(&self, other: &Self) -> bool {
+        self.source == other.source
     }
 
     /// Takes a token for this request, or says why not. On success, returns the

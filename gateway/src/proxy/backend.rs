@@ -273,6 +273,23 @@ impl BackendCall {
         self.stats = stats;
     }
 
+    /// Keeps `previous`'s circuit breaker and cache (the same backend in the runtime
+    /// this one replaces) when their settings did not change: a reload must not close
+    /// an open breaker, sending traffic straight back to a backend that is down, nor
+    /// empty the cache.
+    pub(crate) fn adopt_state(&mut self, previous: &BackendCall) {
+        if let (Some(new), Some(old)) = (&self.breaker, &previous.breaker)
+            && new.settings() == old.settings()
+        {
+            self.breaker = Some(old.clone());
+        }
+        if let (Some(new), Some(old)) = (&self.cache, &previous.cache)
+            && new.same_settings(old)
+        {
+            self.cache = Some(old.clone());
+        }
+    }
+
     /// The backend's circuit breaker, for the metrics exporter.
     pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
         self.breaker.as_ref()

@@ -85,6 +85,19 @@ impl Pipeline {
         }
     }
 
+    /// Keeps the state of `previous` (the same endpoint in the runtime this one replaces)
+    /// where its settings did not change: rate-limit buckets, breakers, caches.
+    pub(crate) fn adopt_state(&mut self, previous: &Pipeline) {
+        if let (Some(guards), Some(old)) = (&mut self.guards, &previous.guards) {
+            guards.adopt_state(old);
+        }
+        for b in &mut self.backends {
+            if let Some(same) = previous.backends.iter().find(|p| p.stats().same_backend(b.stats())) {
+                b.adopt_state(same);
+            }
+        }
+    }
+
     /// The call counters of this endpoint's backends.
     pub fn backend_stats(&self) -> impl Iterator<Item = &std::sync::Arc<crate::telemetry::BackendStats>> {
         self.backends.iter().map(BackendCall::stats)

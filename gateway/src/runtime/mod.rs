@@ -94,6 +94,7 @@ impl Runtime {
         );
         let mut metrics = match previous {
             Some(p) => {
+                router.adopt_state(&p.router);
                 router.adopt_stats(&p.metrics);
                 let mut registry = router.registry();
                 // The counters go on, so their cumulative series keep their start.

@@ -154,6 +154,24 @@ impl Router {
         })
     }
 
+    /// Makes endpoints that `previous` also had keep their rate-limit buckets, breakers
+    /// and caches where the settings did not change ([`Pipeline::adopt_state`]).
+    pub fn adopt_state(&mut self, previous: &Router) {
+        for route in &mut self.routes {
+            let RouteTarget::Endpoints { methods, .. } = &mut route.target else { continue };
+            let old = previous.routes.iter().find_map(|r| match &r.target {
+                RouteTarget::Endpoints { methods, .. } if r.template == route.template => Some(methods),
+                _ => None,
+            });
+            let Some(old) = old else { continue };
+            for (method, pipeline) in methods.iter_mut() {
+                if let Some((_, same)) = old.iter().find(|(m, _)| m == method) {
+                    pipeline.adopt_state(same);
+                }
+            }
+        }
+    }
+
     /// Makes endpoints that `previous` also had keep counting into its counters, so a
     /// reload or a new bundle does not reset them (and loses nothing between exports).
     pub fn adopt_stats(&mut self, previous: &crate::telemetry::Registry) {
