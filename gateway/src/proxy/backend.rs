@@ -26,7 +26,7 @@ use super::url::{UrlTemplate, Values};
 use super::{Deadline, Streaming};
 use crate::config::{Backend, BackendEncoding, Endpoint, NameFilter};
 use crate::error::{Error, ErrorKind};
-use crate::policy::breaker::{CircuitBreaker, SystemClock};
+use crate::policy::breaker::{CircuitBreaker, Permit, SystemClock};
 use crate::policy::cache::{CachedResponse, HttpCache};
 use crate::policy::ratelimit::BackendLimit;
 use crate::telemetry::BackendStats;
@@ -344,20 +344,8 @@ impl BackendCall {
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
         let limit = Instant::now() + self.breaker_timeout;
         let limit = until.map_or(limit, |until| until.min(limit));
-        match Box::pin(tokio::time::timeout_at(limit, self.call_unguarded(client, inbound, responses))).await {
-            Ok(Ok(data)) => {
-                permit.success();
-                Ok(data)
-            }
-            Ok(Err(f)) => {
-                permit.failure();
-                Err(f)
-            }
-            Err(_) => {
-                permit.failure();
-                Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
-            }
-        }
+        // Boxed: rare, and inline it would enlarge every request's future.
+        Box::pin(guarded(permit, limit, self.call_unguarded(client, inbound, responses))).await
     }
 
     async fn call_unguarded(
@@ -474,21 +462,9 @@ impl BackendCall {
         let uri = self.uri(inbound, responses)?;
         let Some(breaker) = &self.breaker else { return self.send_uri(client, inbound, uri).await };
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
+        let limit = Instant::now() + self.breaker_timeout;
         // Boxed, as in `call_once`.
-        match Box::pin(tokio::time::timeout(self.breaker_timeout, self.send_uri(client, inbound, uri))).await {
-            Ok(Ok(response)) => {
-                permit.success();
-                Ok(response)
-            }
-            Ok(Err(f)) => {
-                permit.failure();
-                Err(f)
-            }
-            Err(_) => {
-                permit.failure();
-                Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
-            }
-        }
+        Box::pin(guarded(permit, limit, self.send_uri(client, inbound, uri))).await
     }
 
     async fn send_uri(
@@ -725,6 +701,30 @@ impl BackendCall {
             headers.insert(name.clone(), value.clone());
         }
         Outgoing { method, uri, headers, body }
+    }
+}
+
+/// Runs a call the circuit breaker let through, until `limit`, and tells the breaker how
+/// it went: an answer is a success, an error or the limit a failure. A call dropped before
+/// it ends (the client went away) tells it nothing.
+async fn guarded<T>(
+    permit: Permit<'_>,
+    limit: Instant,
+    call: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout_at(limit, call).await {
+        Ok(Ok(answer)) => {
+            permit.success();
+            Ok(answer)
+        }
+        Ok(Err(f)) => {
+            permit.failure();
+            Err(f)
+        }
+        Err(_) => {
+            permit.failure();
+            Err(Error::upstream(ErrorKind::Timeout, "context deadline exceeded").into())
+        }
     }
 }
 
