@@ -295,13 +295,13 @@ fn system_now() -> (Instant, SystemTime) {
 }
 
 impl HttpCache {
-    /// Reads the `qos/http-cache` object found at `path`; `{}` is valid (KrakenD's
-    /// usual form).
     /// Whether `other` was made with the same settings.
     pub fn same_settings(&self, other: &HttpCache) -> bool {
         self.inner.settings == other.inner.settings
     }
 
+    /// Reads the `qos/http-cache` object found at `path`; `{}` is valid (KrakenD's
+    /// usual form).
     pub fn compile(v: &Value, path: &str) -> Result<HttpCache, Problems> {
         let Value::Object(obj) = v else {
             return Err(vec![problem(path, format!("must be an object, found {}", kind(v)))]);

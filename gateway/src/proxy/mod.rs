@@ -23,7 +23,7 @@ use tokio::time::{Instant, Sleep};
 
 /// A backend body streamed through (`no-op`): from hyper's pooled client (HTTPS), or
 /// from a connection the request drives itself (plain HTTP); bounded by the endpoint's
-/// timeout once [`Streaming::end_by`] has set it.
+/// timeout once [`Deadline::end_by`] has set it.
 pub type Streaming = Deadline<Either<Incoming, upstream::Streamed>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,6 +44,7 @@ impl<B> Deadline<B> {
         Self { body, at: None, timer: None }
     }
 
+    /// Bounds the body: it fails if it has not ended by `at`.
     pub fn end_by(&mut self, at: Instant) {
         self.at = Some(at);
     }

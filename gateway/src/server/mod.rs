@@ -1,8 +1,8 @@
 //! Listeners: TCP, optional TLS (rustls, HTTP/2 by ALPN), HTTP/1.1 and h2c, limits,
 //! and graceful shutdown that stops accepting and lets requests in flight finish.
 //!
-//! Plain HTTP/1.1 connections are served by [`http1`]; TLS and h2c ones by hyper, over a
-//! stream that enforces `write_timeout` ([`stall`]).
+//! Plain HTTP/1.1 connections are served by `http1`; TLS and h2c ones by hyper, over a
+//! stream that enforces `write_timeout` (`stall`).
 
 mod http1;
 mod stall;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// A stream whose writes fail with `TimedOut` once one has waited the limit for room.
 pub struct WriteStall<T> {
     io: T,
     /// No limit: writes wait as long as the stream makes them.
