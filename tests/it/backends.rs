@@ -253,6 +253,76 @@ async fn connections_the_backend_closed_while_idle_are_not_reused() {
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
 
+/// A reused connection that breaks while a request body is being written is tried again
+/// on a fresh one only for idempotent methods: the backend may have seen part of a `POST`.
+#[tokio::test]
+async fn a_body_cut_off_on_a_reused_connection_is_resent_only_when_idempotent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Every connection answers its first request (small) and keeps the connection; on
+    // the second, it reads the head and resets the connection (SO_LINGER 0) while the
+    // large body is still being written.
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                for request in 0.. {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 4096];
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&seen).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse().unwrap());
+                    if length > 1 << 20 && request > 0 {
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let mut left = (end + length).saturating_sub(seen.len());
+                    while left > 0 {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let big = "x".repeat(8 << 20);
+    for (method, idempotent) in [(Method::POST, false), (Method::PUT, true)] {
+        let path = format!("/{}", method.as_str().to_lowercase());
+        let mut c = config(json!([{"endpoint": path, "method": method.as_str(),
+            "backend": [{"host": [url], "url_pattern": "/", "method": method.as_str()}]}]));
+        c["max_idle_connections_per_host"] = json!(1);
+        let gw = Gateway::start(c).await;
+        let before = accepted.load(Ordering::SeqCst);
+        assert_eq!(gw.send(method.clone(), &path, &[], "small").await.status, 200, "{method}");
+        let status = gw.send(method.clone(), &path, &[], big.clone()).await.status;
+        let connections = accepted.load(Ordering::SeqCst) - before;
+        if idempotent {
+            assert_eq!((status, connections), (200, 2), "{method}: sent again on a fresh connection");
+        } else {
+            assert_eq!((status, connections), (500, 1), "{method}: not sent again");
+        }
+    }
+}
+
 /// A backend speaking raw HTTP/1.1 on keep-alive connections: for each request it writes
 /// the bytes scripted for its path, in two pieces a moment apart (so that heads and
 /// bodies arrive split), and closes the connection after a close-delimited answer.

@@ -94,9 +94,23 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_fill(cx, room)).await
     }
 
-    /// Writes a whole request. A failure means the backend never got all of it.
+    /// Writes a whole request. [`CallError::Unsent`]: not a byte of it got out;
+    /// [`CallError::PartlySent`]: some did, and the backend may have seen a part.
     async fn send(&mut self, wire: &[u8]) -> Result<(), CallError> {
-        self.io.write_all(wire).await.map_err(CallError::Unsent)
+        let mut sent = 0;
+        while sent < wire.len() {
+            let failed = match self.io.write(&wire[sent..]).await {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    sent += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            return Err(if sent == 0 { CallError::Unsent(failed) } else { CallError::PartlySent(failed) });
+        }
+        Ok(())
     }
 
     /// Reads the response head. The backend closing (or resetting) the connection before
@@ -202,6 +216,8 @@ pub enum CallError {
     ConnectTimeout,
     #[error("sending the request: {0}")]
     Unsent(io::Error),
+    #[error("sending the request: {0}")]
+    PartlySent(io::Error),
     #[error("reading the response: {0}")]
     Io(io::Error),
     #[error("{0}")]
@@ -323,8 +339,9 @@ impl Upstreams {
     }
 
     /// Runs `exchange` on an idle connection, or a new one. When a reused connection
-    /// turns out closed, the call is made again on a fresh one if that is safe: the
-    /// request never got through, or its method is idempotent.
+    /// turns out closed, the call is made again on a fresh one if that is safe: not a
+    /// byte of the request got out, or its method is idempotent (a `POST` whose body was
+    /// cut off part way is not sent again, as Go's transport does not either).
     async fn attempt<T, F, Fut>(&self, authority: &Authority, wire: &Wire, exchange: F) -> Result<T, CallError>
     where
         F: Fn(Pooled) -> Fut,
@@ -333,7 +350,7 @@ impl Upstreams {
         if let Some(c) = self.checkout(authority) {
             match exchange(c).await {
                 Err(CallError::Unsent(_)) => {}
-                Err(CallError::Closed) if wire.method.is_idempotent() => {}
+                Err(CallError::Closed | CallError::PartlySent(_)) if wire.method.is_idempotent() => {}
                 other => return other,
             }
         }
