@@ -323,6 +323,56 @@ async fn a_body_cut_off_on_a_reused_connection_is_resent_only_when_idempotent() 
     }
 }
 
+/// A backend that answers before it has read the whole request (413 to a body it will
+/// not take, without reading it) gets its answer passed on, instead of the gateway
+/// waiting to finish writing until the endpoint times out.
+#[tokio::test]
+async fn an_answer_that_comes_before_the_whole_request_is_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 4096];
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = br#"{"error":"too large"}"#;
+                let head = format!(
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body).await;
+                // Reads nothing more, and keeps the connection open for longer than the
+                // endpoint's timeout.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let mut c = config(json!([
+        {"endpoint": "/upload", "method": "POST", "output_encoding": "no-op",
+         "backend": [{"host": [url], "url_pattern": "/", "method": "POST", "encoding": "no-op"}]},
+        {"endpoint": "/upload-json", "method": "POST",
+         "backend": [{"host": [url], "url_pattern": "/", "method": "POST",
+             "extra_config": {"backend/http": {"return_error_code": true}}}]}
+    ]));
+    c["timeout"] = json!("2s");
+    let gw = Gateway::start(c).await;
+    let big = "x".repeat(8 << 20);
+    for path in ["/upload", "/upload-json"] {
+        let started = Instant::now();
+        let r = gw.send(Method::POST, path, &[], big.clone()).await;
+        assert_eq!(r.status, 413, "{path}: {}", r.text());
+        assert!(started.elapsed() < Duration::from_millis(1500), "{path}: took {:?}", started.elapsed());
+    }
+}
+
 /// A backend speaking raw HTTP/1.1 on keep-alive connections: for each request it writes
 /// the bytes scripted for its path, in two pieces a moment apart (so that heads and
 /// bodies arrive split), and closes the connection after a close-delimited answer.

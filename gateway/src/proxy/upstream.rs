@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::backend::Outgoing;
@@ -94,23 +94,44 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_fill(cx, room)).await
     }
 
-    /// Writes a whole request. [`CallError::Unsent`]: not a byte of it got out;
-    /// [`CallError::PartlySent`]: some did, and the backend may have seen a part.
-    async fn send(&mut self, wire: &[u8]) -> Result<(), CallError> {
+    /// Writes a whole request, then reads the response head. While the backend takes no
+    /// more of the request (a large body it does not want), what it sends is read too:
+    /// an answer that comes before the request is all out (413, 401) is returned as it
+    /// is, with the rest of the request unsent and the connection not reused after it.
+    /// [`CallError::Unsent`]: not a byte of the request got out; [`CallError::PartlySent`]:
+    /// some did, and the backend may have seen a part.
+    async fn send(&mut self, wire: &[u8], method: &Method, keep: h1::Keep) -> Result<h1::Head, CallError> {
         let mut sent = 0;
-        while sent < wire.len() {
-            let failed = match self.io.write(&wire[sent..]).await {
-                Ok(0) => io::ErrorKind::WriteZero.into(),
-                Ok(n) => {
-                    sent += n;
-                    continue;
+        let failed =
+            |sent: usize, e: io::Error| if sent == 0 { CallError::Unsent(e) } else { CallError::PartlySent(e) };
+        let early = std::future::poll_fn(|cx| {
+            while sent < wire.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &wire[sent..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(failed(sent, io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => sent += n,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(failed(sent, e))),
+                    Poll::Pending => match ready!(self.poll_fill(cx, HEAD_READ)) {
+                        Ok(0) => return Poll::Ready(Err(failed(sent, io::ErrorKind::BrokenPipe.into()))),
+                        Ok(_) => {
+                            if let Some(mut head) =
+                                h1::parse_head(&mut self.buf, method, keep).map_err(CallError::Invalid)?
+                            {
+                                head.keep_alive = false;
+                                return Poll::Ready(Ok(Some(head)));
+                            }
+                        }
+                        Err(e) => return Poll::Ready(Err(failed(sent, e))),
+                    },
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => e,
-            };
-            return Err(if sent == 0 { CallError::Unsent(failed) } else { CallError::PartlySent(failed) });
+            }
+            Poll::Ready(Ok(None))
+        })
+        .await?;
+        match early {
+            Some(head) => Ok(head),
+            None => self.read_head(method, keep).await,
         }
-        Ok(())
     }
 
     /// Reads the response head. The backend closing (or resetting) the connection before
@@ -364,8 +385,7 @@ impl Upstreams {
         mut c: Pooled,
         wire: &Wire,
     ) -> Result<Response<Streamed>, CallError> {
-        c.send(&wire.bytes).await?;
-        let head = c.read_head(&wire.method, h1::Keep::Forward).await?;
+        let head = c.send(&wire.bytes, &wire.method, h1::Keep::Forward).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
@@ -388,8 +408,7 @@ impl Upstreams {
         max_body: usize,
         keep: h1::Keep,
     ) -> Result<Answer, CallError> {
-        c.send(&wire.bytes).await?;
-        let head = c.read_head(&wire.method, keep).await?;
+        let head = c.send(&wire.bytes, &wire.method, keep).await?;
         let mut framing = head.framing;
         let body = c.read_body(&mut framing, max_body).await;
         if body.is_ok() && head.keep_alive && c.buf.is_empty() {
