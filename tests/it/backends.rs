@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 use crate::support::{Backend, Gateway, Reply, config, raw_backend};
 
@@ -207,34 +208,68 @@ async fn backend_connections_are_kept_alive_unless_the_backend_closes_them() {
     assert!(keep.connections() <= 2, "streamed (no-op) calls reuse connections too: {}", keep.connections());
 }
 
-/// A backend that answers one request per connection with keep-alive, then closes the
-/// connection after a moment of idleness, as servers with short keep-alive timeouts do.
-async fn short_keep_alive_backend() -> (String, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A raw TCP backend on loopback: every connection it accepts is counted and handed to
+/// `serve`, on a task of its own. Returns its URL and the count.
+async fn raw_server<F, Fut>(serve: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let body = r#"{"ok":true}"#;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let _ = s.shutdown().await;
-            });
+            tokio::spawn(serve(s));
         }
     });
     (url, accepted)
+}
+
+/// Reads until `pending` holds a whole request head: where the head ends (after its blank
+/// line), or `None` when the connection ends first.
+async fn read_head(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The `content-length` of a request head (0 without one).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: ").map(|n| n.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+/// A backend that answers one request per connection with keep-alive, then closes the
+/// connection after a moment of idleness, as servers with short keep-alive timeouts do.
+async fn short_keep_alive_backend() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw_server(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let body = r#"{"ok":true}"#;
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+        let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -258,52 +293,33 @@ async fn connections_the_backend_closed_while_idle_are_not_reused() {
 #[tokio::test]
 async fn a_body_cut_off_on_a_reused_connection_is_resent_only_when_idempotent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
     // Every connection answers its first request (small) and keeps the connection; on
     // the second, it reads the head and resets the connection (SO_LINGER 0) while the
     // large body is still being written.
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                for request in 0.. {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut buf = [0u8; 4096];
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&seen).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |n| n.trim().parse().unwrap());
-                    if length > 1 << 20 && request > 0 {
-                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                        return;
-                    }
-                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let mut left = (end + length).saturating_sub(seen.len());
-                    while left > 0 {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => left = left.saturating_sub(n),
-                        }
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
+    let (url, accepted) = raw_server(|mut s| async move {
+        for request in 0.. {
+            let mut seen = Vec::new();
+            let Some(end) = read_head(&mut s, &mut seen).await else { return };
+            let length = content_length(&seen[..end]);
+            if length > 1 << 20 && request > 0 {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            let mut left = (end + length).saturating_sub(seen.len());
+            while left > 0 {
+                let mut buf = vec![0u8; 64 * 1024];
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
                 }
-            });
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let big = "x".repeat(8 << 20);
     for (method, idempotent) in [(Method::POST, false), (Method::PUT, true)] {
         let path = format!("/{}", method.as_str().to_lowercase());
@@ -328,33 +344,23 @@ async fn a_body_cut_off_on_a_reused_connection_is_resent_only_when_idempotent() 
 /// waiting to finish writing until the endpoint times out.
 #[tokio::test]
 async fn an_answer_that_comes_before_the_whole_request_is_passed_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut buf = [0u8; 4096];
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = br#"{"error":"too large"}"#;
-                let head = format!(
-                    "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(body).await;
-                // Reads nothing more, and keeps the connection open for longer than the
-                // endpoint's timeout.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
+    use tokio::io::AsyncWriteExt;
+    let (url, _) = raw_server(|mut s| async move {
+        if read_head(&mut s, &mut Vec::new()).await.is_none() {
+            return;
         }
-    });
+        let body = br#"{"error":"too large"}"#;
+        let head = format!(
+            "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(body).await;
+        // Reads nothing more, and keeps the connection open for longer than the
+        // endpoint's timeout.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
     let mut c = config(json!([
         {"endpoint": "/upload", "method": "POST", "output_encoding": "no-op",
          "backend": [{"host": [url], "url_pattern": "/", "method": "POST", "encoding": "no-op"}]},
@@ -379,63 +385,47 @@ async fn an_answer_that_comes_before_the_whole_request_is_passed_on() {
 /// Returns its URL, the connections it accepted and the requests it read.
 async fn scripted_backend() -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (count, seen) = (accepted.clone(), requests.clone());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                loop {
-                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut buf = [0u8; 4096];
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |n| n.trim().parse().unwrap());
-                    while pending.len() < end + 4 + length {
-                        let mut buf = [0u8; 4096];
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    pending.drain(..end + 4 + length);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    seen.lock().unwrap().push(head);
-                    let answer: &[u8] = match path.as_str() {
-                        "/chunked" => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\nx-trailer: t\r\n\r\n",
-                        "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"b\":2}",
-                        "/http10" => b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"c\":3}",
-                        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
-                    };
-                    let (first, rest) = answer.split_at(answer.len() / 2);
-                    if s.write_all(first).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    if s.write_all(rest).await.is_err() {
-                        return;
-                    }
-                    if path == "/http10" {
-                        let _ = s.shutdown().await;
-                        return;
+    let seen = requests.clone();
+    let (url, accepted) = raw_server(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let mut pending = Vec::new();
+            while let Some(end) = read_head(&mut s, &mut pending).await {
+                let length = content_length(&pending[..end]);
+                while pending.len() < end + length {
+                    let mut buf = [0u8; 4096];
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
                     }
                 }
-            });
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                pending.drain(..end + length);
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                seen.lock().unwrap().push(head);
+                let answer: &[u8] = match path.as_str() {
+                    "/chunked" => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\nx-trailer: t\r\n\r\n",
+                    "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"b\":2}",
+                    "/http10" => b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"c\":3}",
+                    _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                };
+                let (first, rest) = answer.split_at(answer.len() / 2);
+                if s.write_all(first).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if s.write_all(rest).await.is_err() {
+                    return;
+                }
+                if path == "/http10" {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (url, accepted, requests)
 }
 

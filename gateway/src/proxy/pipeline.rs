@@ -468,13 +468,12 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = tokio::time::timeout_at(deadline, backend.send(client, inbound, &[])).await;
         match result {
-            Ok(Ok(mut upstream)) => {
-                if let Either::Right(streaming) = upstream.body_mut() {
+            Ok(Ok(mut response)) => {
+                if let Either::Right(streaming) = response.body_mut() {
                     streaming.end_by(deadline);
                 }
                 // The backend's response, with its header map kept: only hop-by-hop
                 // headers go, which are rare, so they are looked for before anything moves.
-                let mut response = upstream;
                 *response.version_mut() = http::Version::default();
                 response.extensions_mut().clear();
                 let headers = response.headers_mut();
