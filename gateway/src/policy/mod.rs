@@ -254,6 +254,11 @@ impl Front {
     }
 
     /// Adds CORS and security headers to a response.
+    /// Whether [`Front::decorate`] changes responses at all.
+    pub fn decorates(&self) -> bool {
+        self.cors.is_some() || self.security.is_some()
+    }
+
     pub fn decorate(&self, request: &http::HeaderMap, response: &mut http::HeaderMap) {
         if let Some(cors) = &self.cors {
             cors.decorate(request, response);

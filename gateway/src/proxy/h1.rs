@@ -18,6 +18,9 @@ const MAX_HEADERS: usize = 128;
 const GATEWAY_FIELDS: usize = 2;
 /// Kept response fields are noted on the stack up to this many (a list beyond).
 const FEW_FIELDS: usize = 24;
+/// [`RawFields`] holds up to this many runs of adjacent kept lines; a head whose kept
+/// lines are more scattered gets a map.
+const RAW_RUNS: usize = 4;
 /// A chunk-size line (with extensions) or a trailer line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -82,11 +85,15 @@ pub fn encode_request(
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
+    /// The kept fields; empty when they are in `raw`.
     pub headers: HeaderMap,
     /// How the body is delimited.
     pub framing: Framing,
     /// Whether the connection can carry another request once the body is read.
     pub keep_alive: bool,
+    /// The kept fields as the backend wrote them ([`Keep::Raw`]), instead of `headers`.
+    /// Boxed: a response is moved through every layer of the request path.
+    pub raw: Option<Box<RawFields>>,
 }
 
 /// Which response header fields go into the head's map.
@@ -99,6 +106,13 @@ pub enum Keep {
     /// length the server announces again from the body itself. A bodiless response (to
     /// HEAD, 204, 304) keeps its `Content-Length`: it tells the length a GET would get.
     Forward,
+    /// The fields `Forward` keeps, left as lines of the head ([`RawFields`]), so that no
+    /// map is built for a response that is passed on as it is. A map is built all the same
+    /// (as `Forward`) for a response without a body or a redirect, and when a kept line
+    /// would not go out as it came: an empty value, a line not ended by CRLF (or by
+    /// whitespace first), a field the gateway sets itself ([`gateway_sets`]), lines in
+    /// more than [`RAW_RUNS`] runs.
+    Raw,
     /// `Content-Type` and `Location`: all a decoded response is read for.
     TypeAndLocation,
 }
@@ -169,9 +183,9 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
         for h in response.headers.iter() {
             let name = match keep {
                 Keep::All => Name::Parse,
-                Keep::Forward if is_hop_by_hop(h.name) => continue,
-                Keep::Forward if length_delimits && field_is(h.name, "content-length") => continue,
-                Keep::Forward => Name::Parse,
+                Keep::Forward | Keep::Raw if is_hop_by_hop(h.name) => continue,
+                Keep::Forward | Keep::Raw if length_delimits && field_is(h.name, "content-length") => continue,
+                Keep::Forward | Keep::Raw => Name::Parse,
                 Keep::TypeAndLocation if field_is(h.name, "content-type") => Name::ContentType,
                 Keep::TypeAndLocation if field_is(h.name, "location") => Name::Location,
                 Keep::TypeAndLocation => continue,
@@ -197,7 +211,15 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
         }
         let spots = if kept <= FEW_FIELDS { &few[..kept] } else { &many[..] };
         let head = buf.split_to(parsed).freeze();
-        let room = if keep == Keep::Forward { GATEWAY_FIELDS } else { 0 };
+        if keep == Keep::Raw
+            && !bodiless
+            && !status.is_redirection()
+            && let Some(raw) = RawFields::gather(&head, spots)
+        {
+            let raw = Some(Box::new(raw));
+            return Ok(Some(Head { status, headers: HeaderMap::new(), framing, keep_alive, raw }));
+        }
+        let room = if matches!(keep, Keep::Forward | Keep::Raw) { GATEWAY_FIELDS } else { 0 };
         let mut headers = HeaderMap::with_capacity(kept + room);
         for spot in spots {
             let name = spot.name(&head)?;
@@ -206,7 +228,7 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method, keep: Keep) -> Re
                 .map_err(|_| Invalid::Head("invalid header value"))?;
             headers.append(name, value);
         }
-        return Ok(Some(Head { status, headers, framing, keep_alive }));
+        return Ok(Some(Head { status, headers, framing, keep_alive, raw: None }));
     }
 }
 
@@ -229,8 +251,13 @@ fn connection_persists(http11: bool, fields: &[httparse::Header<'_>]) -> bool {
 /// byte it folds onto one of them is CR (onto `-`), which no parsed field name holds. So
 /// the names are compared eight bytes at a time, with that bit set on both sides.
 pub fn field_is(name: &str, lower: &str) -> bool {
+    bytes_are(name.as_bytes(), lower)
+}
+
+/// [`field_is`] for a name as bytes.
+fn bytes_are(name: &[u8], lower: &str) -> bool {
     debug_assert!(lower.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{lower}");
-    let (name, lower) = (name.as_bytes(), lower.as_bytes());
+    let lower = lower.as_bytes();
     let folded = |part: &[u8]| {
         let mut word = [0u8; 8];
         word[..part.len()].copy_from_slice(part);
@@ -312,6 +339,112 @@ fn framing(bodiless: bool, fields: &[httparse::Header<'_>]) -> Result<Framing, I
 /// A response that never has a body, whatever its fields say: to HEAD, 204 and 304.
 fn bodiless(status: StatusCode, request_method: &Method) -> bool {
     *request_method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+/// A passed-on response's fields as its backend wrote them: the kept lines of the head,
+/// in runs of adjacent lines, each written out with one copy; then the lines the gateway
+/// adds of its own ([`RawFields::add_own`]). No map is built for them unless something
+/// must read or change them ([`RawFields::into_map`]).
+#[derive(Debug, Clone)]
+pub struct RawFields {
+    head: Bytes,
+    /// `start..end` of each run in `head`, each line ended by CRLF.
+    runs: [(u32, u32); RAW_RUNS],
+    count: u8,
+    has_date: bool,
+    /// Field lines the gateway adds, each ended by CRLF.
+    own: Bytes,
+}
+
+/// Fields the gateway sets on a passed-on response, replacing the backend's
+/// (`X-Krakend-Completed` and the version header): a head with one of them gets a map, in
+/// which they are replaced.
+fn gateway_sets(name: &[u8]) -> bool {
+    match name.len() {
+        6 => bytes_are(name, "x-weir"),
+        19 => bytes_are(name, "x-krakend-completed"),
+        _ => false,
+    }
+}
+
+/// Whether a field value is one [`HeaderValue`] takes: visible ASCII, spaces and tabs, and
+/// bytes above ASCII; no other control byte. (A value that is not is refused, with the map
+/// the head then gets.)
+fn value_is_sendable(value: &[u8]) -> bool {
+    value.iter().fold(true, |ok, &b| ok & ((b >= b' ' && b != 0x7f) | (b == b'\t')))
+}
+
+impl RawFields {
+    /// The kept lines at `spots` of `head`, if every one can go out as it is.
+    fn gather(head: &Bytes, spots: &[Spot]) -> Option<Self> {
+        let mut raw =
+            Self { head: head.clone(), runs: [(0, 0); RAW_RUNS], count: 0, has_date: false, own: Bytes::new() };
+        for spot in spots {
+            let name = head.get(spot.name_at as usize..)?.get(..spot.name_len as usize)?;
+            let value_end = spot.value_at as usize + spot.value_len as usize;
+            let value = head.get(spot.value_at as usize..value_end)?;
+            if value.is_empty()
+                || head.get(value_end..value_end + 2) != Some(b"\r\n")
+                || gateway_sets(name)
+                || !value_is_sendable(value)
+            {
+                return None;
+            }
+            raw.has_date |= bytes_are(name, "date");
+            let (start, end) = (spot.name_at, value_end as u32 + 2);
+            let n = usize::from(raw.count);
+            if n > 0 && raw.runs[n - 1].1 == start {
+                raw.runs[n - 1].1 = end;
+            } else if n < RAW_RUNS {
+                raw.runs[n] = (start, end);
+                raw.count += 1;
+            } else {
+                return None;
+            }
+        }
+        Some(raw)
+    }
+
+    /// Whether the backend sent a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Adds the gateway's own field lines (`name: value\r\n` each), written after the
+    /// backend's. They must not name a field the backend's lines have ([`gateway_sets`]).
+    pub fn add_own(&mut self, lines: Bytes) {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\r\n"));
+        self.own = lines;
+    }
+
+    /// Writes every line, each ended by CRLF.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for &(start, end) in &self.runs[..usize::from(self.count)] {
+            out.extend_from_slice(&self.head[start as usize..end as usize]);
+        }
+        out.extend_from_slice(&self.own);
+    }
+
+    /// The fields in a map, the backend's first, then the gateway's own, then `later`
+    /// (fields set since), which replace any of the same name.
+    pub fn into_map(self, later: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(8 + later.len());
+        let backend =
+            self.runs[..usize::from(self.count)].iter().map(|&(s, e)| self.head.slice(s as usize..e as usize));
+        for run in backend.chain(std::iter::once(self.own.clone())) {
+            for line in run.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+                let value = line[colon + 1..].trim_ascii();
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_maybe_shared(run.slice_ref(value)))
+                {
+                    map.append(name, value);
+                }
+            }
+        }
+        map.extend(later);
+        map
+    }
 }
 
 /// Where a kept field's name and value are in a response head (which is at most
@@ -649,6 +782,76 @@ mod tests {
         }
     }
 
+    fn raw(wire: &[u8], method: &Method) -> Head {
+        parse_head(&mut BytesMut::from(wire), method, Keep::Raw).unwrap().unwrap()
+    }
+
+    #[test]
+    fn passed_on_lines_go_out_as_the_backend_wrote_them() {
+        let wire = b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 29 Nov 2026 23:59:40 GMT\r\n\
+            Content-Length: 2\r\nX-Two:  a, b\r\nConnection: keep-alive\r\nSet-Cookie: s=1\r\n\r\n{}";
+        let head = raw(wire, &Method::GET);
+        assert!(head.headers.is_empty(), "no map is built");
+        let mut lines = head.raw.expect("the lines can go out as they are");
+        assert!(lines.has_date());
+        lines.add_own(Bytes::from_static(b"x-krakend-completed: false\r\n"));
+        let mut out = Vec::new();
+        lines.write(&mut out);
+        // Two runs (the length and the connection fields go), and the gateway's own.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Server: up\r\nDate: Sun, 29 Nov 2026 23:59:40 GMT\r\nX-Two:  a, b\r\nSet-Cookie: s=1\r\n\
+             x-krakend-completed: false\r\n"
+        );
+        // In a map: the same fields, then those set since, which replace their namesakes.
+        let mut later = HeaderMap::new();
+        later.insert(header::SERVER, HeaderValue::from_static("weir"));
+        later.insert(header::VARY, HeaderValue::from_static("Origin"));
+        let map = lines.into_map(later);
+        let fields: Vec<_> = map.iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect();
+        assert_eq!(
+            fields,
+            [
+                "server=weir",
+                "date=Sun, 29 Nov 2026 23:59:40 GMT",
+                "x-two=a, b",
+                "set-cookie=s=1",
+                "x-krakend-completed=false",
+                "vary=Origin"
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_that_would_not_go_out_as_they_came_get_a_map() {
+        let cases: [(&[u8], &Method); 10] = [
+            (b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", &Method::HEAD),
+            (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 304 Not Modified\r\nX-A: 1\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 200 OK\r\nX-A: 1 \r\nContent-Length: 0\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 0\n\n", &Method::GET),
+            (b"HTTP/1.1 200 OK\r\nX-Krakend-Completed: true\r\nContent-Length: 0\r\n\r\n", &Method::GET),
+            (b"HTTP/1.1 200 OK\r\nx-weir: other\r\nContent-Length: 0\r\n\r\n", &Method::GET),
+            (
+                b"HTTP/1.1 200 OK\r\nA: 1\r\nTE: x\r\nB: 1\r\nTE: x\r\nC: 1\r\nTE: x\r\nD: 1\r\nTE: x\r\nE: 1\r\n\
+                  Content-Length: 0\r\n\r\n",
+                &Method::GET,
+            ),
+        ];
+        for (wire, method) in cases {
+            let head = raw(wire, method);
+            assert!(head.raw.is_none(), "{}", String::from_utf8_lossy(wire));
+            let mut forward = BytesMut::from(wire);
+            let forward = parse_head(&mut forward, method, Keep::Forward).unwrap().unwrap();
+            assert_eq!(head.headers, forward.headers);
+        }
+        // A value the map refuses is refused with the lines too.
+        let invalid_value = b"HTTP/1.1 200 OK\r\nX-Bad: a\x7fb\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_head(&mut BytesMut::from(&invalid_value[..]), &Method::GET, Keep::Raw).is_err());
+    }
+
     #[test]
     fn field_names_compare_as_eq_ignore_ascii_case_does() {
         let known = ["te", "host", "expect", "trailer", "location", "connection", "content-type", "content-length"];
@@ -678,12 +881,12 @@ mod tests {
         #[test]
         fn a_forwarded_head_is_the_whole_head_less_connection_fields(
             fields in proptest::collection::vec((
-                "(x-[a-z]{1,6}|server|date|content-type|location|connection|keep-alive|te|trailer|upgrade|proxy-connection|content-length)",
+                "(x-[a-z]{1,6}|server|date|content-type|location|connection|keep-alive|te|trailer|upgrade|proxy-connection|content-length|x-weir)",
                 proptest::bool::ANY,
-                "[!-~]{1,12}",
+                "[!-~]{1,12}( )?",
             ), 0..(3 * FEW_FIELDS / 2)),
             method in "(GET|HEAD)",
-            status in "(200|204|304|404)",
+            status in "(200|204|302|304|404)",
         ) {
             let mut wire = format!("HTTP/1.1 {status} X\r\n");
             let mut length = false;
@@ -715,6 +918,17 @@ mod tests {
                 })
                 .collect();
             proptest::prop_assert_eq!(forward.headers.iter().collect::<Vec<_>>(), expected);
+            // Left as lines, the same fields, in the same order.
+            let raw = parse(Keep::Raw);
+            proptest::prop_assert_eq!((raw.framing, raw.keep_alive), (forward.framing, forward.keep_alive));
+            let raw_map = match raw.raw {
+                Some(lines) => {
+                    proptest::prop_assert!(raw.headers.is_empty());
+                    lines.into_map(HeaderMap::new())
+                }
+                None => raw.headers,
+            };
+            proptest::prop_assert_eq!(raw_map, forward.headers);
         }
     }
 

@@ -86,6 +86,26 @@ where
 /// A response body: built in memory, or a backend body streamed through (`no-op`).
 pub type Body = Either<Full<Bytes>, Streaming>;
 
+/// The fields of a passed-on response that are still lines of its backend's head
+/// ([`h1::RawFields`]) rather than in its header map.
+pub fn raw_fields(body: &mut Body) -> Option<&mut Option<Box<h1::RawFields>>> {
+    match body {
+        Either::Right(Deadline { body: Either::Right(streamed), .. }) => Some(streamed.raw_fields()),
+        _ => None,
+    }
+}
+
+/// Puts the fields a passed-on response still holds as lines of its backend's head into
+/// its header map, ahead of those set since: for whatever reads or changes the map
+/// (policies that decorate responses, the HTTP/2 and TLS server). The gateway's own
+/// HTTP/1.1 server writes the lines as they are instead.
+pub fn settle(response: &mut http::Response<Body>) {
+    if let Some(raw) = raw_fields(response.body_mut()).and_then(Option::take) {
+        let later = std::mem::take(response.headers_mut());
+        *response.headers_mut() = (*raw).into_map(later);
+    }
+}
+
 /// A body held in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Either::Left(Full::new(bytes.into()))

@@ -59,6 +59,9 @@ pub struct Pipeline {
     /// that can be applied to the bytes: the JSON objects the backends send are shaped and
     /// merged from their bytes ([`super::spans`]).
     merge_bytes: bool,
+    /// What [`Pipeline::common_headers`] sets on a no-op response, as field lines, for one
+    /// whose backend fields stay lines ([`super::h1::RawFields`]).
+    own_lines: Bytes,
 }
 
 /// What the backends produced together.
@@ -125,8 +128,18 @@ impl Pipeline {
             && (e.backends.len() == 1 || e.flatmap.is_empty())
             && signer.is_none()
             && backends.iter().all(|b| b.byte_plan().is_some());
+        let mut own = http::HeaderMap::new();
+        let mut own_lines = Vec::new();
+        Self::set_common_headers(&common, &mut own, false);
+        for (name, value) in &own {
+            own_lines.extend_from_slice(name.as_str().as_bytes());
+            own_lines.extend_from_slice(b": ");
+            own_lines.extend_from_slice(value.as_bytes());
+            own_lines.extend_from_slice(b"\r\n");
+        }
         Self {
             merge_bytes,
+            own_lines: Bytes::from(own_lines),
             encoding: e.output_encoding,
             timeout: e.timeout,
             cache_control: (secs > 0).then(|| HeaderValue::try_from(format!("public, max-age={secs}")).ok()).flatten(),
@@ -454,8 +467,12 @@ impl Pipeline {
     }
 
     fn common_headers(&self, headers: &mut http::HeaderMap, complete: bool) {
+        Self::set_common_headers(&self.common, headers, complete);
+    }
+
+    fn set_common_headers(common: &Common, headers: &mut http::HeaderMap, complete: bool) {
         headers.insert(COMPLETED.clone(), if complete { TRUE } else { FALSE });
-        if let Some((name, value)) = &self.common.version_header {
+        if let Some((name, value)) = &common.version_header {
             headers.insert(name.clone(), value.clone());
         }
     }
@@ -471,6 +488,12 @@ impl Pipeline {
             Ok(Ok(mut response)) => {
                 if let Either::Right(streaming) = response.body_mut() {
                     streaming.end_by(deadline);
+                }
+                if let Some(raw) = super::raw_fields(response.body_mut()).and_then(Option::as_mut) {
+                    // The backend's fields stay as it wrote them, and the gateway's follow
+                    // as lines too: the map stays empty (see [`Pipeline::own_lines`]).
+                    raw.add_own(self.own_lines.clone());
+                    return response;
                 }
                 // The backend's response, with its header map kept: only hop-by-hop
                 // headers go, which are rare, so they are looked for before anything moves.

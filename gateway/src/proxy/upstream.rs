@@ -385,11 +385,12 @@ impl Upstreams {
         mut c: Pooled,
         wire: &Wire,
     ) -> Result<Response<Streamed>, CallError> {
-        let head = c.send(&wire.bytes, &wire.method, h1::Keep::Forward).await?;
+        let head = c.send(&wire.bytes, &wire.method, h1::Keep::Raw).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
             home: head.keep_alive.then(|| (Arc::downgrade(self), authority.clone())),
+            raw: head.raw,
         };
         if body.framing.is_done() {
             body.release();
@@ -425,6 +426,9 @@ pub struct Streamed {
     framing: Framing,
     /// Where the connection returns when the body ends, if it may be reused.
     home: Option<(Weak<Upstreams>, Authority)>,
+    /// The response's fields, when they were left as the backend wrote them
+    /// ([`h1::Keep::Raw`]): the response's map is empty until they are put in it.
+    raw: Option<Box<h1::RawFields>>,
 }
 
 impl http_body::Body for Streamed {
@@ -462,6 +466,11 @@ impl http_body::Body for Streamed {
 }
 
 impl Streamed {
+    /// The response's fields as the backend wrote them, when they are not in its map.
+    pub fn raw_fields(&mut self) -> &mut Option<Box<h1::RawFields>> {
+        &mut self.raw
+    }
+
     /// Returns the connection to its pool, once the body is complete and nothing
     /// beyond it was sent.
     fn release(&mut self) {

@@ -152,7 +152,10 @@ impl Runtime {
             }
             None => {
                 let mut response = self.route(&parts, body, client_ip).await;
-                self.front.decorate(&parts.headers, response.headers_mut());
+                if self.front.decorates() {
+                    crate::proxy::settle(&mut response);
+                    self.front.decorate(&parts.headers, response.headers_mut());
+                }
                 response
             }
         };
@@ -244,6 +247,9 @@ impl Runtime {
             trace,
         };
         let mut response = pipeline.serve(&self.client, &inbound, parts.headers.get(header::ACCEPT)).await;
+        if !admitted.response_headers.is_empty() {
+            crate::proxy::settle(&mut response);
+        }
         for (name, value) in admitted.response_headers {
             response.headers_mut().insert(name, value);
         }

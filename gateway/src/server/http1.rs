@@ -344,7 +344,10 @@ impl Conn {
             _ => 0,
         };
         let mut out = Vec::with_capacity(HEAD_ROOM + body_room);
-        encode_head(&mut out, status, &parts.headers, framing, keep_alive, exchange.http11, bodiless);
+        let raw = crate::proxy::raw_fields(&mut body).and_then(Option::take);
+        let head = HeadOut { status, headers: &parts.headers, raw: raw.as_deref(), framing, keep_alive, bodiless };
+        encode_head(&mut out, &head, exchange.http11);
+        drop(raw);
         if bodiless {
             self.io.write_all(&out).await?;
             return Ok(keep_alive);
@@ -616,21 +619,27 @@ fn connection_options(version: Version, fields: &[httparse::Header<'_>]) -> (boo
     (!close && (http11 || keep_alive), expect)
 }
 
+/// A response head to write.
+struct HeadOut<'r> {
+    status: StatusCode,
+    headers: &'r HeaderMap,
+    /// Fields passed on as their backend wrote them, written before `headers`.
+    raw: Option<&'r crate::proxy::h1::RawFields>,
+    framing: Out,
+    keep_alive: bool,
+    bodiless: bool,
+}
+
 /// Writes the status line and header fields. The framing fields are the gateway's own
 /// (what it announces is what it sends), except that a HEAD or 304 response keeps the
 /// `Content-Length` its handler gave, which describes the body it does not carry.
-fn encode_head(
-    out: &mut Vec<u8>,
-    status: StatusCode,
-    headers: &HeaderMap,
-    framing: Out,
-    keep_alive: bool,
-    http11: bool,
-    bodiless: bool,
-) {
-    status_line(out, status);
-    let keep_length = bodiless && status != StatusCode::NO_CONTENT;
-    for (name, value) in headers {
+fn encode_head(out: &mut Vec<u8>, head: &HeadOut<'_>, http11: bool) {
+    status_line(out, head.status);
+    let keep_length = head.bodiless && head.status != StatusCode::NO_CONTENT;
+    if let Some(raw) = head.raw {
+        raw.write(out);
+    }
+    for (name, value) in head.headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
             || (name == header::CONTENT_LENGTH && !keep_length)
@@ -639,17 +648,17 @@ fn encode_head(
         }
         field(out, name.as_str(), value.as_bytes());
     }
-    if !headers.contains_key(header::DATE) {
+    if !head.raw.is_some_and(crate::proxy::h1::RawFields::has_date) && !head.headers.contains_key(header::DATE) {
         field(out, header::DATE.as_str(), &date());
     }
-    match framing {
+    match head.framing {
         Out::Length(n) | Out::Omitted(n) => {
             field(out, header::CONTENT_LENGTH.as_str(), itoa::Buffer::new().format(n).as_bytes());
         }
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
     }
-    if !keep_alive {
+    if !head.keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if !http11 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -865,15 +874,8 @@ mod tests {
             map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         let mut out = Vec::new();
-        encode_head(
-            &mut out,
-            status,
-            &map,
-            framing,
-            keep_alive,
-            http11,
-            matches!(framing, Out::None | Out::Omitted(_)),
-        );
+        let bodiless = matches!(framing, Out::None | Out::Omitted(_));
+        encode_head(&mut out, &HeadOut { status, headers: &map, raw: None, framing, keep_alive, bodiless }, http11);
         let text = String::from_utf8(out).unwrap();
         // The date changes; everything else is checked byte for byte.
         text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n")
@@ -898,7 +900,15 @@ mod tests {
         let no_content = head_of(StatusCode::NO_CONTENT, &[("content-length", "0")], Out::None, true, true);
         assert_eq!(no_content, "HTTP/1.1 204 No Content\n");
         let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::OK, &HeaderMap::new(), Out::Length(0), true, true, false);
+        let head = HeadOut {
+            status: StatusCode::OK,
+            headers: &HeaderMap::new(),
+            raw: None,
+            framing: Out::Length(0),
+            keep_alive: true,
+            bodiless: false,
+        };
+        encode_head(&mut out, &head, true);
         let text = String::from_utf8(out).unwrap();
         let date = text.lines().find_map(|l| l.strip_prefix("date: ")).expect("a date field");
         assert!(httpdate::parse_http_date(date).is_ok(), "{date}");

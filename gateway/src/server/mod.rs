@@ -236,8 +236,12 @@ pub async fn serve(listener: TcpListener, settings: Settings, runtime: Shared, s
             // Boxed: hyper keeps room for the service future in every connection, and the
             // request path's future is large; boxing spends that memory only while a
             // request is in flight instead of on every idle keep-alive connection.
-            let response: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
-                Box::pin(async move { Ok(runtime.handle(request, remote).await) });
+            let response: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = Box::pin(async move {
+                // hyper writes the head from the map alone.
+                let mut response = runtime.handle(request, remote).await;
+                crate::proxy::settle(&mut response);
+                Ok(response)
+            });
             response
         });
         let watcher = graceful.watcher();
