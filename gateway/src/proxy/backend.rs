@@ -91,6 +91,8 @@ struct Host {
     /// The backend's URI on this host when its `url_pattern` has no placeholders, for
     /// requests without a query string: built once instead of for every call.
     fixed: Option<Uri>,
+    /// This host's idle plain-HTTP connections, once a call has looked them up.
+    pool: std::sync::OnceLock<Arc<super::upstream::HostPool>>,
 }
 
 /// A compiled backend.
@@ -205,7 +207,7 @@ impl BackendCall {
                 let uri: Uri = h.parse().ok()?;
                 let (scheme, authority) = (uri.scheme()?.clone(), uri.authority()?.clone());
                 let fixed = url.fixed().and_then(|path| build_uri(&scheme, &authority, path.to_owned()).ok());
-                Some(Host { scheme, authority, fixed })
+                Some(Host { scheme, authority, fixed, pool: std::sync::OnceLock::new() })
             })
             .collect::<Box<[Host]>>();
         let stats = Arc::new(BackendStats::new(
@@ -500,9 +502,11 @@ impl BackendCall {
         }
         let mut method = self.method.clone();
         let mut body = inbound.body.clone();
-        let origin = uri.authority().cloned();
+        // The first host's authority, once a redirect has left it (compared only then: a
+        // case-blind comparison of two authorities costs more than the rest of the loop).
+        let mut origin: Option<Option<Authority>> = None;
         for _ in 0..=MAX_REDIRECTS {
-            let same_origin = uri.authority() == origin.as_ref();
+            let same_origin = origin.as_ref().is_none_or(|o| uri.authority() == o.as_ref());
             let mut request = self.request(inbound, method.clone(), uri.clone(), body.clone(), same_origin);
             let span = inbound.trace.map(crate::telemetry::trace::TraceContext::client_span);
             if let Some(span) = &span {
@@ -516,7 +520,10 @@ impl BackendCall {
             let answer = answer?;
             timer.answered(answer.status().as_u16());
             match self.redirect(answer.status(), answer.headers(), &uri, &mut method, &mut body) {
-                Some(next) => uri = next,
+                Some(next) => {
+                    origin.get_or_insert_with(|| uri.authority().cloned());
+                    uri = next;
+                }
                 None => return Ok(answer),
             }
         }
@@ -537,7 +544,9 @@ impl BackendCall {
         self.follow(inbound, uri, move |request, uri| async move {
             let response = match (uri.scheme_str(), uri.authority()) {
                 (Some("http"), Some(authority)) => {
-                    client.upstreams().call_streaming(authority, request).await.map_err(failed)?.map(Either::Right)
+                    let pool = self.pool(client, authority);
+                    let call = client.upstreams().call_streaming(authority, pool, request);
+                    call.await.map_err(failed)?.map(Either::Right)
                 }
                 // Boxed (HTTPS, through hyper's client): inline, its future would enlarge
                 // every plain call's too.
@@ -562,9 +571,10 @@ impl BackendCall {
                     // A cache stores the response's fields; otherwise only its type and a
                     // redirect's target are read.
                     let keep = if self.cache.is_some() { Keep::All } else { Keep::TypeAndLocation };
+                    let pool = self.pool(client, authority);
                     let answer = client
                         .upstreams()
-                        .call(authority, request, self.max_response_bytes, keep)
+                        .call(authority, pool, request, self.max_response_bytes, keep)
                         .await
                         .map_err(failed)?;
                     let body = answer.body.map_err(|e| match e {
@@ -592,6 +602,19 @@ impl BackendCall {
                 }
             }
         })
+    }
+
+    /// The idle connections to `authority`: one of this backend's hosts keeps its pool
+    /// (a redirect elsewhere looks one up).
+    fn pool(&self, client: &Client, authority: &Authority) -> Arc<super::upstream::HostPool> {
+        // A call to a host of the backend's own carries a copy of its authority: the same
+        // bytes, found without comparing them.
+        let kept = self
+            .hosts
+            .iter()
+            .find(|h| std::ptr::eq(h.authority.as_str(), authority.as_str()))
+            .or_else(|| self.hosts.iter().find(|h| h.authority == *authority && h.scheme == Scheme::HTTP));
+        client.upstreams().pool(authority, kept.map(|h| &h.pool))
     }
 
     /// Where a redirect leads, adjusting method and body like Go's client: 303, and

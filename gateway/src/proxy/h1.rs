@@ -356,12 +356,14 @@ pub struct RawFields {
     own: Bytes,
 }
 
-/// Fields the gateway sets on a passed-on response, replacing the backend's
-/// (`X-Krakend-Completed` and the version header): a head with one of them gets a map, in
-/// which they are replaced.
+/// Fields the gateway sets on a passed-on response, replacing the backend's: the framing
+/// (a `Content-Length` kept beside a chunked coding, which the server leaves out when it
+/// writes a map), `X-Krakend-Completed` and the version header. A head with one of them
+/// gets a map.
 fn gateway_sets(name: &[u8]) -> bool {
     match name.len() {
         6 => bytes_are(name, "x-weir"),
+        14 => bytes_are(name, "content-length"),
         19 => bytes_are(name, "x-krakend-completed"),
         _ => false,
     }
@@ -824,7 +826,8 @@ mod tests {
 
     #[test]
     fn lines_that_would_not_go_out_as_they_came_get_a_map() {
-        let cases: [(&[u8], &Method); 10] = [
+        let cases: [(&[u8], &Method); 11] = [
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n", &Method::GET),
             (b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", &Method::HEAD),
             (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", &Method::GET),
             (b"HTTP/1.1 304 Not Modified\r\nX-A: 1\r\n\r\n", &Method::GET),

@@ -14,8 +14,7 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
@@ -284,21 +283,33 @@ impl Hasher for HostHasher {
 /// Idle connections by host.
 pub struct Upstreams {
     /// Keyed by the authority as written (`host:port`).
-    idle: Mutex<HashMap<Box<str>, Vec<Pooled>, BuildHasherDefault<HostHasher>>>,
+    hosts: Mutex<HashMap<Box<str>, Arc<HostPool>, BuildHasherDefault<HostHasher>>>,
     max_idle_per_host: usize,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
-impl Upstreams {
-    pub fn new(max_idle_per_host: usize, connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { idle: Mutex::new(HashMap::default()), max_idle_per_host, connect_timeout, idle_timeout }
-    }
+/// The idle connections to one host. A backend keeps its host's ([`Upstreams::pool`]), so
+/// that a call takes a connection from it and gives it back without a lookup by name.
+pub struct HostPool {
+    idle: Mutex<Vec<Pooled>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// The [`Upstreams`] it belongs to, for telling whether a backend's pool is this one's.
+    owner: Weak<Upstreams>,
+}
 
-    fn checkout(&self, authority: &Authority) -> Option<Pooled> {
+impl std::fmt::Debug for HostPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
+        f.debug_struct("HostPool").field("idle", &idle).field("max_idle", &self.max_idle).finish()
+    }
+}
+
+impl HostPool {
+    fn checkout(&self) -> Option<Pooled> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(authority.as_str())?;
-        while let Some(mut c) = list.pop() {
+        while let Some(mut c) = idle.pop() {
             if c.reusable(self.idle_timeout) {
                 return Some(c);
             }
@@ -306,16 +317,50 @@ impl Upstreams {
         None
     }
 
-    fn checkin(&self, authority: &Authority, mut c: Pooled) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = match idle.get_mut(authority.as_str()) {
-                Some(list) => list,
-                None => idle.entry(authority.as_str().into()).or_default(),
-            };
-            if list.len() < self.max_idle_per_host {
-                c.park();
-                list.push(c);
-            }
+    fn checkin(&self, mut c: Pooled) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            c.park();
+            idle.push(c);
+        }
+    }
+}
+
+impl Upstreams {
+    pub fn new(max_idle_per_host: usize, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self { hosts: Mutex::new(HashMap::default()), max_idle_per_host, connect_timeout, idle_timeout }
+    }
+
+    /// The pool of `authority`'s connections. `kept`: a backend's slot for its host's pool,
+    /// filled by the first call and used by every call after it (a pool another
+    /// [`Upstreams`] made is not used).
+    pub fn pool(self: &Arc<Self>, authority: &Authority, kept: Option<&OnceLock<Arc<HostPool>>>) -> Arc<HostPool> {
+        if let Some(pool) = kept.and_then(OnceLock::get)
+            && std::ptr::eq(pool.owner.as_ptr(), Arc::as_ptr(self))
+        {
+            return pool.clone();
+        }
+        let pool = self.lookup(authority);
+        if let Some(kept) = kept {
+            let _ = kept.set(pool.clone());
+        }
+        pool
+    }
+
+    fn lookup(self: &Arc<Self>, authority: &Authority) -> Arc<HostPool> {
+        let fresh = || {
+            Arc::new(HostPool {
+                idle: Mutex::new(Vec::new()),
+                max_idle: self.max_idle_per_host,
+                idle_timeout: self.idle_timeout,
+                owner: Arc::downgrade(self),
+            })
+        };
+        let Ok(mut hosts) = self.hosts.lock() else { return fresh() };
+        match hosts.get(authority.as_str()) {
+            Some(pool) => pool.clone(),
+            None => hosts.entry(authority.as_str().into()).or_insert_with(fresh).clone(),
         }
     }
 
@@ -339,36 +384,44 @@ impl Upstreams {
     pub fn call<'a>(
         &'a self,
         authority: &'a Authority,
+        pool: Arc<HostPool>,
         request: Outgoing,
         max_body: usize,
         keep: h1::Keep,
     ) -> impl Future<Output = Result<Answer, CallError>> + 'a {
         let wire = Wire::encode(authority, request);
-        async move { self.attempt(authority, &wire, |c| self.exchange(authority, c, &wire, max_body, keep)).await }
+        async move { self.attempt(authority, &pool, &wire, |c| Self::exchange(&pool, c, &wire, max_body, keep)).await }
     }
 
     /// Like [`Upstreams::call`], but returns as soon as the response head arrived; the
     /// body streams through [`Streamed`], which hands the connection back to the pool
     /// when the body ends.
     pub fn call_streaming<'a>(
-        self: &'a Arc<Self>,
+        &'a self,
         authority: &'a Authority,
+        pool: Arc<HostPool>,
         request: Outgoing,
     ) -> impl Future<Output = Result<Response<Streamed>, CallError>> + 'a {
         let wire = Wire::encode(authority, request);
-        async move { self.attempt(authority, &wire, |c| self.head(authority, c, &wire)).await }
+        async move { self.attempt(authority, &pool, &wire, |c| Self::head(&pool, c, &wire)).await }
     }
 
     /// Runs `exchange` on an idle connection, or a new one. When a reused connection
     /// turns out closed, the call is made again on a fresh one if that is safe: not a
     /// byte of the request got out, or its method is idempotent (a `POST` whose body was
     /// cut off part way is not sent again, as Go's transport does not either).
-    async fn attempt<T, F, Fut>(&self, authority: &Authority, wire: &Wire, exchange: F) -> Result<T, CallError>
+    async fn attempt<T, F, Fut>(
+        &self,
+        authority: &Authority,
+        pool: &HostPool,
+        wire: &Wire,
+        exchange: F,
+    ) -> Result<T, CallError>
     where
         F: Fn(Pooled) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        if let Some(c) = self.checkout(authority) {
+        if let Some(c) = pool.checkout() {
             match exchange(c).await {
                 Err(CallError::Unsent(_)) => {}
                 Err(CallError::Closed | CallError::PartlySent(_)) if wire.method.is_idempotent() => {}
@@ -379,17 +432,12 @@ impl Upstreams {
         exchange(fresh).await
     }
 
-    async fn head(
-        self: &Arc<Self>,
-        authority: &Authority,
-        mut c: Pooled,
-        wire: &Wire,
-    ) -> Result<Response<Streamed>, CallError> {
+    async fn head(pool: &Arc<HostPool>, mut c: Pooled, wire: &Wire) -> Result<Response<Streamed>, CallError> {
         let head = c.send(&wire.bytes, &wire.method, h1::Keep::Raw).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
-            home: head.keep_alive.then(|| (Arc::downgrade(self), authority.clone())),
+            home: head.keep_alive.then(|| Arc::downgrade(pool)),
             raw: head.raw,
         };
         if body.framing.is_done() {
@@ -402,8 +450,7 @@ impl Upstreams {
     }
 
     async fn exchange(
-        &self,
-        authority: &Authority,
+        pool: &HostPool,
         mut c: Pooled,
         wire: &Wire,
         max_body: usize,
@@ -413,7 +460,7 @@ impl Upstreams {
         let mut framing = head.framing;
         let body = c.read_body(&mut framing, max_body).await;
         if body.is_ok() && head.keep_alive && c.buf.is_empty() {
-            self.checkin(authority, c);
+            pool.checkin(c);
         }
         Ok(Answer { status: head.status, headers: head.headers, body })
     }
@@ -425,7 +472,7 @@ pub struct Streamed {
     conn: Option<Pooled>,
     framing: Framing,
     /// Where the connection returns when the body ends, if it may be reused.
-    home: Option<(Weak<Upstreams>, Authority)>,
+    home: Option<Weak<HostPool>>,
     /// The response's fields, when they were left as the backend wrote them
     /// ([`h1::Keep::Raw`]): the response's map is empty until they are put in it.
     raw: Option<Box<h1::RawFields>>,
@@ -475,12 +522,12 @@ impl Streamed {
     /// beyond it was sent.
     fn release(&mut self) {
         let Some(c) = self.conn.take() else { return };
-        let Some((home, authority)) = self.home.take() else { return };
+        let Some(home) = self.home.take() else { return };
         if self.framing.is_done()
             && c.buf.is_empty()
             && let Some(pool) = home.upgrade()
         {
-            pool.checkin(&authority, c);
+            pool.checkin(c);
         }
     }
 }
@@ -526,6 +573,23 @@ mod tests {
         peer.write_all(&[head.as_bytes(), body].concat()).await.unwrap();
         let mut head = conn.read_head(&Method::GET, h1::Keep::TypeAndLocation).await.unwrap();
         conn.read_body(&mut head.framing, 1 << 20).await.unwrap()
+    }
+
+    #[test]
+    fn a_backend_keeps_its_hosts_pool_but_not_one_of_other_upstreams() {
+        let upstreams = || Arc::new(Upstreams::new(4, Duration::from_secs(1), Duration::from_secs(90)));
+        let (a, b) = (upstreams(), upstreams());
+        let host: Authority = "127.0.0.1:9".parse().unwrap();
+        let kept = OnceLock::new();
+        let first = a.pool(&host, Some(&kept));
+        assert!(Arc::ptr_eq(kept.get().unwrap(), &first), "kept by the first call");
+        assert!(Arc::ptr_eq(&a.pool(&host, None), &first), "one pool per host");
+        assert!(Arc::ptr_eq(&a.pool(&host, Some(&kept)), &first));
+        let theirs = b.pool(&host, Some(&kept));
+        assert!(!Arc::ptr_eq(&theirs, &first), "another Upstreams has its own");
+        assert!(Arc::ptr_eq(&theirs, &b.pool(&host, None)));
+        let elsewhere: Authority = "127.0.0.1:10".parse().unwrap();
+        assert!(!Arc::ptr_eq(&a.pool(&elsewhere, None), &first));
     }
 
     #[tokio::test]

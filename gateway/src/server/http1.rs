@@ -71,8 +71,15 @@ pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: L
     // a deadline later costs an atomic store, where a new timer takes the wheel's lock.
     let timer = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(timer);
+    // One wait for the stop signal for the connection's life, polled while it idles: a
+    // wait made for each request would join and leave the signal's waiter list each time.
+    let watched = stop.clone();
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    tokio::pin!(stopped);
     loop {
-        let head = match conn.read_head(&limits, timer.as_mut(), &mut stop).await {
+        let head = match conn.read_head(&limits, timer.as_mut(), stopped.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(status) => {
@@ -105,7 +112,7 @@ pub async fn serve(io: TcpStream, remote: SocketAddr, runtime: Shared, limits: L
             Box::pin(runtime.handle(request, remote)).await
         };
         let unread = conn.unread_body();
-        let stopping = !matches!(stop.has_changed(), Ok(false));
+        let stopping = !matches!(watched.has_changed(), Ok(false));
         let keep_alive = exchange.keep_alive && !stopping && unread.drainable();
         let written = match limits.write_timeout {
             Some(limit) => tokio::time::timeout(limit, conn.respond(response, &exchange, keep_alive))
@@ -187,7 +194,7 @@ impl Conn {
         &mut self,
         limits: &Limits,
         mut timer: Pin<&mut Sleep>,
-        stop: &mut watch::Receiver<()>,
+        mut stopped: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Option<Head>, StatusCode> {
         let mut armed = false;
         loop {
@@ -211,7 +218,7 @@ impl Conn {
                     // Idle past the limit: close. Part of a head and no more: 408.
                     return if idle { Ok(None) } else { Err(StatusCode::REQUEST_TIMEOUT) };
                 }
-                _ = stop.changed(), if idle => return Ok(None),
+                () = stopped.as_mut(), if idle => return Ok(None),
             }
         }
     }
