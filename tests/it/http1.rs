@@ -292,6 +292,74 @@ async fn head_responses_get_no_made_up_length() {
     }
 }
 
+/// A `no-op` answer's header lines go out as the backend wrote them, in order, each once,
+/// with the gateway's own after them; the framing is the gateway's alone, and `Date` is
+/// not doubled. A policy that sets a field the backend sent replaces it.
+#[tokio::test]
+async fn passed_on_header_lines_keep_their_case_and_are_never_doubled() {
+    let plain = raw_backend(
+        b"HTTP/1.1 200 OK\r\nX-Mixed-Case: Value\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\
+          Set-Cookie: a=1\r\nConnection: keep-alive\r\nSet-Cookie: b=2\r\nX-Frame-Options: SAMEORIGIN\r\n\r\n{}",
+    )
+    .await;
+    let both = raw_backend(
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let endpoints = json!([
+        {"endpoint": "/plain", "output_encoding": "no-op", "backend": [{"host": [plain], "url_pattern": "/"}]},
+        {"endpoint": "/both", "output_encoding": "no-op", "backend": [{"host": [both], "url_pattern": "/"}]},
+    ]);
+    let gw = Gateway::start(config(endpoints.clone())).await;
+    let lines = |answer: &Answer| -> Vec<String> {
+        answer.head.lines().skip(1).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    };
+    let count = |lines: &[String], name: &str| {
+        lines.iter().filter(|l| l.split(':').next().is_some_and(|n| n.eq_ignore_ascii_case(name))).count()
+    };
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let plain = wire.response(false).await;
+    let got = lines(&plain);
+    assert_eq!(
+        got[..6],
+        [
+            "X-Mixed-Case: Value",
+            "Date: Mon, 30 Nov 2026 00:00:00 GMT",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+            "X-Frame-Options: SAMEORIGIN",
+            "x-krakend-completed: false",
+        ],
+        "{}",
+        plain.head
+    );
+    for (name, once) in [("date", 1), ("content-length", 1), ("connection", 0), ("x-weir", 1)] {
+        assert_eq!(count(&got, name), once, "{name}: {}", plain.head);
+    }
+    assert_eq!(plain.body, b"{}");
+
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"GET /both HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let both = wire.response(false).await;
+    let got = lines(&both);
+    assert_eq!((count(&got, "content-length"), count(&got, "transfer-encoding")), (0, 1), "{}", both.head);
+    assert_eq!((count(&got, "x-a"), count(&got, "date")), (1, 1), "{}", both.head);
+    assert_eq!(both.body, b"{}");
+
+    // A policy that sets the backend's field replaces it.
+    let mut secured = config(endpoints);
+    secured["extra_config"] = json!({"security/http": {"frame_deny": true}});
+    let gw = Gateway::start(secured).await;
+    let mut wire = Wire::to(&gw).await;
+    wire.send(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let secured = wire.response(false).await;
+    let got = lines(&secured);
+    assert_eq!(count(&got, "x-frame-options"), 1, "{}", secured.head);
+    assert_eq!(secured.header("x-frame-options"), Some("DENY"), "{}", secured.head);
+    assert_eq!((count(&got, "set-cookie"), count(&got, "x-mixed-case")), (2, 1), "{}", secured.head);
+}
+
 #[tokio::test]
 async fn slow_heads_are_cut_and_shutdown_closes_idle_connections() {
     let b = Backend::json(json!({})).await;
