@@ -253,12 +253,12 @@ impl Front {
         forbidden.then(|| json_error(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#))
     }
 
-    /// Adds CORS and security headers to a response.
     /// Whether [`Front::decorate`] changes responses at all.
     pub fn decorates(&self) -> bool {
         self.cors.is_some() || self.security.is_some()
     }
 
+    /// Adds CORS and security headers to a response.
     pub fn decorate(&self, request: &http::HeaderMap, response: &mut http::HeaderMap) {
         if let Some(cors) = &self.cors {
             cors.decorate(request, response);

@@ -36,6 +36,9 @@ use super::h1::{self, Framing, Step};
 const HEAD_READ: usize = 4 * 1024;
 /// The most a body read asks room for at once.
 const MAX_READ: usize = 64 * 1024;
+/// Hosts that are not in the config (redirect targets) whose idle connections are kept,
+/// at most.
+const MAX_HOSTS: usize = 256;
 
 /// One keep-alive connection and what has been read from it but not consumed. Boxed
 /// wherever it goes ([`Pooled`]), so that moving it in and out of the pool is cheap.
@@ -341,14 +344,18 @@ impl Upstreams {
         {
             return pool.clone();
         }
-        let pool = self.lookup(authority);
+        let pool = self.lookup(authority, kept.is_some());
         if let Some(kept) = kept {
             let _ = kept.set(pool.clone());
         }
         pool
     }
 
-    fn lookup(self: &Arc<Self>, authority: &Authority) -> Arc<HostPool> {
+    /// The pool of `authority`, made and kept for later calls if there is none. `configured`:
+    /// a host of the config. Other hosts (redirect targets, which a backend's answers choose)
+    /// get a pool kept only while fewer than [`MAX_HOSTS`] are: past that, one that lasts
+    /// for the call alone, so that answers pointing at ever new hosts cannot grow the map.
+    fn lookup(self: &Arc<Self>, authority: &Authority, configured: bool) -> Arc<HostPool> {
         let fresh = || {
             Arc::new(HostPool {
                 idle: Mutex::new(Vec::new()),
@@ -360,7 +367,10 @@ impl Upstreams {
         let Ok(mut hosts) = self.hosts.lock() else { return fresh() };
         match hosts.get(authority.as_str()) {
             Some(pool) => pool.clone(),
-            None => hosts.entry(authority.as_str().into()).or_insert_with(fresh).clone(),
+            None if configured || hosts.len() < MAX_HOSTS => {
+                hosts.entry(authority.as_str().into()).or_insert_with(fresh).clone()
+            }
+            None => fresh(),
         }
     }
 
@@ -590,6 +600,25 @@ mod tests {
         assert!(Arc::ptr_eq(&theirs, &b.pool(&host, None)));
         let elsewhere: Authority = "127.0.0.1:10".parse().unwrap();
         assert!(!Arc::ptr_eq(&a.pool(&elsewhere, None), &first));
+    }
+
+    #[test]
+    fn hosts_outside_the_config_cannot_grow_the_pools_without_bound() {
+        let upstreams = Arc::new(Upstreams::new(4, Duration::from_secs(1), Duration::from_secs(90)));
+        let host = |i: usize| -> Authority { format!("h{i}.invalid:80").parse().unwrap() };
+        for i in 0..MAX_HOSTS + 10 {
+            drop(upstreams.pool(&host(i), None));
+        }
+        let known = || upstreams.hosts.lock().unwrap().len();
+        assert_eq!(known(), MAX_HOSTS);
+        // Past the bound a redirect target's pool lasts for its call alone...
+        let once = upstreams.pool(&host(MAX_HOSTS + 1), None);
+        assert!(!Arc::ptr_eq(&once, &upstreams.pool(&host(MAX_HOSTS + 1), None)));
+        // ...while one kept before it, and a host of the config, are kept.
+        assert!(Arc::ptr_eq(&upstreams.pool(&host(0), None), &upstreams.pool(&host(0), None)));
+        let configured = upstreams.pool(&host(MAX_HOSTS + 20), Some(&OnceLock::new()));
+        assert!(Arc::ptr_eq(&configured, &upstreams.pool(&host(MAX_HOSTS + 20), None)));
+        assert_eq!(known(), MAX_HOSTS + 1);
     }
 
     #[tokio::test]

@@ -641,6 +641,9 @@ struct HeadOut<'r> {
 /// (what it announces is what it sends), except that a HEAD or 304 response keeps the
 /// `Content-Length` its handler gave, which describes the body it does not carry.
 fn encode_head(out: &mut Vec<u8>, head: &HeadOut<'_>, http11: bool) {
+    // Whatever sets a field on a response whose backend lines are still raw puts them in
+    // the map first (`proxy::settle`), or a field of the same name would go out twice.
+    debug_assert!(head.raw.is_none() || head.headers.is_empty(), "fields set beside raw lines");
     status_line(out, head.status);
     let keep_length = head.bodiless && head.status != StatusCode::NO_CONTENT;
     if let Some(raw) = head.raw {
