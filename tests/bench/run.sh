@@ -14,6 +14,9 @@
 #                       median req/s (default 3)
 #   WARMUP              seconds of warm-up load before each measurement (default 2)
 #   CONNECTIONS         keep-alive connections of wrk (default 64)
+#   SLICES              pairs of alternating short slices of the no-op proxy and nginx, both
+#                       running at once (default 5; 0 leaves them out)
+#   SLICE_SECONDS       seconds per slice (default 2)
 #   WEIR_BIN            use this weir binary instead of building target/release/weir
 #   PGO=1               build weir with profile-guided optimisation first (tests/bench/pgo.sh)
 #   OTHER_GATEWAY_CMD   another gateway to measure under the same pinning: one command,
@@ -34,6 +37,8 @@ trap 'echo "run.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
+SLICES=${SLICES:-5}
+SLICE_SECONDS=${SLICE_SECONDS:-2}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 MANY_CONNECTIONS=1000
@@ -53,6 +58,8 @@ die() {
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number of seconds"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a positive number"
 [[ $CONNECTIONS =~ ^[0-9]+$ && $CONNECTIONS -gt 0 ]] || die "CONNECTIONS must be a positive number"
+[[ $SLICES =~ ^[0-9]+$ ]] || die "SLICES must be a number"
+[[ $SLICE_SECONDS =~ ^[0-9]+$ && $SLICE_SECONDS -gt 0 ]] || die "SLICE_SECONDS must be a positive number of seconds"
 
 # ---------------------------------------------------------------------------------------
 # Tools
@@ -861,6 +868,66 @@ for i in "${!ROW_NAME[@]}"; do
 done
 paired_ratios "req/s per proxy CPU" ROW_PER_CPU
 median_rows
+
+# The plain proxy against nginx in alternating short slices: both run at once, pinned to the
+# proxy CPU (the one not loaded costs nothing), and wrk switches between them every
+# SLICE_SECONDS, so that a change of the machine's speed (minutes apart on shared VMs, and
+# as large as the difference measured) falls inside one pair at most. Each pair runs in the
+# opposite order of the one before.
+alternate() {
+    ((SLICES > 0)) || return 0
+    local np wp nport wport i a b n_rps n_per w_rps w_per per_cpu=() rps=()
+    log ""
+    log "weir no-op proxy and nginx in $SLICES alternating pairs of ${SLICE_SECONDS}s:"
+    alloc_port nport
+    write_nginx_proxy_conf "$nport" "$TMP/nginx-slices.conf"
+    start_nginx np nginx-proxy "$TMP/nginx-slices.conf" "${PIN_PROXY[@]}"
+    alloc_port wport
+    weir_config "$wport" "$EP_PLAIN" >"$TMP/weir-slices.json"
+    if ! wait_ready "http://127.0.0.1:$nport/user" "$np" 10 || ! start_weir wp "$TMP/weir-slices.json" "$wport"; then
+        NOTES+=("alternating slices: FAILED, a proxy did not start")
+        stop_and_forget "$np"
+        return 0
+    fi
+    local nginx_url="http://127.0.0.1:$nport/user" weir_url="http://127.0.0.1:$wport/user"
+    local nginx_pids weir_pids
+    nginx_pids="$np $(child_pids "$np")"
+    weir_pids="$wp $(child_pids "$wp")"
+    # slice_once URL PIDS: "req/s req/s-per-proxy-CPU" of one slice.
+    slice_once() {
+        local c0 c1 t0 t1
+        c0=$(proc_ticks $2) t0=$(date +%s%N)
+        run_wrk "$TMP/slice.txt" "$CONNECTIONS" "$SLICE_SECONDS" "$1"
+        c1=$(proc_ticks $2) t1=$(date +%s%N)
+        parse_wrk "$TMP/slice.txt"
+        awk -v r="$W_RPS" -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
+            'BEGIN { cpu = d / hz / (ns / 1e9); printf "%d %.0f\n", r, (cpu > 0 ? r / cpu : 0) }'
+    }
+    run_wrk "$TMP/slice-warmup.txt" "$CONNECTIONS" 1 "$nginx_url"
+    run_wrk "$TMP/slice-warmup.txt" "$CONNECTIONS" 1 "$weir_url"
+    for ((i = 1; i <= SLICES; i++)); do
+        if ((i % 2)); then
+            a=$(slice_once "$nginx_url" "$nginx_pids")
+            b=$(slice_once "$weir_url" "$weir_pids")
+        else
+            b=$(slice_once "$weir_url" "$weir_pids")
+            a=$(slice_once "$nginx_url" "$nginx_pids")
+        fi
+        read -r n_rps n_per <<<"$a"
+        read -r w_rps w_per <<<"$b"
+        if ((n_rps > 0 && n_per > 0)); then
+            rps+=("$(awk -v w="$w_rps" -v n="$n_rps" 'BEGIN { printf "%.2f", w / n }')")
+            per_cpu+=("$(awk -v w="$w_per" -v n="$n_per" 'BEGIN { printf "%.2f", w / n }')")
+            log "  pair $i: nginx $n_rps req/s ($n_per per proxy CPU), weir $w_rps req/s ($w_per per proxy CPU)"
+        fi
+    done
+    stop_and_forget "$wp"
+    stop_and_forget "$np"
+    ((${#per_cpu[@]} > 0)) || return 0
+    median_of() { printf '%s\n' "$@" | sort -n | awk '{ r[NR] = $1 } END { printf "%.2fx", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'; }
+    NOTES+=("weir no-op proxy and nginx in $SLICES alternating pairs of ${SLICE_SECONDS}s slices: req/s per proxy CPU over nginx's: ${per_cpu[*]}; median $(median_of "${per_cpu[@]}"); req/s over nginx's: ${rps[*]}; median $(median_of "${rps[@]}")")
+}
+alternate
 
 # 1,000 concurrent connections: peak RSS of weir (no-op proxy) and of nginx for reference.
 log ""
