@@ -443,7 +443,7 @@ impl Upstreams {
     }
 
     async fn head(pool: &Arc<HostPool>, mut c: Pooled, wire: &Wire) -> Result<Response<Streamed>, CallError> {
-        let head = c.send(&wire.bytes, &wire.method, h1::Keep::Raw).await?;
+        let head = c.send(&wire.bytes, &wire.method, h1::Keep::Forward).await?;
         let mut body = Streamed {
             conn: Some(c),
             framing: head.framing,
@@ -484,7 +484,7 @@ pub struct Streamed {
     /// Where the connection returns when the body ends, if it may be reused.
     home: Option<Weak<HostPool>>,
     /// The response's fields, when they were left as the backend wrote them
-    /// ([`h1::Keep::Raw`]): the response's map is empty until they are put in it.
+    /// ([`h1::Keep::Forward`]): the response's map is empty until they are put in it.
     raw: Option<Box<h1::RawFields>>,
 }
 
