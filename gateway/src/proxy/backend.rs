@@ -465,7 +465,9 @@ impl BackendCall {
         let Some(breaker) = &self.breaker else { return self.send_uri(client, inbound, uri).await };
         let permit = breaker.try_acquire().ok_or_else(|| unavailable("circuit breaker open"))?;
         let limit = Instant::now() + self.breaker_timeout;
-        // Boxed, as in `call_once`.
+        // Boxed, as in `call_once`. These steps are written out in both rather than in a
+        // helper taking the call: a future passed as an argument is copied once more, on
+        // every call (about 940 instructions per no-op request, measured).
         Box::pin(guarded(permit, limit, self.send_uri(client, inbound, uri))).await
     }
 
